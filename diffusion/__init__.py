@@ -1,0 +1,1 @@
+"""normkit.diffusion (see the README)."""

@@ -1,0 +1,1 @@
+"""normkit.flows (see the README)."""

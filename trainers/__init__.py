@@ -1,0 +1,1 @@
+"""normkit.trainers (see the README)."""

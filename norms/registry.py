@@ -96,7 +96,9 @@ def build_norm(name: str, num_features: int, **options) -> nn.Module:
     """
     spec = norm_spec(name)
     if not isinstance(num_features, int) or num_features < 1:
-        raise ValueError(f"norm {name!r}: num_features must be a positive int, got {num_features!r}")
+        raise ValueError(
+            f"norm {name!r}: num_features must be a positive int, got {num_features!r}"
+        )
     return spec.factory(num_features, **options)
 
 

@@ -1,0 +1,235 @@
+"""TransformerFlow: inverse, log-determinant, Jacobi, guidance, save/load, training, latents."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flows.image import TransformerFlow, patchify, unpatchify
+
+TINY = dict(image_size=8, in_channels=1, patch_size=2, width=16, num_heads=2)
+STARFLOW = dict(start_token=True, positions="rope", affine="softplus")
+
+
+def _flow(randomise: bool = True, **kwargs) -> TransformerFlow:
+    options = {**TINY, "layers_per_block": [1, 1, 2], **kwargs}
+    flow = TransformerFlow(**options).eval()
+    if randomise:  # zero-initialised output projections would make every test trivial
+        with torch.no_grad():
+            for p in flow.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+    return flow
+
+
+def test_patchify_round_trip() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    tokens = patchify(x, 2)
+    assert tokens.shape == (2, 16, 12)
+    torch.testing.assert_close(tokens[0, 1], x[0, :, 0:2, 2:4].flatten())
+    torch.testing.assert_close(unpatchify(tokens, 3, 8, 2), x)
+
+
+def test_fresh_flow_is_identity_with_zero_logdet() -> None:
+    flow = _flow(randomise=False)
+    x = torch.randn(2, 1, 8, 8)
+    z, logdet = flow(x)
+    torch.testing.assert_close(z, x)
+    assert torch.all(logdet == 0)
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("variant", ["tarflow", "starflow-cond"])
+def test_round_trip_both_methods(variant: str) -> None:
+    kwargs = {} if variant == "tarflow" else {**STARFLOW, "num_classes": 3}
+    flow = _flow(**kwargs)
+    x = torch.randn(3, 1, 8, 8)
+    y = torch.tensor([0, 2, 1]) if kwargs else None
+    z, logdet = flow(x, y)
+    assert (z - x).abs().max() > 0.1 and logdet.abs().min() > 1e-3
+    for method in ("sequential", "jacobi", "auto"):
+        back = flow.reverse(z, y, method=method, jacobi_threshold=0.0, jacobi_max_iter=16)
+        torch.testing.assert_close(back, x, rtol=0, atol=1e-10)
+
+
+@pytest.mark.float64
+def test_logdet_matches_autograd_jacobian() -> None:
+    flow = _flow(image_size=4, patch_size=1, **STARFLOW, num_classes=2)
+    x, y = torch.randn(1, 1, 4, 4), torch.tensor([1])
+    _, logdet = flow(x, y)
+    jac = torch.autograd.functional.jacobian(
+        lambda v: flow(v.view(1, 1, 4, 4), y)[0].flatten(), x.flatten()
+    )
+    sign, expected = torch.linalg.slogdet(jac)
+    assert sign.item() == 1 and abs(expected.item()) > 0.1
+    torch.testing.assert_close(logdet[0], expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.float64
+def test_jacobi_equals_sequential_and_reports_passes() -> None:
+    flow = _flow()
+    z = torch.randn(2, 1, 8, 8)
+    seq, info_s = flow.reverse(z, method="sequential", return_info=True)
+    jac, info_j = flow.reverse(
+        z, method="jacobi", jacobi_threshold=0.0, jacobi_max_iter=[15, 15, 15], return_info=True
+    )
+    torch.testing.assert_close(jac, seq, rtol=0, atol=1e-10)
+    assert info_s == {"method": "sequential", "iterations": [16, 16, 16]}
+    assert info_j["iterations"] == [15, 15, 15]  # token 0 is left unchanged: 15 unknowns
+    chunked, info_c = flow.reverse(
+        z, method="jacobi", jacobi_threshold=0.0, jacobi_chunk=4, jacobi_max_iter=4,
+        return_info=True,
+    )  # fmt: skip
+    torch.testing.assert_close(chunked, seq, rtol=0, atol=1e-10)
+    assert info_c["iterations"] == [16, 16, 16]  # 4 chunks (4, 4, 4, 3 tokens) x 4 passes
+
+
+@pytest.mark.float64
+@pytest.mark.parametrize("rule", ["tarflow", "starflow"])
+def test_guidance(rule: str) -> None:
+    flow = _flow(num_classes=3, **STARFLOW)
+    z, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
+    plain = flow.reverse(z, y, method="sequential")
+    guided = flow.reverse(z, y, method="sequential", guidance=1.5, guidance_rule=rule)
+    assert (guided - plain).abs().max() > 1e-3
+    guided_j = flow.reverse(
+        z, y, method="jacobi", guidance=1.5, guidance_rule=rule, jacobi_threshold=0.0,
+        jacobi_max_iter=16,
+    )  # fmt: skip
+    torch.testing.assert_close(guided_j, guided, rtol=0, atol=1e-10)
+    tiny = flow.reverse(z, y, method="sequential", guidance=1e-7, guidance_rule=rule)
+    torch.testing.assert_close(tiny, plain, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="guidance needs a class-conditional model"):
+        flow.reverse(z, None, guidance=1.0)
+
+
+def test_labels_are_checked() -> None:
+    flow = _flow(num_classes=3)
+    z = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"class labels must lie in 0..2, got \[3\]"):
+        flow.reverse(z, torch.tensor([3]))
+    with pytest.raises(ValueError, match="unconditional"):
+        _flow().reverse(z, torch.tensor([0]))
+    with pytest.raises(ValueError, match="method 'newton' is unknown"):
+        flow.reverse(z, method="newton")
+
+
+@pytest.mark.float64
+def test_save_load_gives_identical_outputs(tmp_path) -> None:
+    flow = _flow(num_classes=3, **STARFLOW)
+    flow.save_pretrained(tmp_path / "flow")
+    loaded = TransformerFlow.from_pretrained(tmp_path / "flow").eval()
+    for (name, a), b in zip(flow.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    x, y = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
+    z1, l1 = flow(x, y)
+    z2, l2 = loaded(x, y)
+    # equal weights; BLAS may take another path on the loaded (memory-mapped) buffers
+    torch.testing.assert_close(z2, z1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(l2, l1, rtol=0, atol=1e-12)
+    back1 = flow.reverse(z1, y, method="sequential")
+    torch.testing.assert_close(
+        loaded.reverse(z1, y, method="sequential"), back1, rtol=0, atol=1e-12
+    )
+
+
+@pytest.mark.float64
+def test_tweedie_denoiser_on_a_gaussian() -> None:
+    # A fresh flow is the identity: p(x_noisy) = N(0, I). If clean data ~ N(0, 1 - s^2) then
+    # noisy data ~ N(0, I) and E[x_clean | x_noisy] = (1 - s^2) x_noisy exactly.
+    sigma = 0.3
+    flow = _flow(randomise=False, noise_sigma=sigma)
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(flow.denoise(x), (1 - sigma**2) * x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.float64
+def test_bits_per_dim_uses_uniform_dequantisation_and_ln128() -> None:
+    flow = _flow(randomise=False)  # identity: log p(x) = log N(x; 0, I)
+    images = torch.randint(0, 256, (3, 1, 8, 8)) / 127.5 - 1
+    torch.manual_seed(5)
+    bpd = flow.bits_per_dim(images)
+    torch.manual_seed(5)
+    x = 2 * (torch.round((images + 1) * 127.5) + torch.rand(images.shape)) / 256 - 1
+    nats = -torch.distributions.Normal(0.0, 1.0).log_prob(x).flatten(1).mean(1)
+    # density on [-1, 1) -> mass of one 8-bit level: bits = (nats + ln 128) / ln 2
+    torch.testing.assert_close(bpd, (nats + math.log(128)) / math.log(2))
+    assert torch.all((x >= -1) & (x < 1))
+
+
+def test_training_steps_on_digits_lower_the_loss() -> None:
+    from flows.data import digits
+
+    torch.manual_seed(0)
+    data = digits(size=8)
+    flow = TransformerFlow(**{**TINY, "width": 32}, layers_per_block=[1, 1], num_classes=10)
+    flow.train()
+    optimizer = torch.optim.AdamW(flow.parameters(), lr=3e-3)
+    batch = {
+        "x": torch.stack([data[i]["x"] for i in range(64)]),
+        "y": torch.stack([data[i]["y"] for i in range(64)]),
+    }
+    losses = []
+    for _ in range(25):
+        out = flow.loss(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["loss"].item())
+    assert set(out) >= {"loss", "bits_per_dim"}
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.2, losses
+
+
+def test_sample_for_logging_and_auto() -> None:
+    flow = _flow(num_classes=2)
+    images = flow.sample_for_logging(3, torch.Generator().manual_seed(0))
+    assert images.shape == (3, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
+    _, info = flow.sample(2, method="auto")
+    assert info["method"] in ("sequential", "jacobi")
+    with pytest.raises(ValueError, match="number of samples must be >= 0, got -1"):
+        flow.sample(-1)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=1,
+        out_channels=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 8),
+        latent_channels=2,
+        norm_num_groups=4,
+        sample_size=8,
+        scaling_factor=0.5,
+    )
+    path = tmp_path_factory.mktemp("vae") / "tiny_vae"
+    vae.save_pretrained(path)
+    return path
+
+
+@pytest.mark.float64
+def test_latent_mode_with_a_local_autoencoder(tiny_vae_dir, tmp_path) -> None:
+    flow = _flow(vae=str(tiny_vae_dir), noise_sigma=0.3)
+    assert flow.sample_shape == (2, 4, 4) and flow.image_shape == (1, 8, 8)
+    assert flow.latent_scale == 0.5
+    assert not any(name.startswith("_vae") for name in flow.state_dict())
+    images = torch.rand(2, 1, 8, 8) * 2 - 1
+    latents = flow.encode(images)
+    expected = flow.vae.encode(images).latent_dist.mean * 0.5
+    torch.testing.assert_close(latents, expected)
+    z, _ = flow(latents)
+    torch.testing.assert_close(flow.reverse(z, method="sequential"), latents, rtol=0, atol=1e-10)
+    out = flow.loss({"x": images})
+    assert torch.isfinite(out["loss"])
+    samples, _ = flow.sample(2, method="jacobi")
+    assert samples.shape == (2, 1, 8, 8)
+    flow.save_pretrained(tmp_path / "latent_flow")
+    loaded = TransformerFlow.from_pretrained(tmp_path / "latent_flow")
+    torch.testing.assert_close(loaded(latents)[0], z, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        TransformerFlow(**TINY, vae=str(tmp_path / "missing"))

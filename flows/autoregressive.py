@@ -166,11 +166,17 @@ def combine_guidance(
     raise ValueError(f"guidance rule {rule!r} is unknown; choose one of: {known}")
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _stop_everywhere(converged: bool, device: torch.device) -> bool:
     """All ranks stop together: all-reduce the flag only when a process group exists."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return converged
     flag = torch.tensor([1.0 if converged else 0.0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -452,24 +458,40 @@ class AutoregressiveBlock(nn.Module):
         if chunk < 1:
             raise ValueError(f"jacobi chunk_size must be >= 1, got {chunk_size}")
         passes = 0
+        shrink = not _distributed()  # ranks would accept different counts of tokens
         s = first
         while s < self.num_tokens:
             e = min(s + chunk, self.num_tokens)
-            base = cache.length
+            a, base = s, cache.length  # a: first token not yet accepted
             for k in range(max_iter):
-                guess = self._embed(xp[:, s : e - 1], ctx_len + s)
+                guess = self._embed(xp[:, a : e - 1], ctx_len + a)
                 if guided:
                     guess = torch.cat([guess, guess])
                 h = self.transformer(torch.cat([last, guess], dim=1), cache=cache)
                 log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
-                new = mu + torch.exp(log_sigma) * zp[:, s:e]
-                change = relative_change(new, xp[:, s:e])
-                xp[:, s:e] = new
+                new = mu + torch.exp(log_sigma) * zp[:, a:e]
+                delta = (new - xp[:, a:e]).pow(2)
+                scale = new.pow(2).mean().clamp_min(torch.finfo(new.dtype).tiny)
+                xp[:, a:e] = new
                 passes += 1
-                converged = _stop_everywhere(bool(change < threshold), z.device)
+                converged = _stop_everywhere(bool(delta.mean() / scale < threshold), z.device)
                 if converged or k == max_iter - 1:
                     break  # the cache keeps this pass: it is the solved prefix
-                cache.truncate(base)
+                # Accept token a (exact: its inputs are all accepted) and the tokens after it
+                # whose inputs barely moved; later passes only recompute the rest of the chunk.
+                accept = 0
+                if shrink:
+                    small = (delta.mean(dim=(0, 2)) / scale < threshold).int()
+                    accept = min(1 + int(small.cumprod(0).sum()), e - a)
+                if a + accept == e:
+                    break
+                # keep `last` and the accepted inputs computed from their (unchanged) values
+                cache.truncate(base + accept)
+                if accept:
+                    last = self._embed(xp[:, a + accept - 1 : a + accept], ctx_len + a + accept - 1)
+                    if guided:
+                        last = torch.cat([last, last])
+                a, base = a + accept, base + accept
             last = self._embed(xp[:, e - 1 : e], ctx_len + e - 1)
             if guided:
                 last = torch.cat([last, last])

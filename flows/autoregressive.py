@@ -438,11 +438,16 @@ class AutoregressiveBlock(nn.Module):
         chunk_size: int | None = None,
         init: torch.Tensor | None = None,
         given: torch.Tensor | None = None,
+        stats: dict | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Inverse by chunked Jacobi fixed-point iteration; returns (x, parallel passes used).
 
-        With ``threshold=0`` and ``max_iter >= chunk_size`` the result equals the sequential
-        inverse to rounding: token k of a chunk is exact after k + 1 passes.
+        After every pass the leading tokens whose inputs no longer move (relative change below
+        ``threshold``) are accepted into the KV cache, so later passes recompute only the rest
+        of the chunk. With ``threshold=0`` and ``max_iter >= chunk_size`` the result equals the
+        sequential inverse to rounding: token k of a chunk is exact after k + 1 passes.
+        ``stats``, when given, receives "passes" and "token_passes" (tokens recomputed, summed
+        over passes: the arithmetic spent).
         """
         if max_iter < 1:
             raise ValueError(f"jacobi max_iter must be >= 1, got {max_iter}")
@@ -457,7 +462,7 @@ class AutoregressiveBlock(nn.Module):
         chunk = self.num_tokens if chunk_size is None else chunk_size
         if chunk < 1:
             raise ValueError(f"jacobi chunk_size must be >= 1, got {chunk_size}")
-        passes = 0
+        passes = token_passes = 0
         shrink = not _distributed()  # ranks would accept different counts of tokens
         s = first
         while s < self.num_tokens:
@@ -474,6 +479,7 @@ class AutoregressiveBlock(nn.Module):
                 scale = new.pow(2).mean().clamp_min(torch.finfo(new.dtype).tiny)
                 xp[:, a:e] = new
                 passes += 1
+                token_passes += e - a
                 converged = _stop_everywhere(bool(delta.mean() / scale < threshold), z.device)
                 if converged or k == max_iter - 1:
                     break  # the cache keeps this pass: it is the solved prefix
@@ -496,4 +502,6 @@ class AutoregressiveBlock(nn.Module):
             if guided:
                 last = torch.cat([last, last])
             s = e
+        if stats is not None:
+            stats.update(passes=passes, token_passes=token_passes)
         return self.permutation.inverse(xp), passes

@@ -297,6 +297,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         tokens = self._tokens(z)
         batch = tokens.shape[0]
         iterations = [0] * len(self.blocks)
+        token_passes = [0] * len(self.blocks)
         order = list(reversed(range(len(self.blocks))))
         if progress:
             from tqdm.auto import tqdm
@@ -310,6 +311,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
                 tokens = block.reverse_sequential(tokens, cond, uncond, guidance, guidance_rule)
                 iterations[i] = self.num_tokens
             else:
+                stats: dict[str, int] = {}
                 tokens, iterations[i] = block.reverse_jacobi(
                     tokens,
                     cond,
@@ -319,11 +321,13 @@ class TransformerFlow(ModelMixin, ConfigMixin):
                     threshold=jacobi_threshold,
                     max_iter=budgets[i],
                     chunk_size=jacobi_chunk,
+                    stats=stats,
                 )
+                token_passes[i] = stats["token_passes"]
         if method == "jacobi":
-            from flows.sampling import record_jacobi_passes
+            from flows.sampling import record_jacobi_work
 
-            record_jacobi_passes(self, iterations)
+            record_jacobi_work(self, iterations, token_passes)
         x = self._image(tokens)
         if return_info:
             return x, {"method": method, "iterations": iterations}

@@ -144,6 +144,10 @@ def test_gradient_accumulation_equals_large_batch(tmp_path):
                                torch.tensor(losses(tmp_path / "accum")), rtol=1e-5, atol=1e-6)
 
 
+# NorMuon: a data-parallel run also exercises the orthogonalised updates on all-reduced grads.
+DP_OPTIMIZER = ["optimizer.name=normuon", "optimizer.lr=0.02", "optimizer.adamw_lr=0.01"]
+
+
 def _two_rank_worker(output_dir: str) -> None:
     from accelerate import PartialState
     from accelerate.state import AcceleratorState
@@ -152,7 +156,7 @@ def _two_rank_worker(output_dir: str) -> None:
     config = load_config(SMOKE, [f"trainer.output_dir={output_dir}", "trainer.progress=false",
                                  "data.batch_size=8", "model.noise_std=0.0",
                                  "trainer.max_steps=6", "trainer.sample_every=0",
-                                 "trainer.checkpoint_every=3"])
+                                 "trainer.checkpoint_every=3", *DP_OPTIMIZER])
     train(config)
     state = PartialState()
     assert state.num_processes == 2
@@ -169,7 +173,8 @@ def test_two_rank_data_parallel_equals_single_process(tmp_path):
     debug_launcher(_two_rank_worker, args=(str(tmp_path / "ddp"),), num_processes=2)
     assert (tmp_path / "ddp" / "checkpoint-6" / "accelerator" / "random_states_1.pkl").exists()
     single = train(smoke(tmp_path, "data.batch_size=16", "model.noise_std=0.0",
-                         "trainer.max_steps=6", "trainer.sample_every=0", name="single"))
+                         "trainer.max_steps=6", "trainer.sample_every=0", *DP_OPTIMIZER,
+                         name="single"))
     a = weights(tmp_path / "ddp" / "checkpoint-6" / "model")
     b = weights(single.checkpoint / "model")
     for key in a:

@@ -407,7 +407,8 @@ class SGDP(Optimizer):
     """SGDP: SGD with momentum whose step loses its radial component on scale-invariant weights.
 
     ``b <- momentum b + (1 - dampening) g``; step ``g + momentum b`` (Nesterov) or ``b``,
-    projected as in AdamP; weight decay ``p <- p (1 - lr wd ratio / (1 - momentum))``.
+    projected as in AdamP; weight decay ``p <- p (1 - lr wd ratio / (1 - momentum))``. Without
+    Nesterov the projected step replaces the buffer, as the authors' implementation does.
     """
 
     def __init__(
@@ -447,12 +448,16 @@ class SGDP(Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buf = state["momentum_buffer"]
                 buf.mul_(momentum).add_(grad, alpha=1.0 - group["dampening"])
-                update = grad + momentum * buf if group["nesterov"] else buf.clone()
+                update = grad + momentum * buf if group["nesterov"] else buf
                 ratio = 1.0
                 if p.ndim > 1:
                     update, projected = _radial_projection(p, grad, update, group["delta"],
                                                            group["eps"])
                     ratio = group["wd_ratio"] if projected else 1.0
+                    if projected and not group["nesterov"]:
+                        # As in the authors' code (clovaai/AdamP), without Nesterov the step
+                        # is the buffer itself, so the buffer keeps the projected direction.
+                        buf.copy_(update)
                 if group["weight_decay"]:
                     p.mul_(1.0 - group["lr"] * group["weight_decay"] * ratio / (1.0 - momentum))
                 p.add_(update, alpha=-group["lr"])

@@ -208,9 +208,7 @@ class NormAwareLinearAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
-    def project(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw queries, keys and values as (B, H, n, d)."""
         b, n, _ = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -287,9 +285,7 @@ class NormAwareLinearAttention(nn.Module):
         """Linear-time attention of new queries over (state's positions + new keys)."""
         b, h, n, f = phi_k.shape
         if state is None:
-            state = LinearAttentionState(
-                v.new_zeros(b, h, f, v.shape[-1]), v.new_zeros(b, h, f), 0
-            )
+            state = LinearAttentionState(v.new_zeros(b, h, f, v.shape[-1]), v.new_zeros(b, h, f), 0)
         values, normaliser, length = state.values, state.normaliser, state.length
         if not causal:
             values = values + num_k.transpose(-2, -1) @ v

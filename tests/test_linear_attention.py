@@ -55,8 +55,9 @@ def test_forward_equals_explicit_quadratic_formula() -> None:
     for causal in (True, False):
         mask = torch.ones(11, 11).tril() if causal else torch.ones(11, 11)
         counts = mask.sum(-1, keepdim=True)
-        out = ((scores * mask) @ v / counts) / ((scores * mask).sum(-1, keepdim=True) / counts
-                                               + 1e-6)
+        out = ((scores * mask) @ v / counts) / (
+            (scores * mask).sum(-1, keepdim=True) / counts + 1e-6
+        )
         expected = attn.proj(out.transpose(1, 2).reshape(2, 11, 16))
         torch.testing.assert_close(attn(x, causal=causal), expected, rtol=0, atol=1e-12)
 

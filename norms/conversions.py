@@ -45,7 +45,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterable
 
 import torch
@@ -304,7 +303,7 @@ def _check_centred(linear: nn.Linear) -> None:
     weight, bias = linear.weight.detach(), linear.bias.detach()
     scale = float(weight.abs().max()) + float(bias.abs().max()) + 1e-30
     drift = max(float(weight.sum(0).abs().max()), float(bias.sum().abs()))
-    if drift > 1e-8 * scale * math.sqrt(linear.out_features):
+    if drift > 100 * torch.finfo(weight.dtype).eps * scale * linear.out_features:
         raise ValueError(
             f"the residual stream is not zero-mean (a writer's outputs sum to up to {drift:.3g}); "
             "convert with pre_ln_to_pre_rmsnorm or center_residual_stream first"

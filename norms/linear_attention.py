@@ -183,6 +183,11 @@ class NormAwareLinearAttention(nn.Module):
         key_power: fixed power of the key features.
         eps: added to the (mean) normaliser.
         chunk_size: positions processed exactly per chunk of the causal pass.
+
+    Caches: a :class:`RecurrentStateCache` keeps the running sums (O(1) per decoded token);
+    a plain :class:`~norms.transformer.KVCache` keeps raw keys/values and rebuilds the sums of
+    the prefix on every call (O(prefix), but any ``truncate`` works). An explicit boolean
+    ``attn_mask`` switches to the quadratic form (it needs every key).
     """
 
     def __init__(

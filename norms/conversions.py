@@ -181,7 +181,7 @@ def pre_ln_to_pre_rmsnorm(model: TinyTransformer) -> TinyTransformer:
             norm = getattr(owner, attr)
             _fold_affine(reader, norm.weight, norm.bias, scale)
             rms = build_norm("rmsnorm", model.stack_width, eps=norm.eps, affine=False)
-            setattr(owner, attr, rms.to(norm.weight.dtype))
+            setattr(owner, attr, rms.to(reader.weight.dtype))
     return model
 
 

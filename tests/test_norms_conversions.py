@@ -203,3 +203,16 @@ def test_fake_layernorm_approximates_the_original_on_calibration_data() -> None:
         assert gap(off) > calibrated
     # The folded (norm-free) model keeps exactly the fake-LN gap.
     assert abs(gap(fold_fake_layernorm(fake)) - calibrated) < 1e-10
+
+
+@pytest.mark.float64
+def test_layernorm_without_affine_converts() -> None:
+    model = TinyTransformer.build(5, 16, 3, depth=2, num_heads=2).eval()
+    for block in model.stack.blocks:
+        block.norm1 = torch.nn.LayerNorm(16, elementwise_affine=False)
+    x = torch.randn(2, 4, 5)
+    crms = pre_rmsnorm_to_pre_crmsnorm(pre_ln_to_pre_rmsnorm(model))
+    torch.testing.assert_close(crms(x), model(x), rtol=0, atol=1e-10)
+    fake = to_fake_layernorm(model)
+    calibrate(fake, [x])
+    torch.testing.assert_close(fold_fake_layernorm(fake)(x), fake(x), rtol=0, atol=1e-10)

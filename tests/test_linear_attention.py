@@ -194,3 +194,15 @@ def test_bad_arguments() -> None:
         NormAwareLinearAttention(8, 2, chunk_size=0)
     with pytest.raises(ValueError, match="boolean attn_mask"):
         NormAwareLinearAttention(8, 2)(torch.randn(1, 3, 8), attn_mask=torch.ones(3, 3))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu() -> None:
+    stack = TransformerStack(32, depth=2, num_heads=4, attention="nala", rope=True).eval()
+    x = torch.randn(2, 70, 32)  # more than one chunk
+    expected = stack(x)
+    out = stack.cuda()(x.cuda())
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-4)
+    cache = RecurrentStateCache()
+    steps = torch.cat([stack(x[:, t : t + 1].cuda(), cache=cache) for t in range(5)], dim=1)
+    torch.testing.assert_close(steps.cpu(), expected[:, :5], rtol=1e-4, atol=1e-4)

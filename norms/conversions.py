@@ -22,11 +22,12 @@ copy and leave the input untouched. With ``C = I - 11^T/d`` the centring matrix:
    Writers keep their first d-1 output rows; CRMSNorm
    ``x~ / sqrt((sum x~^2 + (sum x~)^2)/d + eps)`` gives the first d-1 entries of RMSNorm(x);
    a reader ``W`` of the full normalised vector becomes ``W[:, :d-1] - W[:, d-1] 1^T``.
-3. LayerNorm removal: :func:`to_fake_layernorm` swaps each LN for a :class:`FakeLayerNorm`
-   (LN whose per-token std is replaced by one frozen per-layer scalar), :func:`calibrate` sets
-   that scalar to the mean of ``sqrt(var + eps)`` measured with the real LN on data, and
-   :func:`fold_fake_layernorm` folds the now affine map ``gamma (C x)/sigma + beta`` into the
-   next linear (``W' = W diag(gamma) C / sigma``, ``b' = b + s W beta``) and deletes the norm.
+3. LayerNorm removal: :func:`to_fake_layernorm` swaps each LN for a
+   :class:`~norms.removal.FakeLayerNorm` (LN whose per-token std becomes one frozen per-layer
+   scalar sigma), :func:`calibrate` sets sigma to the mean of ``sqrt(var + eps)`` measured with
+   the real LN on data and freezes it, and :func:`fold_fake_layernorm` folds the now affine
+   map ``gamma (C x)/sigma + beta`` into the next linear (``W' = W diag(gamma) C / sigma``,
+   ``b' = b + s W beta``) and deletes the norm.
    Folding is exact; only the fake-LN step approximates (the papers then fine-tune).
 
 Only pre-norm placements (``pre``, ``lns``) with a final norm are convertible: there every read
@@ -50,12 +51,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from norms.registry import available_norms, build_norm
+from norms.registry import build_norm
+from norms.removal import FakeLayerNorm, fold_norm_into_linear
 from norms.transformer import KVCache, TransformerBlock, TransformerStack
 
 __all__ = [
-    "CompressedRMSNorm",
-    "FakeLayerNorm",
     "TinyTransformer",
     "calibrate",
     "center_residual_stream",
@@ -103,59 +103,6 @@ class TinyTransformer(nn.Module):
         causal: bool = True,
     ) -> torch.Tensor:
         return self.head(self.stack(self.embed(x), cache, attn_mask, causal))
-
-
-class CompressedRMSNorm(nn.Module):
-    """CRMSNorm of a compressed zero-mean vector x~ in R^(d-1) (no affine).
-
-    ``y = x~ / sqrt((sum x~^2 + (sum x~)^2) / d + eps)``: the first d-1 entries of RMSNorm of
-    ``[x~, -sum x~]``. Used when the registry has no ``crmsnorm``.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.num_features, self.eps = num_features, eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.num_features + 1
-        power = (x.square().sum(-1, keepdim=True) + x.sum(-1, keepdim=True).square()) / d
-        return x * torch.rsqrt(power + self.eps)
-
-
-class FakeLayerNorm(nn.Module):
-    """LayerNorm dividing by one frozen per-layer scalar instead of each token's std.
-
-    ``y = gamma (x - mean x) / sigma + beta`` with the buffer ``sigma``. While ``calibrating``
-    the layer behaves as the real LayerNorm and accumulates the mean of the per-token
-    ``sqrt(var + eps)``; :meth:`finish_calibration` freezes it into ``sigma``.
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.num_features, self.eps = num_features, eps
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("sigma", torch.ones(()))
-        self.calibrating = False
-        self._std_sum, self._count = 0.0, 0
-
-    def start_calibration(self) -> None:
-        self.calibrating, self._std_sum, self._count = True, 0.0, 0
-
-    def finish_calibration(self) -> None:
-        if self._count == 0:
-            raise ValueError("FakeLayerNorm saw no tokens during calibration; pass some data")
-        self.sigma.fill_(self._std_sum / self._count)
-        self.calibrating = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - x.mean(-1, keepdim=True)
-        if self.calibrating:
-            std = torch.sqrt(centred.square().mean(-1, keepdim=True) + self.eps)
-            self._std_sum += float(std.detach().sum())
-            self._count += std.numel()
-            return centred / std * self.weight + self.bias
-        return centred / self.sigma * self.weight + self.bias
 
 
 # ---------------------------------------------------------------- Pre-LN -> Pre-(C)RMSNorm
@@ -208,61 +155,62 @@ def pre_rmsnorm_to_pre_crmsnorm(model: TinyTransformer) -> TinyTransformer:
 
 
 def to_fake_layernorm(model: TinyTransformer) -> TinyTransformer:
-    """Copy with every LayerNorm of the stack replaced by a :class:`FakeLayerNorm` (sigma = 1).
+    """Copy with every LayerNorm of the stack replaced by a live ``fake_layernorm``.
 
-    Call :func:`calibrate` next: before it the fake layers divide by 1.
+    Live fake LayerNorms still compute LayerNorm; :func:`calibrate` measures and freezes them.
     """
     _check_norms(model.stack, _is_layernorm, "layernorm")
     model = copy.deepcopy(model)
     for owner, attr, reader, _ in _norm_sites(model):
-        norm = getattr(owner, attr)
-        fake = FakeLayerNorm(model.stack_width, eps=norm.eps).to(reader.weight.dtype)
-        with torch.no_grad():
-            if norm.weight is not None:
-                fake.weight.copy_(norm.weight)
-            if norm.bias is not None:
-                fake.bias.copy_(norm.bias)
-        setattr(owner, attr, fake)
+        fake = FakeLayerNorm.from_layernorm(getattr(owner, attr))
+        setattr(owner, attr, fake.to(device=reader.weight.device, dtype=reader.weight.dtype))
     return model
 
 
 @torch.no_grad()
 def calibrate(model: TinyTransformer, batches: Iterable[torch.Tensor], **forward) -> None:
-    """Set each :class:`FakeLayerNorm`'s sigma to its mean real std over ``batches`` (in place).
+    """Measure each live FakeLayerNorm's token std on ``batches``, then freeze it (in place).
 
     The model runs with real LayerNorms meanwhile, so every layer sees the activations of the
-    original model. ``forward`` holds extra arguments of the model call (e.g. ``causal``).
+    original model. The frozen scale is the equal-weight mean over batches of the mean
+    ``sqrt(var + eps)`` (the layer's EMA with momentum 1/k at the k-th batch). ``forward``
+    holds extra arguments of the model call (e.g. ``causal``).
     """
-    fakes = [m for m in model.modules() if isinstance(m, FakeLayerNorm)]
+    fakes = [m for m in model.modules() if isinstance(m, FakeLayerNorm) and not bool(m.frozen)]
     if not fakes:
-        raise ValueError("calibrate needs a model with FakeLayerNorm layers; run to_fake_layernorm")
+        raise ValueError("calibrate needs a model with live FakeLayerNorms; run to_fake_layernorm")
+    momenta = [fake.momentum for fake in fakes]
     for fake in fakes:
         fake.start_calibration()
     try:
-        for batch in batches:
+        for k, batch in enumerate(batches, start=1):
+            for fake in fakes:
+                fake.momentum = 1.0 / k
             model(batch, **forward)
     finally:
-        for fake in fakes:
-            fake.calibrating = False
+        for fake, momentum in zip(fakes, momenta):
+            fake.momentum, fake.calibrating = momentum, False
     for fake in fakes:
-        fake.finish_calibration()
+        fake.freeze()
 
 
 def fold_fake_layernorm(model: TinyTransformer) -> TinyTransformer:
-    """Fold each calibrated FakeLayerNorm into the linear reading it; the norms become identity.
+    """Fold each frozen FakeLayerNorm into the linear reading it; the norms become identity.
 
     The result equals the fake-LN model exactly (up to rounding) and has no normalization left.
+    The fold is :func:`norms.removal.fold_norm_into_linear` applied to the reader with its
+    weight scaled by the block's norm scale s (LNS), then divided by s again, since the block
+    keeps multiplying the (now identity) norm output by s.
     """
     _check_norms(model.stack, lambda m: isinstance(m, FakeLayerNorm), "fake layernorm")
     model = copy.deepcopy(model)
     d = model.stack_width
     with torch.no_grad():
         for owner, attr, reader, scale in _norm_sites(model):
-            norm = getattr(owner, attr)
-            weight = reader.weight.clone()
-            reader.bias.add_(scale * (weight @ norm.bias))
-            centring = torch.eye(d, dtype=weight.dtype, device=weight.device) - 1.0 / d
-            reader.weight.copy_((weight * (norm.weight / norm.sigma)) @ centring)
+            scaled = _linear_like(reader, scale * reader.weight, reader.bias)
+            folded = fold_norm_into_linear(getattr(owner, attr), scaled)
+            folded.weight.div_(scale)
+            _replace_linear(model, reader, lambda _, new=folded: new)
             setattr(owner, attr, build_norm("identity", d))
     return model
 
@@ -339,14 +287,8 @@ def _fold_affine(
 
 
 def _crmsnorm(num_features: int, eps: float) -> nn.Module:
-    """The registry's ``crmsnorm`` (unit gain) when it exists, else :class:`CompressedRMSNorm`."""
-    if "crmsnorm" not in available_norms():
-        return CompressedRMSNorm(num_features, eps)
-    norm = build_norm("crmsnorm", num_features, eps=eps)
-    if getattr(norm, "weight", None) is not None:
-        with torch.no_grad():
-            norm.weight.fill_(1.0)
-    return norm
+    """The registry's ``crmsnorm`` without gain (the gains are folded into the readers)."""
+    return build_norm("crmsnorm", num_features, eps=eps, affine=False)
 
 
 def _compress_reader(linear: nn.Linear) -> nn.Linear:

@@ -7,8 +7,6 @@ import torch
 
 import norms.linear_attention  # noqa: F401  (registers the "nala" attention)
 from norms.conversions import (
-    CompressedRMSNorm,
-    FakeLayerNorm,
     TinyTransformer,
     calibrate,
     center_residual_stream,
@@ -17,6 +15,7 @@ from norms.conversions import (
     pre_rmsnorm_to_pre_crmsnorm,
     to_fake_layernorm,
 )
+from norms.removal import FakeLayerNorm
 
 
 def _model(placement: str = "pre", attention: str = "softmax", **stack) -> TinyTransformer:
@@ -90,14 +89,6 @@ def test_residual_stream_is_zero_mean_after_centring() -> None:
 
 
 @pytest.mark.float64
-def test_crms_layer_is_rms_of_the_completed_vector() -> None:
-    x = torch.randn(6, 9)
-    completed = torch.cat([x, -x.sum(-1, keepdim=True)], dim=-1)
-    rms = torch.nn.functional.rms_norm(completed, (10,), eps=1e-5)
-    torch.testing.assert_close(CompressedRMSNorm(9)(x), rms[:, :9], rtol=0, atol=1e-14)
-
-
-@pytest.mark.float64
 def test_crmsnorm_conversion_refuses_a_stream_with_a_mean() -> None:
     model = _model()
     with torch.no_grad():
@@ -123,8 +114,11 @@ def test_conversions_refuse_post_norm_and_missing_final_norm() -> None:
         to_fake_layernorm(bare)
     with pytest.raises(ValueError, match="needs layernorm norms"):
         pre_ln_to_pre_rmsnorm(TinyTransformer.build(4, 8, 2, 1, 2, norm="rmsnorm"))
-    with pytest.raises(ValueError, match="FakeLayerNorm layers"):
+    with pytest.raises(ValueError, match="live FakeLayerNorms"):
         calibrate(post, [torch.randn(1, 2, 4)])
+    uncalibrated = to_fake_layernorm(TinyTransformer.build(4, 8, 2, depth=1, num_heads=2))
+    with pytest.raises(ValueError, match="must be frozen"):
+        fold_fake_layernorm(uncalibrated)
 
 
 @pytest.mark.float64
@@ -171,8 +165,9 @@ def test_calibration_measures_the_mean_token_std() -> None:
     expected = torch.sqrt(tokens.var(-1, unbiased=False) + norm.eps).mean()
     fake = to_fake_layernorm(model)
     calibrate(fake, data)
-    assert torch.isclose(fake.stack.blocks[1].norm2.sigma, expected, rtol=1e-12)
-    assert not fake.stack.blocks[1].norm2.calibrating
+    layer = fake.stack.blocks[1].norm2
+    assert torch.isclose(layer.scale, expected, rtol=1e-12)
+    assert bool(layer.frozen) and not layer.calibrating and layer.momentum == 0.1
 
 
 @pytest.mark.float64
@@ -199,7 +194,7 @@ def test_fake_layernorm_approximates_the_original_on_calibration_data() -> None:
         with torch.no_grad():
             for layer in off.modules():
                 if isinstance(layer, FakeLayerNorm):
-                    layer.sigma.mul_(factor)
+                    layer.scale.mul_(factor)
         assert gap(off) > calibrated
     # The folded (norm-free) model keeps exactly the fake-LN gap.
     assert abs(gap(fold_fake_layernorm(fake)) - calibrated) < 1e-10

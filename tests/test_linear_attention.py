@@ -206,3 +206,15 @@ def test_cuda_matches_cpu() -> None:
     cache = RecurrentStateCache()
     steps = torch.cat([stack(x[:, t : t + 1].cuda(), cache=cache) for t in range(5)], dim=1)
     torch.testing.assert_close(steps.cpu(), expected[:, :5], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.float64
+def test_recurrent_cache_also_serves_softmax_layers() -> None:
+    stack = TransformerStack(8, depth=2, num_heads=2, rope=True).eval()
+    x = torch.randn(2, 6, 8)
+    cache = RecurrentStateCache()
+    stack(x[:, :3], cache=cache)
+    stack(torch.randn(2, 2, 8), cache=cache)
+    cache.truncate(3)
+    torch.testing.assert_close(stack(x[:, 3:], cache=cache), stack(x)[:, 3:], rtol=0, atol=1e-12)
+    assert cache.length == 6

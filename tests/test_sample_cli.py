@@ -133,3 +133,24 @@ def test_default_run_samples_the_shipped_model(tmp_path) -> None:
     with Image.open(tmp_path / "samples.png") as image:
         grid = torch.tensor(list(image.getdata()), dtype=torch.float32)
     assert grid.std() > 20  # digits, not a blank or saturated canvas
+
+
+def test_trainer_checkpoint_round_trip(tmp_path, capsys) -> None:
+    """The project's trainer trains configs/digits_tarflow.yaml (shrunk) and sample.py reads it."""
+    from trainers import load_config
+    from trainers.train import train
+
+    overrides = [
+        "model.image_size=8", "data.size=8", "model.width=16", "model.num_heads=2",
+        "model.layers_per_block=[1, 1]", "data.batch_size=16", "trainer.max_steps=3",
+        "trainer.warmup_steps=1", "trainer.checkpoint_every=3", "trainer.sample_every=0",
+        "trainer.plot=false", "trainer.progress=false", "trainer.log_every=1",
+        f"trainer.output_dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    train(load_config(str(ROOT / "configs" / "digits_tarflow.yaml"), overrides))
+    capsys.readouterr()
+    code, out, err = _run(["--checkpoint", str(tmp_path / "run"), "--num", "4",
+                           "--out", str(tmp_path / "s.png")], capsys)  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["checkpoint"].endswith("checkpoint-3") and summary["sample_shape"] == [1, 8, 8]

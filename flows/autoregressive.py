@@ -391,8 +391,8 @@ class AutoregressiveBlock(nn.Module):
                 raise ValueError(f"the permutation does not keep the first {n_given} tokens")
             start[:, :n_given] = given
         zp, xp = self.permutation.forward(z), self.permutation.forward(start)
-        if ctx_len == 0:  # token 0 is left unchanged
-            n_given = max(n_given, 1)
+        if ctx_len == 0 and n_given == 0:  # token 0 is left unchanged
+            n_given = 1
             xp[:, :1] = zp[:, :1]
         pieces = [] if ctx is None else [ctx]
         known = self._embed(xp[:, :n_given], ctx_len)

@@ -117,8 +117,10 @@ def test_jacobi_threshold_stops_early_and_init_is_used() -> None:
 
 
 @pytest.mark.float64
-def test_given_prefix_is_kept_and_rest_is_solved() -> None:
-    block = _block(start_token=True, positions="rope", permutation=Permutation.reverse_within(T, 3))
+@pytest.mark.parametrize("start_token", [False, True])
+def test_given_prefix_is_kept_and_rest_is_solved(start_token: bool) -> None:
+    flip = Permutation.reverse_within(T, 3)
+    block = _block(start_token=start_token, positions="rope", permutation=flip)
     x = torch.randn(2, T, D)
     z, _ = block(x)
     noise = torch.randn_like(z)

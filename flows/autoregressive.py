@@ -60,6 +60,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from norms.transformer import KVCache, TransformerStack
@@ -167,15 +168,11 @@ def combine_guidance(
 
 
 def _distributed() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized()
 
 
 def _stop_everywhere(converged: bool, device: torch.device) -> bool:
     """All ranks stop together: all-reduce the flag only when a process group exists."""
-    import torch.distributed as dist
-
     if not _distributed():
         return converged
     flag = torch.tensor([1.0 if converged else 0.0], device=device)
@@ -475,20 +472,20 @@ class AutoregressiveBlock(nn.Module):
                 h = self.transformer(torch.cat([last, guess], dim=1), cache=cache)
                 log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
                 new = mu + torch.exp(log_sigma) * zp[:, a:e]
-                delta = (new - xp[:, a:e]).pow(2)
+                # relative change per token; their mean is the reference's stopping statistic
                 scale = new.pow(2).mean().clamp_min(torch.finfo(new.dtype).tiny)
+                per_token = (new - xp[:, a:e]).pow(2).mean(dim=(0, 2)) / scale
                 xp[:, a:e] = new
                 passes += 1
                 token_passes += e - a
-                converged = _stop_everywhere(bool(delta.mean() / scale < threshold), z.device)
+                small = (per_token < threshold).cumprod(0)
+                change, n_small = torch.stack([per_token.mean(), small.sum()]).tolist()
+                converged = _stop_everywhere(change < threshold, z.device)
                 if converged or k == max_iter - 1:
                     break  # the cache keeps this pass: it is the solved prefix
                 # Accept token a (exact: its inputs are all accepted) and the tokens after it
                 # whose inputs barely moved; later passes only recompute the rest of the chunk.
-                accept = 0
-                if shrink:
-                    small = (delta.mean(dim=(0, 2)) / scale < threshold).int()
-                    accept = min(1 + int(small.cumprod(0).sum()), e - a)
+                accept = min(1 + int(n_small), e - a) if shrink else 0
                 if a + accept == e:
                     break
                 # keep `last` and the accepted inputs computed from their (unchanged) values

@@ -197,9 +197,12 @@ def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
     )
     wall = time.perf_counter() - start
     side = images.shape[-1]
+    # one column per class when the labels cycle through the classes
+    nrow = classes if classes and label is None and num >= classes else None
     out = save_image_grid(
-        (images + 1) / 2, options.get("out", "samples.png"), nrow=None, scale=max(1, 64 // side)
+        (images + 1) / 2, options.get("out", "samples.png"), nrow=nrow, scale=max(1, 64 // side)
     )
+
     return {
         "model": config["model"]["name"],
         "method": info["method"],

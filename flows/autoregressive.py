@@ -408,11 +408,17 @@ class AutoregressiveBlock(nn.Module):
         guidance: float = 0.0,
         guidance_rule: str = "tarflow",
         given: torch.Tensor | None = None,
+        stats: dict | None = None,
     ) -> torch.Tensor:
-        """Exact inverse, one token per transformer pass with a KV cache."""
+        """Exact inverse, one token per transformer pass with a KV cache.
+
+        ``stats``, when given, receives "passes" (one per unknown token).
+        """
         zp, xp, first, cache, last, guided = self._prepare_reverse(
             z, cond, uncond, guidance_rule, given
         )
+        if stats is not None:
+            stats.update(passes=self.num_tokens - first, token_passes=self.num_tokens - first)
         ctx_len = cache.length + 1 - first
         for t in range(first, self.num_tokens):
             h = self.transformer(last, cache=cache)

@@ -307,11 +307,13 @@ class TransformerFlow(ModelMixin, ConfigMixin):
             block = self.blocks[i]
             cond = self._prefix(i, y, batch)
             uncond = self._prefix(i, None, batch) if guidance else None
+            stats: dict[str, int] = {}
             if method == "sequential":
-                tokens = block.reverse_sequential(tokens, cond, uncond, guidance, guidance_rule)
-                iterations[i] = self.num_tokens
+                tokens = block.reverse_sequential(
+                    tokens, cond, uncond, guidance, guidance_rule, stats=stats
+                )
+                iterations[i] = stats["passes"]
             else:
-                stats: dict[str, int] = {}
                 tokens, iterations[i] = block.reverse_jacobi(
                     tokens,
                     cond,

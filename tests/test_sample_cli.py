@@ -58,7 +58,7 @@ def test_checkpoint_run_writes_grid_and_summary(tiny_checkpoint, tmp_path, capsy
     with Image.open(png) as image:
         assert image.size[0] > 8 * 2 and image.size[1] > 8
     code, out, _ = _run(args + ["--method", "sequential", "--seed", "3"], capsys)
-    assert code == 0 and json.loads(out)["iterations"] == [16, 16]
+    assert code == 0 and json.loads(out)["iterations"] == [16, 16]  # class prefix: all 16 tokens
 
 
 @pytest.mark.parametrize(

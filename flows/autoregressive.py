@@ -478,14 +478,16 @@ class AutoregressiveBlock(nn.Module):
                 h = self.transformer(torch.cat([last, guess], dim=1), cache=cache)
                 log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
                 new = mu + torch.exp(log_sigma) * zp[:, a:e]
-                # relative change per token; their mean is the reference's stopping statistic
-                scale = new.pow(2).mean().clamp_min(torch.finfo(new.dtype).tiny)
-                per_token = (new - xp[:, a:e]).pow(2).mean(dim=(0, 2)) / scale
+                # The reference's statistic mean((x_new - x_old)^2) / mean(x_new^2), taken per
+                # sample (a batch mean would hide a slow sample) and per token (for acceptance).
+                scale = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
+                per_sample_token = (new - xp[:, a:e]).pow(2).mean(dim=2) / scale[:, None]
                 xp[:, a:e] = new
                 passes += 1
                 token_passes += e - a
-                small = (per_token < threshold).cumprod(0)
-                change, n_small = torch.stack([per_token.mean(), small.sum()]).tolist()
+                small = (per_sample_token.amax(dim=0) < threshold).cumprod(0)
+                worst = per_sample_token.mean(dim=1).amax()
+                change, n_small = torch.stack([worst, small.sum()]).tolist()
                 converged = _stop_everywhere(change < threshold, z.device)
                 if converged or k == max_iter - 1:
                     break  # the cache keeps this pass: it is the solved prefix

@@ -168,9 +168,17 @@ def _two_rank_worker(output_dir: str) -> None:
 
 
 def test_two_rank_data_parallel_equals_single_process(tmp_path):
-    from accelerate import debug_launcher
-
-    debug_launcher(_two_rank_worker, args=(str(tmp_path / "ddp"),), num_processes=2)
+    # The two ranks are forked from a fresh interpreter: forking this pytest process after
+    # earlier tests ran multi-threaded (OpenMP) kernels can deadlock the children's matmuls.
+    launch = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_trainer;"
+        "from accelerate import debug_launcher;"
+        "debug_launcher(test_trainer._two_rank_worker, args=(sys.argv[2],), num_processes=2)"
+    )
+    tests_dir = str(Path(__file__).resolve().parent)
+    result = subprocess.run([sys.executable, "-c", launch, tests_dir, str(tmp_path / "ddp")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoint-6" / "accelerator" / "random_states_1.pkl").exists()
     single = train(smoke(tmp_path, "data.batch_size=16", "model.noise_std=0.0",
                          "trainer.max_steps=6", "trainer.sample_every=0", *DP_OPTIMIZER,

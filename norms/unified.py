@@ -12,7 +12,8 @@ t is kept in a window of the last W batches (default 4). After ``warmup_iters`` 
 times the variance of the recorded sqrt(sigma^2) values, the batch is treated as an outlier:
 its slot is refilled with the running statistic and the batch normalises with its own
 statistic. Gradient compensation in backward: with r = clamp(sqrt(var + eps) /
-sqrt(running + eps), 1/5, 5) (1 during the first max(1000, warmup) steps and for outliers),
+sqrt(running + eps), 1/5, 5) (1 during the first max(1000, warmup) steps and for outliers;
+``compensation_start`` sets the 1000),
 g = r * gamma * dL/dy, z = x / sqrt(var + eps):
 
     dL/dx = (g - ema_gz * z) / sqrt(var + eps),
@@ -77,6 +78,8 @@ class UnifiedNorm(nn.Module):
         outlier_filtration: adaptive outlier filtration (the paper suggests it for vision).
         eps: added to the variance.
         momentum: EMA factor of running_var and ema_gz.
+        compensation_start: gradient compensation (r != 1) starts after
+            max(compensation_start, warmup_iters) steps (1000 in the paper's code).
         affine: learn gamma and beta.
     """
 
@@ -88,6 +91,7 @@ class UnifiedNorm(nn.Module):
         outlier_filtration: bool = False,
         eps: float = 1e-5,
         momentum: float = 0.9,
+        compensation_start: int = 1000,
         affine: bool = True,
     ) -> None:
         super().__init__()
@@ -95,6 +99,7 @@ class UnifiedNorm(nn.Module):
             raise ValueError(f"unifiednorm: window_size must be >= 1; got {window_size}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.warmup_iters, self.outlier_filtration = warmup_iters, outlier_filtration
+        self.compensation_start = compensation_start
         self.weight = nn.Parameter(torch.ones(num_features), requires_grad=affine)
         self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=affine)
         self.register_buffer("running_var", torch.ones(num_features))
@@ -119,7 +124,10 @@ class UnifiedNorm(nn.Module):
         recorded = torch.sqrt(self.buffer_x2).var() if self.buffer_x2.numel() > 1 else None
         self.buffer_x2[slot] = batch_x2
         skipped = False
-        if self.outlier_filtration and step >= self.warmup_iters and recorded is not None:
+        # Filtration starts once the window holds real statistics (automatic in the paper's
+        # code, where warmup_iters >= W).
+        started = step > window and step >= self.warmup_iters
+        if self.outlier_filtration and started and recorded is not None:
             arithmetic = self.buffer_x2.mean(0)
             geometric = self.buffer_x2.log().mean(0).exp()
             if bool(((arithmetic - geometric) > recorded * window).any()):
@@ -140,7 +148,7 @@ class UnifiedNorm(nn.Module):
             self.num_batches_tracked += 1
             step = int(self.num_batches_tracked)
             var, use_window, skipped = self._statistics(mean_square(x2d, keep), step)
-            if step <= max(1000, self.warmup_iters) or skipped:
+            if step <= max(self.compensation_start, self.warmup_iters) or skipped:
                 ratio = torch.ones_like(var)
             else:
                 ratio = torch.sqrt((var + self.eps) / (self.running_var + self.eps)).clamp(0.2, 5.0)

@@ -150,3 +150,8 @@ def test_wrong_layout_names_expected_layout(name):
     expected = "channels-last tokens" if layout == "tokens" else "channels-first maps"
     with pytest.raises(ValueError, match=expected):
         layer(bad)
+
+
+def test_unknown_option_is_a_value_error_listing_allowed_ones():
+    with pytest.raises(ValueError, match="unknown option.*warmup_iters.*allowed: .*eps"):
+        norms.build_norm("layernorm", C, warmup_iters=3)

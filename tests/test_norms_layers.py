@@ -490,3 +490,33 @@ def test_regionnorm_l_learns_mask_and_keeps_regions_independent():
     assert layer.mask_conv.weight.grad.abs().sum() > 0
     for shape in ((2, 4, 9), (1, 4, 2, 5, 5)):
         assert layer(torch.randn(shape)).shape == shape
+
+
+@pytest.mark.parametrize("channels_in_mask", [1, 3])
+def test_region_normalize_gradcheck(channels_in_mask):
+    from norms.region import region_normalize
+
+    x = (torch.randn(2, 3, 4, 4) * 2 + 1).requires_grad_()
+    mask = (torch.rand(2, channels_in_mask, 4, 4) > 0.5).double()
+    w = (torch.rand(2, 3) + 0.5).requires_grad_()
+    b = torch.randn(2, 3).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda *a: region_normalize(a[0], mask, a[1], a[2], 1e-3), (x, w, b)
+    )
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_evonorm_b0_gradcheck(train):
+    layer = norms.build_norm("evonorm_b0", 3, eps=1e-2)
+    with torch.no_grad():
+        layer.v.copy_(torch.tensor([0.5, -0.7, 1.3]))
+        layer.running_var.copy_(torch.tensor([0.5, 2.0, 1.0]))
+    layer.train(train)
+    x = (torch.randn(2, 3, 5) * 2 + 0.5).requires_grad_()
+    params = (layer.v, layer.weight, layer.bias)
+    from norms.evonorm import _EvoB0Function
+
+    def f(x, v, w, b):
+        return _EvoB0Function.apply(x, v, w, b, train, layer.running_var, 1e-2)[0]
+
+    assert torch.autograd.gradcheck(f, (x, *params))

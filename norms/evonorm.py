@@ -66,21 +66,23 @@ class _EvoB0Function(torch.autograd.Function):
         dy = dy.contiguous()
         grad_w = torch.linalg.vecdot(dy, u).sum(0)
         grad_b = dy.sum((0, 2))
+        # In-place chains on few fresh buffers: on CPU a pass into a new buffer costs several
+        # in-place ones.
         t = torch.mul(dy, weight.view(1, c, 1)).div_(den)  # g / den
-        q = -t * u  # dL/dden
-        q_sum = q.sum((0, 2))
-        q_right = q.mul_(den > left)  # where the v x + S branch is the max
-        sum_right_bc = q_right.sum(2, keepdim=True)
-        grad_v = torch.linalg.vecdot(q_right, flat).sum(0)
+        p = torch.mul(t, u)  # -dL/dden
+        p_sum = p.sum((0, 2))
+        p_right = p.mul_(den > left)  # where the v x + S branch is the max
+        sum_right_bc = p_right.sum(2, keepdim=True)
+        grad_v = -torch.linalg.vecdot(p_right, flat).sum(0)
         # dS_bc/dx = (x - m_bc)/(n S_bc); dL_c/dx = (x - m_c)/(N L_c) (train only).
-        coef = sum_right_bc / (n * inst_std)
+        coef = -sum_right_bc / (n * inst_std)
         const = -mean_bc * coef
         if ctx.batch_stats:
-            sum_left_c = (q_sum - sum_right_bc.sum((0, 2))).view(1, c, 1)
+            sum_left_c = (sum_right_bc.sum((0, 2)) - p_sum).view(1, c, 1)
             coef_c = sum_left_c / (b * n * left)
             coef = coef + coef_c
             const = const - mean_c * coef_c
-        grad_x = t.addcmul_(q_right, v.view(1, c, 1)).addcmul_(flat, coef).add_(const)
+        grad_x = t.addcmul_(p_right, v.view(1, c, 1), value=-1).addcmul_(flat, coef).add_(const)
         return grad_x, grad_v, grad_w, grad_b, None, None, None
 
 
@@ -121,6 +123,45 @@ class EvoNormB0(nn.Module):
         return y.view(x.shape)
 
 
+class _EvoS0Function(torch.autograd.Function):
+    """y = w x sigmoid(v x) r_bg + b, r_bg = 1/sqrt(groupvar + eps), hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, flat, v, weight, bias, groups, eps):
+        b, c, n = flat.shape
+        grouped = flat.view(b, groups, -1)
+        mean_g, sq_g = _instance_stats(grouped)
+        r_g = torch.rsqrt((sq_g - mean_g * mean_g).clamp_min(0.0) + eps)
+        r = r_g.repeat_interleave(c // groups, 1)  # (B, C, 1)
+        sig = torch.mul(flat, v.view(1, c, 1)).sigmoid_()
+        h = torch.mul(flat, sig)
+        y = torch.addcmul(bias.view(1, c, 1), h, r * weight.view(1, c, 1))
+        ctx.save_for_backward(flat, v, weight, sig, h, r, mean_g, r_g)
+        ctx.groups = groups
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        flat, v, weight, sig, h, r, mean_g, r_g = ctx.saved_tensors
+        b, c, n = flat.shape
+        groups = ctx.groups
+        dy = dy.contiguous()
+        dyh = torch.linalg.vecdot(dy, h)  # (B, C)
+        grad_w = (dyh * r.view(b, c)).sum(0)
+        grad_b = dy.sum((0, 2))
+        # dL/dr_bg, and dr_bg/dx = -r^3 (x - m_bg) / (group size).
+        grad_r = (dyh * weight).view(b, groups, -1).sum(2, keepdim=True)
+        coef_g = -grad_r * r_g.pow(3) / (n * c // groups)
+        coef = coef_g.repeat_interleave(c // groups, 1)
+        const = (-mean_g * coef_g).repeat_interleave(c // groups, 1)
+        dh = torch.mul(dy, r * weight.view(1, c, 1))
+        k = torch.mul(h, sig).neg_().add_(h)  # x sig (1 - sig) = dh/dv / x
+        grad_v = torch.linalg.vecdot(torch.mul(dh, k), flat).sum(0)
+        # dh/dx = sig + v x sig (1 - sig) = sig + v k.
+        grad_x = dh.mul_(k.mul_(v.view(1, c, 1)).add_(sig)).addcmul_(flat, coef).add_(const)
+        return grad_x, grad_v, grad_w, grad_b, None, None
+
+
 @register_norm("evonorm_s0", layouts=("maps",))
 class EvoNormS0(nn.Module):
     """EvoNorm-S0 (sample-based, no running statistics) on (B, C, *) maps.
@@ -146,13 +187,6 @@ class EvoNormS0(nn.Module):
         check_layout(x, self.num_features, "maps", "evonorm_s0")
         if self.v is None:
             return torch.addcmul(_channel_view(self.bias, x), x, _channel_view(self.weight, x))
-        b, g = x.shape[0], self.groups
-        flat = x.reshape(b, self.num_features, -1)
-        group_mean, group_sq = _instance_stats(flat.reshape(b, g, -1))
-        group_var = (group_sq - group_mean * group_mean).clamp_min(0.0)
-        # gamma / std folded into one (B, C, 1) factor, so the full-size work is sigmoid, mul, fma.
-        inv_std = torch.rsqrt(group_var + self.eps).repeat_interleave(self.num_features // g, 1)
-        scale = inv_std * self.weight.view(1, -1, 1)
-        gated = flat * torch.sigmoid(flat * self.v.view(1, -1, 1))
-        y = torch.addcmul(self.bias.view(1, -1, 1), gated, scale)
+        flat = x.reshape(x.shape[0], self.num_features, -1).contiguous()
+        y = _EvoS0Function.apply(flat, self.v, self.weight, self.bias, self.groups, self.eps)
         return y.view(x.shape)

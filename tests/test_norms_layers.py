@@ -520,3 +520,13 @@ def test_evonorm_b0_gradcheck(train):
         return _EvoB0Function.apply(x, v, w, b, train, layer.running_var, 1e-2)[0]
 
     assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_evonorm_s0_gradcheck():
+    from norms.evonorm import _EvoS0Function
+
+    x = (torch.randn(2, 4, 5) * 2 + 0.5).requires_grad_()
+    v = torch.tensor([0.5, -0.7, 1.3, 0.9], requires_grad=True)
+    w = (torch.rand(4) + 0.5).requires_grad_()
+    b = torch.randn(4).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: _EvoS0Function.apply(*a, 2, 1e-3), (x, v, w, b))

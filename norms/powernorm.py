@@ -58,9 +58,8 @@ def masked_mean(rows: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
 
 
 def mean_square(x2d: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Per-channel mean of x^2 over the kept rows, without materialising x^2 when unmasked."""
-    if keep is None:
-        return torch.linalg.vector_norm(x2d, dim=0).square_() / x2d.shape[0]
+    """Per-channel mean of x^2 over the kept rows."""
+    # (torch.linalg.vector_norm over dim 0 is ~10x slower than this on CPU.)
     return masked_mean(x2d * x2d, keep)
 
 

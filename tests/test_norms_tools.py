@@ -168,3 +168,13 @@ def test_lecun_normal_variance_and_selumlp():
         SELUMLP(8, 64, 3, dropout=1.5)
     with pytest.raises(ValueError, match=">= 2 dims"):
         lecun_normal_(torch.empty(5))
+
+
+@pytest.mark.float64
+def test_frozen_fake_layernorm_gradcheck():
+    from norms.removal import _FrozenLayerNorm
+
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    a = (torch.rand(5) + 0.5).requires_grad_()
+    b = torch.randn(5, requires_grad=True)
+    assert torch.autograd.gradcheck(_FrozenLayerNorm.apply, (x, a, b))

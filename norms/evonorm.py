@@ -52,24 +52,24 @@ class _EvoB0Function(torch.autograd.Function):
             mean_c, var_c = None, running_var.view(1, c, 1)
         left = torch.sqrt(var_c + eps)
         den = torch.addcmul(inst_std, flat, v.view(1, c, 1))
-        den = torch.maximum(den, left)
-        u = flat / den
-        y = torch.addcmul(bias.view(1, c, 1), u, weight.view(1, c, 1))
-        ctx.save_for_backward(flat, v, weight, den, u, left, mean_bc, inst_std, mean_c)
+        den = torch.maximum(den, left, out=den)
+        y = torch.div(flat, den).mul_(weight.view(1, c, 1)).add_(bias.view(1, c, 1))
+        ctx.save_for_backward(flat, v, weight, den, left, mean_bc, inst_std, mean_c)
         ctx.batch_stats = batch_stats
         return y, var_c.view(c)
 
     @staticmethod
     def backward(ctx, dy, _grad_var):
-        flat, v, weight, den, u, left, mean_bc, inst_std, mean_c = ctx.saved_tensors
+        flat, v, weight, den, left, mean_bc, inst_std, mean_c = ctx.saved_tensors
         b, c, n = flat.shape
         dy = dy.contiguous()
-        grad_w = torch.linalg.vecdot(dy, u).sum(0)
-        grad_b = dy.sum((0, 2))
         # In-place chains on few fresh buffers: on CPU a pass into a new buffer costs several
         # in-place ones.
+        u = torch.div(flat, den)
+        grad_w = torch.linalg.vecdot(dy, u).sum(0)
+        grad_b = dy.sum((0, 2))
         t = torch.mul(dy, weight.view(1, c, 1)).div_(den)  # g / den
-        p = torch.mul(t, u)  # -dL/dden
+        p = u.mul_(t)  # -dL/dden
         p_sum = p.sum((0, 2))
         p_right = p.mul_(den > left)  # where the v x + S branch is the max
         sum_right_bc = p_right.sum(2, keepdim=True)
@@ -134,18 +134,18 @@ class _EvoS0Function(torch.autograd.Function):
         r_g = torch.rsqrt((sq_g - mean_g * mean_g).clamp_min(0.0) + eps)
         r = r_g.repeat_interleave(c // groups, 1)  # (B, C, 1)
         sig = torch.mul(flat, v.view(1, c, 1)).sigmoid_()
-        h = torch.mul(flat, sig)
-        y = torch.addcmul(bias.view(1, c, 1), h, r * weight.view(1, c, 1))
-        ctx.save_for_backward(flat, v, weight, sig, h, r, mean_g, r_g)
+        y = torch.mul(flat, sig).mul_(r * weight.view(1, c, 1)).add_(bias.view(1, c, 1))
+        ctx.save_for_backward(flat, v, weight, sig, r, mean_g, r_g)
         ctx.groups = groups
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        flat, v, weight, sig, h, r, mean_g, r_g = ctx.saved_tensors
+        flat, v, weight, sig, r, mean_g, r_g = ctx.saved_tensors
         b, c, n = flat.shape
         groups = ctx.groups
         dy = dy.contiguous()
+        h = torch.mul(flat, sig)
         dyh = torch.linalg.vecdot(dy, h)  # (B, C)
         grad_w = (dyh * r.view(b, c)).sum(0)
         grad_b = dy.sum((0, 2))
@@ -155,7 +155,7 @@ class _EvoS0Function(torch.autograd.Function):
         coef = coef_g.repeat_interleave(c // groups, 1)
         const = (-mean_g * coef_g).repeat_interleave(c // groups, 1)
         dh = torch.mul(dy, r * weight.view(1, c, 1))
-        k = torch.mul(h, sig).neg_().add_(h)  # x sig (1 - sig) = dh/dv / x
+        k = h.addcmul_(h, sig, value=-1)  # x sig (1 - sig), in place on h
         grad_v = torch.linalg.vecdot(torch.mul(dh, k), flat).sum(0)
         # dh/dx = sig + v x sig (1 - sig) = sig + v k.
         grad_x = dh.mul_(k.mul_(v.view(1, c, 1)).add_(sig)).addcmul_(flat, coef).add_(const)

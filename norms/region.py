@@ -78,7 +78,8 @@ class _RegionNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat, mask, weight, bias, eps):
         b, c, length = flat.shape
-        total, total_sq, sum1, sq1 = _region_sums(flat, flat * mask, flat)
+        masked = flat * mask
+        total, total_sq, sum1, sq1 = _region_sums(flat, masked, flat)
         count1 = mask.sum((0, 2)).expand(c)
         counts = torch.stack([b * length - count1, count1]).clamp_min(1.0)
         sums = torch.stack([total - sum1, sum1])
@@ -87,17 +88,21 @@ class _RegionNormFunction(torch.autograd.Function):
         s = torch.rsqrt((squares / counts - mu * mu).clamp_min(0.0) + eps)
         a = weight * s
         shift = bias - mu * a
+        # y = a0 x + shift0 + m ((a1 - a0) x + shift1 - shift0), built in place on one buffer
+        # (fresh full-size buffers are what costs most on CPU).
         y = torch.addcmul(shift[0].view(1, c, 1), flat, a[0].view(1, c, 1))
-        y.lerp_(torch.addcmul(shift[1].view(1, c, 1), flat, a[1].view(1, c, 1)), mask)
-        ctx.save_for_backward(flat, mask, mu, s, a, counts)
+        y.addcmul_(masked, (a[1] - a[0]).view(1, c, 1))
+        y.addcmul_(mask, (shift[1] - shift[0]).view(1, c, 1))
+        ctx.save_for_backward(flat, masked, mask, mu, s, a, counts)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        flat, mask, mu, s, a, counts = ctx.saved_tensors
+        flat, masked, mask, mu, s, a, counts = ctx.saved_tensors
         c = flat.shape[1]
         dy = dy.contiguous()
-        total, total_x, sum1, sum1_x = _region_sums(dy, dy * mask, flat)
+        dy_masked = dy * mask
+        total, total_x, sum1, sum1_x = _region_sums(dy, dy_masked, flat)
         sdy = torch.stack([total - sum1, sum1])
         # Per region: sum of dy * xhat with xhat = (x - mu) s.
         sdxhat = s * (torch.stack([total_x - sum1_x, sum1_x]) - mu * sdy)
@@ -105,11 +110,11 @@ class _RegionNormFunction(torch.autograd.Function):
         # BatchNorm's gradient per region, a (dy - mean(dy) - xhat mean(dy xhat)) = a dy + p x + q.
         p = -a * s * k
         q = a * (mu * s * k - sdy / counts)
-        grads = []
-        for r in (0, 1):
-            g = torch.addcmul(q[r].view(1, c, 1), dy, a[r].view(1, c, 1))
-            grads.append(g.addcmul_(flat, p[r].view(1, c, 1)))
-        grad_x = grads[0].lerp_(grads[1], mask)
+        grad_x = torch.addcmul(q[0].view(1, c, 1), dy, a[0].view(1, c, 1))
+        grad_x.addcmul_(flat, p[0].view(1, c, 1))
+        grad_x.addcmul_(dy_masked, (a[1] - a[0]).view(1, c, 1))
+        grad_x.addcmul_(masked, (p[1] - p[0]).view(1, c, 1))
+        grad_x.addcmul_(mask, (q[1] - q[0]).view(1, c, 1))
         return grad_x, None, sdxhat, sdy, None
 
 

@@ -68,7 +68,8 @@ def _region_sums(t: torch.Tensor, tm: torch.Tensor, flat: torch.Tensor) -> tuple
 
 
 class _RegionNormFunction(torch.autograd.Function):
-    """y = a_r x + shift_r on the pixels of region r, a_r = w_r s_r, shift_r = b_r - mu_r a_r.
+    """y = a_r x + shift_r on the pixels of region r, a_r = w_r s_r, shift_r = b_r - mu_r a_r;
+    optionally followed by a pixel-wise affine y * pix_scale + pix_shift ((B, 1, L) each, RN-L).
 
     Statistics and gradients are per-channel sums over all pixels minus those over region 1,
     so the full-size work is a handful of fused passes (autograd of the masked formula is ~10x
@@ -76,7 +77,7 @@ class _RegionNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, flat, mask, weight, bias, eps):
+    def forward(ctx, flat, mask, weight, bias, pix_scale, pix_shift, eps):
         b, c, length = flat.shape
         masked = flat * mask
         total, total_sq, sum1, sq1 = _region_sums(flat, masked, flat)
@@ -93,14 +94,36 @@ class _RegionNormFunction(torch.autograd.Function):
         y = torch.addcmul(shift[0].view(1, c, 1), flat, a[0].view(1, c, 1))
         y.addcmul_(masked, (a[1] - a[0]).view(1, c, 1))
         y.addcmul_(mask, (shift[1] - shift[0]).view(1, c, 1))
-        ctx.save_for_backward(flat, masked, mask, mu, s, a, counts)
+        if pix_scale is not None:
+            y.mul_(pix_scale).add_(pix_shift)
+        ctx.save_for_backward(flat, masked, mask, mu, s, a, shift, counts, pix_scale)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        flat, masked, mask, mu, s, a, counts = ctx.saved_tensors
+        flat, masked, mask, mu, s, a, shift, counts, pix_scale = ctx.saved_tensors
         c = flat.shape[1]
         dy = dy.contiguous()
+        grad_pix_scale = grad_pix_shift = None
+        if pix_scale is not None:
+            # sum over channels of dy * (region-normalised x), as channel contractions of
+            # dy * x and dy (batched mat-vec products), then the chain rule through pix_scale.
+            dyx = dy * flat
+
+            def contract(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return torch.matmul(vec.view(1, 1, c), t)
+
+            base = contract(a[0], dyx) + contract(shift[0], dy)
+            if mask.shape[1] == 1:
+                extra = contract(a[1] - a[0], dyx) + contract(shift[1] - shift[0], dy)
+                grad_pix_scale = base.addcmul_(extra, mask)
+            else:  # per-channel regions: the mask enters the contraction
+                extra = contract(a[1] - a[0], dy * masked) + contract(
+                    shift[1] - shift[0], dy * mask
+                )
+                grad_pix_scale = base.add_(extra)
+            grad_pix_shift = dy.sum(1, keepdim=True)
+            dy = dy * pix_scale
         dy_masked = dy * mask
         total, total_x, sum1, sum1_x = _region_sums(dy, dy_masked, flat)
         sdy = torch.stack([total - sum1, sum1])
@@ -115,21 +138,33 @@ class _RegionNormFunction(torch.autograd.Function):
         grad_x.addcmul_(dy_masked, (a[1] - a[0]).view(1, c, 1))
         grad_x.addcmul_(masked, (p[1] - p[0]).view(1, c, 1))
         grad_x.addcmul_(mask, (q[1] - q[0]).view(1, c, 1))
-        return grad_x, None, sdxhat, sdy, None
+        return grad_x, None, sdxhat, sdy, grad_pix_scale, grad_pix_shift, None
 
 
 def region_normalize(
-    x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    pixel_scale: torch.Tensor | None = None,
+    pixel_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Normalise both regions of x (B, C, *) with their batch-wide statistics, then affine.
 
     ``mask`` is (B, 1, *) or (B, C, *) with values 0 / 1 and x's spatial size; ``weight`` and
     ``bias`` are (2, C), row r for region r. An empty region gets mean 0 and variance 0.
+    ``pixel_scale`` / ``pixel_shift`` (B, 1, *), when given, multiply / shift the result per
+    pixel (RN-L's self-aware affine).
     """
     b, c = x.shape[:2]
     flat = x.reshape(b, c, -1).contiguous()
     m = mask.reshape(b, mask.shape[1], -1).contiguous()
-    return _RegionNormFunction.apply(flat, m, weight, bias, eps).view(x.shape)
+    if pixel_scale is not None:
+        pixel_scale = pixel_scale.reshape(b, 1, -1).contiguous()
+        pixel_shift = pixel_shift.reshape(b, 1, -1).contiguous()
+    y = _RegionNormFunction.apply(flat, m, weight, bias, pixel_scale, pixel_shift, eps)
+    return y.view(x.shape)
 
 
 @register_norm("regionnorm_b", layouts=("maps",))
@@ -205,6 +240,7 @@ class RegionNormL(nn.Module):
         check_layout(x, self.num_features, "maps", "regionnorm_l")
         soft = self.importance(x)
         mask = (soft.detach() >= self.threshold).to(x.dtype)
-        normed = region_normalize(x, mask, self._unit_weight, self._zero_bias, self.eps)
         gamma, beta = self._conv(self.gamma_conv, soft), self._conv(self.beta_conv, soft)
-        return torch.addcmul(beta, normed, 1.0 + gamma)
+        return region_normalize(
+            x, mask, self._unit_weight, self._zero_bias, self.eps, 1.0 + gamma, beta
+        )

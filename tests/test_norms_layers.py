@@ -503,6 +503,12 @@ def test_region_normalize_gradcheck(channels_in_mask):
     assert torch.autograd.gradcheck(
         lambda *a: region_normalize(a[0], mask, a[1], a[2], 1e-3), (x, w, b)
     )
+    pix_scale = torch.randn(2, 1, 4, 4, requires_grad=True)
+    pix_shift = torch.randn(2, 1, 4, 4, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *a: region_normalize(a[0], mask, a[1], a[2], 1e-3, a[3], a[4]),
+        (x, w, b, pix_scale, pix_shift),
+    )
 
 
 @pytest.mark.parametrize("train", [True, False])

@@ -220,13 +220,18 @@ class RegionNormL(nn.Module):
         self.register_buffer("_zero_bias", torch.zeros(2, num_features), persistent=False)
 
     def _conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        pad = conv.padding[0]
+        return self._conv_with(conv.weight, conv.bias, x)
+
+    def _conv_with(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor
+    ) -> torch.Tensor:
+        pad = weight.shape[-1] // 2
         if x.dim() == 4:
-            return F.conv2d(x, conv.weight, conv.bias, padding=pad)
+            return F.conv2d(x, weight, bias, padding=pad)
         if x.dim() == 3:
-            return F.conv1d(x, conv.weight.sum(2), conv.bias, padding=pad)
+            return F.conv1d(x, weight.sum(2), bias, padding=pad)
         if x.dim() == 5:
-            return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, pad, pad))
+            return F.conv3d(x, weight.unsqueeze(2), bias, padding=(0, pad, pad))
         raise ValueError(
             f"regionnorm_l supports 1 to 3 spatial dims (B, C, *); got shape {tuple(x.shape)}"
         )
@@ -240,7 +245,13 @@ class RegionNormL(nn.Module):
         check_layout(x, self.num_features, "maps", "regionnorm_l")
         soft = self.importance(x)
         mask = (soft.detach() >= self.threshold).to(x.dtype)
-        gamma, beta = self._conv(self.gamma_conv, soft), self._conv(self.beta_conv, soft)
+        # gamma and beta convs as one conv with two output channels (one backward call).
+        both = self._conv_with(
+            torch.cat([self.gamma_conv.weight, self.beta_conv.weight]),
+            torch.cat([self.gamma_conv.bias, self.beta_conv.bias]),
+            soft,
+        )
+        gamma, beta = both[:, :1], both[:, 1:]
         return region_normalize(
             x, mask, self._unit_weight, self._zero_bias, self.eps, 1.0 + gamma, beta
         )

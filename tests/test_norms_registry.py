@@ -155,3 +155,26 @@ def test_wrong_layout_names_expected_layout(name):
 def test_unknown_option_is_a_value_error_listing_allowed_ones():
     with pytest.raises(ValueError, match="unknown option.*warmup_iters.*allowed: .*eps"):
         norms.build_norm("layernorm", C, warmup_iters=3)
+
+
+@pytest.mark.parametrize("name", norms.available_norms("tokens"))
+def test_every_token_norm_runs_inside_the_shared_transformer(name):
+    from norms.transformer import TransformerStack
+
+    stack = TransformerStack(dim=C, depth=1, num_heads=2, norm=name)
+    x = torch.randn(2, 5, C, requires_grad=True)
+    stack(x).square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    stack.eval()
+    assert torch.isfinite(stack(x)).all()
+
+
+@pytest.mark.parametrize("name", norms.available_norms("maps"))
+def test_every_map_norm_replaces_a_groupnorm_on_attention_shaped_input(name):
+    # diffusers' attention calls group_norm(hidden.transpose(1, 2)).transpose(1, 2) on (B, HW, C).
+    layer = _build(name)
+    hidden = torch.randn(2, 9, C, requires_grad=True)
+    out = layer(hidden.transpose(1, 2)).transpose(1, 2)
+    assert out.shape == hidden.shape
+    out.sum().backward()
+    assert torch.isfinite(hidden.grad).all()

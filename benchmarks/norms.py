@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     global CLOCK
     CLOCK = time.perf_counter if args.wall else time.thread_time
-    repeats = args.repeats or (5 if args.quick else 15)
+    repeats = args.repeats or (5 if args.quick else 21)
     if repeats < 1 or args.threads < 1:
         print(f"error: --repeats and --threads must be >= 1; got {repeats}, {args.threads}",
               file=sys.stderr)  # fmt: skip

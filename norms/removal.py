@@ -43,10 +43,11 @@ class _FrozenLayerNorm(torch.autograd.Function):
     def backward(ctx, dy):
         rows, mean, a = ctx.saved_tensors
         dy2 = dy.contiguous().view_as(rows)
-        grad_x = torch.mul(dy2, a)
-        grad_x.sub_(grad_x.mean(1, keepdim=True))
         # sum over rows of dy * (x - mean) = sum dy * x - mean^T dy.
-        grad_a = (dy2 * rows).sum(0) - torch.mv(dy2.t(), mean.view(-1))
+        product = dy2 * rows
+        grad_a = product.sum(0) - torch.mv(dy2.t(), mean.view(-1))
+        grad_x = torch.mul(dy2, a, out=product)  # reuse the buffer (fresh ones are costly)
+        grad_x.sub_(grad_x.mean(1, keepdim=True))
         return grad_x.view(dy.shape), grad_a, dy2.sum(0)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from norms.powernorm import flatten_tokens, masked_mean, mean_square
+from norms.powernorm import flatten_tokens, masked_mean
 from norms.registry import check_layout, register_norm
 
 __all__ = ["UnifiedNorm"]
@@ -37,11 +37,14 @@ __all__ = ["UnifiedNorm"]
 
 class _UnifiedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2d, weight, bias, var, ratio, keep, state, eps):
+    def forward(ctx, x2d, weight, bias, keep, choose, eps):
+        # x^2 goes into the buffer that then receives the output (fresh buffers are costly).
+        buffer = x2d * x2d
+        var, ratio, state = choose(masked_mean(buffer, keep))  # the layer updates its state
         inv = torch.rsqrt(var + eps)
         ctx.save_for_backward(x2d, weight, inv, ratio, keep)
         ctx.state = state
-        return torch.addcmul(bias, x2d, weight * inv)
+        return torch.addcmul(bias, x2d, weight * inv, out=buffer)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -52,7 +55,7 @@ class _UnifiedFunction(torch.autograd.Function):
         grad_w = gx.sum(0) * inv * ratio
         grad_b = grad_y.sum(0)
         gscale = weight * ratio  # g = gscale * dL/dy
-        mean_gz = gscale * inv * (masked_mean(gx, keep) if keep is not None else gx.mean(0))
+        mean_gz = gscale * inv * masked_mean(gx, keep)
         with torch.no_grad():
             window = layer.buffer_gz.shape[0]
             slot = step % window
@@ -60,7 +63,7 @@ class _UnifiedFunction(torch.autograd.Function):
             target = layer.buffer_gz.mean(0) if use_window else mean_gz
             layer.ema_gz.mul_(layer.momentum).add_((1.0 - layer.momentum) * target)
             corr = target if skipped else layer.ema_gz.clone()
-        grad_x = torch.mul(grad_y, gscale * inv)
+        grad_x = torch.mul(grad_y, gscale * inv, out=gx)  # reuse the dy * x buffer
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
@@ -144,18 +147,21 @@ class UnifiedNorm(nn.Module):
             scale, shift = self.fused_affine()
             return torch.addcmul(shift, x, scale)
         x2d, keep = flatten_tokens(x, pad_mask, "unifiednorm")
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            step = int(self.num_batches_tracked)
-            var, use_window, skipped = self._statistics(mean_square(x2d, keep), step)
-            if step <= max(self.compensation_start, self.warmup_iters) or skipped:
-                ratio = torch.ones_like(var)
-            else:
-                ratio = torch.sqrt((var + self.eps) / (self.running_var + self.eps)).clamp(0.2, 5.0)
-            self.running_var.lerp_(var, 1.0 - self.momentum)
-        state = (self, step, use_window, skipped)
-        y = _UnifiedFunction.apply(x2d, self.weight, self.bias, var, ratio, keep, state, self.eps)
+        y = _UnifiedFunction.apply(x2d, self.weight, self.bias, keep, self._step, self.eps)
         return y.view(x.shape)
+
+    @torch.no_grad()
+    def _step(self, batch_x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """Variance to divide by, compensation ratio r, and the state backward needs."""
+        self.num_batches_tracked += 1
+        step = int(self.num_batches_tracked)
+        var, use_window, skipped = self._statistics(batch_x2, step)
+        if step <= max(self.compensation_start, self.warmup_iters) or skipped:
+            ratio = torch.ones_like(var)
+        else:
+            ratio = torch.sqrt((var + self.eps) / (self.running_var + self.eps)).clamp(0.2, 5.0)
+        self.running_var.lerp_(var, 1.0 - self.momentum)
+        return var, ratio, (self, step, use_window, skipped)
 
     def extra_repr(self) -> str:
         return (

@@ -110,3 +110,22 @@ def test_builtin_whose_package_is_not_written_yet_fails_clearly(monkeypatch):
         get_model("ghost")
     with pytest.raises(ValueError, match="did you mean 'smoke_mlp'"):
         get_model("smoke_mpl")
+
+
+def test_launch_configs_parse_and_name_real_classes():
+    import glob
+    import subprocess
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    import norms.transformer
+
+    loaded = {path: load_config_from_file(path)
+              for path in sorted(glob.glob("configs/accelerate/*.yaml"))}
+    kinds = {str(c.distributed_type).split(".")[-1] for c in loaded.values()}
+    assert kinds == {"MULTI_GPU", "FSDP"}
+    assert any(c.num_machines == 2 for c in loaded.values())
+    fsdp = loaded["configs/accelerate/fsdp2.yaml"].fsdp_config
+    assert fsdp["fsdp_version"] == 2
+    assert hasattr(norms.transformer, fsdp["fsdp_transformer_layer_cls_to_wrap"])
+    assert subprocess.run(["bash", "-n", "scripts/slurm_train.sh"]).returncode == 0

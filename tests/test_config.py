@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,7 +12,8 @@ from trainers import registry
 from trainers.config import config_from_dict, load_config, parse_overrides
 from trainers.registry import get_model, register_dataset, register_model
 
-SMOKE = "configs/smoke.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 def test_overrides_are_typed_yaml_values():
@@ -120,12 +122,12 @@ def test_launch_configs_parse_and_name_real_classes():
 
     import norms.transformer
 
-    loaded = {path: load_config_from_file(path)
-              for path in sorted(glob.glob("configs/accelerate/*.yaml"))}
+    loaded = {Path(path).name: load_config_from_file(path)
+              for path in sorted(glob.glob(str(ROOT / "configs" / "accelerate" / "*.yaml")))}
     kinds = {str(c.distributed_type).split(".")[-1] for c in loaded.values()}
     assert kinds == {"MULTI_GPU", "FSDP"}
     assert any(c.num_machines == 2 for c in loaded.values())
-    fsdp = loaded["configs/accelerate/fsdp2.yaml"].fsdp_config
+    fsdp = loaded["fsdp2.yaml"].fsdp_config
     assert fsdp["fsdp_version"] == 2
     assert hasattr(norms.transformer, fsdp["fsdp_transformer_layer_cls_to_wrap"])
-    assert subprocess.run(["bash", "-n", "scripts/slurm_train.sh"]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "slurm_train.sh")]).returncode == 0

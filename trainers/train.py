@@ -268,6 +268,9 @@ def train(config: TrainConfig) -> TrainResult:
         ckpt.remove_stale_temporaries(output_dir)
         if tc.resume == "latest" and resume_from is None:
             print(f"no checkpoint in {output_dir}: starting from step 0", flush=True)
+        elif tc.resume is None and ckpt.find_checkpoints(output_dir):
+            print(f"warning: {output_dir} already holds checkpoints; starting from step 0 "
+                  "(trainer.resume=latest would continue them)", flush=True)
     accelerator.wait_for_everyone()
 
     # Same initial weights on every rank, then rank-specific randomness (noise, dropout).

@@ -226,6 +226,27 @@ def test_bf16_tensorboard_and_running_stats_ema(tmp_path):
     assert not torch.equal(raw[stats[0]], torch.zeros_like(raw[stats[0]]))
 
 
+def test_nap_projection_keeps_initial_weight_norms(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("norms.nap")
+    result = train(smoke(tmp_path, "trainer.nap=true", "trainer.max_steps=5",
+                         "trainer.sample_every=0", "optimizer.lr=0.05"))
+    torch.manual_seed(0)
+    initial = SmokeMLP(**load_config(SMOKE).model.kwargs).state_dict()
+    trained = weights(result.checkpoint / "model")
+    matrices = [k for k, v in trained.items() if v.ndim == 2]
+    assert matrices
+    for key in matrices:
+        torch.testing.assert_close(trained[key].norm(), initial[key].norm(), rtol=1e-5, atol=0)
+        assert not torch.equal(trained[key], initial[key])
+    assert any(not torch.isclose(trained[k].norm(), initial[k].norm(), rtol=1e-3)
+               for k in trained if k.endswith("bias"))  # biases are not projected
+    # without the projector module the run refuses to start
+    monkeypatch.setitem(sys.modules, "norms.nap", None)
+    out = tmp_path / "no_nap"
+    assert main(["--config", str(SMOKE), "trainer.nap=true", f"trainer.output_dir={out}"]) == 2
+    assert "norms.nap.NaPProjector" in capsys.readouterr().err and not out.exists()
+
+
 @pytest.mark.float64
 def test_ema_update_formula_and_buffers():
     model = SmokeMLP(batchnorm=True)

@@ -36,11 +36,11 @@ VOCAB = 17
 
 # Learning-rate grids: (lr, adamw_lr) for the hybrids (matrices use lr, the rest adamw_lr).
 GRIDS = {
-    "adamw": [(1e-3, None), (3e-3, None), (1e-2, None)],
-    "muon": [(0.02, 3e-3), (0.05, 3e-3), (0.1, 3e-3)],
-    "normuon": [(0.02, 3e-3), (0.05, 3e-3), (0.1, 3e-3)],
-    "conda": [(1e-3, 3e-3), (3e-3, 3e-3), (1e-2, 3e-3)],
-    "adamp": [(1e-3, None), (3e-3, None), (1e-2, None)],
+    "adamw": [(3e-3, None), (1e-2, None), (3e-2, None)],
+    "muon": [(0.02, 1e-2), (0.05, 1e-2), (0.1, 1e-2)],
+    "normuon": [(0.02, 1e-2), (0.05, 1e-2), (0.1, 1e-2)],
+    "conda": [(3e-3, 1e-2), (1e-2, 1e-2), (3e-2, 1e-2)],
+    "adamp": [(3e-3, None), (1e-2, None), (3e-2, None)],
 }
 
 

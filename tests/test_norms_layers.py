@@ -536,3 +536,15 @@ def test_evonorm_s0_gradcheck():
     w = (torch.rand(4) + 0.5).requires_grad_()
     b = torch.randn(4).requires_grad_()
     assert torch.autograd.gradcheck(lambda *a: _EvoS0Function.apply(*a, 2, 1e-3), (x, v, w, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", norms.available_norms())
+def test_cuda_matches_cpu(name):
+    layout = norms.norm_spec(name).layouts[0]
+    shape = (2, 5, 8) if layout == "tokens" else (2, 8, 4, 4)
+    cpu = norms.build_norm(name, 8)
+    gpu = norms.build_norm(name, 8).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(shape)
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-7, atol=1e-9)

@@ -21,7 +21,8 @@ pixel of that region in the whole batch, and
   image constant along a second axis (kernel summed over that axis), on (B, C, T, H, W) inputs
   frame by frame.
 
-No running statistics: train and eval compute the same function.
+No running statistics: train and eval compute the same function. The statistics are sums
+(variance = E[x^2] - mu^2), so float32 loses precision when |mean| >> std; use float64 there.
 """
 
 from __future__ import annotations

@@ -195,9 +195,11 @@ class TransformerFlow(ModelMixin, ConfigMixin):
     def _prefix(self, block: int, y: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if not self.config.num_classes:
             return None
+        embed = self.class_embed[block]
+        device = embed.weight.device  # not self.device: that walks every module, every call
         if y is None:  # unconditional: the "no label" token
-            y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=self.device)
-        return self.class_embed[block](y.to(self.device)).unsqueeze(1)
+            y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=device)
+        return embed(y.to(device)).unsqueeze(1)
 
     def check_labels(self, y: torch.Tensor | None) -> None:
         """Raise ValueError unless ``y`` is None or holds classes 0..num_classes-1."""

@@ -89,7 +89,13 @@ def sampler_for(model_name: str) -> Any:
         known = ", ".join(sorted(SAMPLERS))
         raise ValueError(f"model kind {model_name!r} has no sampler; sample.py knows: {known}")
     module, function = SAMPLERS[model_name].split(":")
-    return getattr(importlib.import_module(module), function)
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"the sampler {SAMPLERS[model_name]!r} of model kind {model_name!r} is unavailable: "
+            f"{error}"
+        ) from error
 
 
 def build_parser() -> argparse.ArgumentParser:

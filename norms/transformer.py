@@ -210,7 +210,10 @@ class MLP(nn.Module):
             self.act, self.drop = nn.GELU(), nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.act(self.fc1(x))))
+        h = self.act(self.fc1(x))
+        if self.drop.p > 0 and self.training:
+            h = self.drop(h)
+        return self.fc2(h)
 
 
 class TransformerBlock(nn.Module):
@@ -254,8 +257,14 @@ class TransformerBlock(nn.Module):
         if self.placement == "post":
             x = self.norm1(x + self.attn(x, cache, layer, attn_mask, causal))
             return self.norm2(x + self.mlp(x))
-        x = x + self.attn(self.norm1(x) * self.norm_scale, cache, layer, attn_mask, causal)
-        return x + self.mlp(self.norm2(x) * self.norm_scale)
+        h = self.norm1(x)
+        if self.norm_scale != 1.0:
+            h = h * self.norm_scale
+        x = x + self.attn(h, cache, layer, attn_mask, causal)
+        h = self.norm2(x)
+        if self.norm_scale != 1.0:
+            h = h * self.norm_scale
+        return x + self.mlp(h)
 
 
 def layer_placements(placement: str, depth: int, mix_alpha: float = 0.25) -> list[str]:

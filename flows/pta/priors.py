@@ -85,6 +85,16 @@ class Prior:
                     )
         return np.asarray(rows, dtype=np.float64)
 
+    def support(self) -> list[tuple[float, float] | None]:
+        """Per-parameter hard support: (low, high) for uniform blocks, None for Gaussians."""
+        out: list[tuple[float, float] | None] = []
+        for block in self.blocks:
+            if isinstance(block, Uniform):
+                out.append((block.low, block.high))
+            else:
+                out.extend([None, None])
+        return out
+
     def ln_prob(self, theta: torch.Tensor) -> torch.Tensor:
         """Normalised log prior density of a batch ``theta`` of shape (B, ndim) -> (B,).
 

@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps is not None and args.steps < 50:
             raise ValueError(f"--steps must be >= 50; got {args.steps}")
         if args.ensembles < 2:
-            raise ValueError(f"--ensembles must be >= 2 (the chains are split); got {args.ensembles}")
+            raise ValueError(
+                f"--ensembles must be >= 2 (the chains are split); got {args.ensembles}"
+            )
         data = load_free_spectrum(args.data, nfreqs=args.nfreqs)
         names = [n for n in args.models.split(",") if n.strip()]
         for n in names + [args.reference]:

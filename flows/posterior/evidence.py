@@ -330,11 +330,8 @@ def evidence(
             raise ValueError(f"temperature must lie in (0, 1]; got {temperature}")
     needed = MIN_SAMPLES_PER_CHAIN * (2 if nchains == 1 else 1)
     if nsamples < needed:
-        raise ValueError(
-            f"too few samples per chain: {nsamples}; need at least {needed} "
-            f"({'one chain is split into training and inference halves' if nchains == 1 else ''})"
-            .replace(" ()", "")
-        )
+        why = " (one chain is split into training and inference halves)" if nchains == 1 else ""
+        raise ValueError(f"too few samples per chain: {nsamples}; need at least {needed}{why}")
     check_inside(x.reshape(-1, ndim), *parse_bounds(bounds, ndim))
     if (ln_likelihood is None) != (ln_prior is None):
         raise ValueError("importance sampling needs both ln_likelihood and ln_prior (got one)")

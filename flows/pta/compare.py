@@ -33,12 +33,7 @@ from .likelihood import ModelPosterior
 from .models import SpectralModel, build_model
 from .sampling import ChainResult, run_ensembles
 
-__all__ = ["ModelResult", "Comparison", "compare_models", "format_table", "default_steps"]
-
-
-def default_steps(ndim: int) -> int:
-    """emcee steps per ensemble: longer for more parameters (tau grows roughly with D)."""
-    return 1500 + 600 * ndim
+__all__ = ["ModelResult", "Comparison", "compare_models", "format_table", "run_model"]
 
 
 @dataclass
@@ -139,9 +134,8 @@ def _flow_samples(result: Any, n: int, seed: int) -> np.ndarray | None:
     flow = getattr(result, "flow", None)
     if flow is None:
         return None
-    torch.manual_seed(seed)
     with torch.no_grad():
-        x = flow.sample(n)
+        x = flow.sample(n, generator=torch.Generator().manual_seed(seed))
     x = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
     return x.astype(np.float64)
 
@@ -151,7 +145,7 @@ def run_model(
     data: FreeSpectrum,
     *,
     steps: int | None = None,
-    ensembles: int = 4,
+    ensembles: int = 2,
     seed: int = 0,
     grid_max_dim: int = 3,
     evidence_options: dict[str, Any] | None = None,
@@ -170,7 +164,7 @@ def run_model(
     t0 = time.perf_counter()
     chains = run_ensembles(
         post.ln_posterior, model.prior, ensembles=ensembles,
-        steps=steps or default_steps(model.ndim), seed=seed,
+        steps=steps, seed=seed,
     )
     times["sampling"] = time.perf_counter() - t0
 
@@ -214,7 +208,7 @@ def compare_models(
     *,
     reference: str = "smbhb",
     steps: int | None = None,
-    ensembles: int = 4,
+    ensembles: int = 2,
     seed: int = 0,
     grid_max_dim: int = 3,
     evidence_options: dict[str, Any] | None = None,
@@ -227,7 +221,8 @@ def compare_models(
         data: the free spectrum (already cut to N frequencies).
         model_names: registry names (see :func:`flows.pta.models.available_models`).
         reference: the model ln B is measured against.
-        steps: emcee steps per ensemble (default :func:`default_steps`).
+        steps: emcee production steps per ensemble (default
+            :func:`flows.pta.sampling.default_steps`).
         ensembles: independent emcee ensembles per model.
         seed: seeds sampling and the flows.
         grid_max_dim: models with at most this many parameters also get the grid ln Z.

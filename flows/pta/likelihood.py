@@ -144,11 +144,9 @@ class ModelPosterior:
 
     def _ln_posterior(self, theta: torch.Tensor) -> torch.Tensor:
         lp = self.model.prior.ln_prob(theta)
-        ok = torch.isfinite(lp)
-        out = torch.full_like(lp, -math.inf)
-        if bool(ok.any()):
-            out[ok] = lp[ok] + self._ln_likelihood(theta[ok])
-        return out
+        # Outside the prior the spectrum may be NaN; the where() discards it either way.
+        total = lp + self._ln_likelihood(theta)
+        return torch.where(torch.isfinite(lp), total, lp)
 
     def ln_likelihood(self, theta: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         return self._apply(self._ln_likelihood, theta)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -49,6 +50,14 @@ class BivariateNormal:
 
 
 PriorBlock = Uniform | BivariateNormal
+
+
+@lru_cache(maxsize=16)
+def _gaussian_constants(block: BivariateNormal) -> tuple[list[list[float]], float]:
+    """Precision matrix and ln(2 pi sqrt(det cov)) of a bivariate normal block."""
+    cov = np.asarray(block.cov, dtype=np.float64)
+    prec = np.linalg.inv(cov).tolist()
+    return prec, math.log(2 * math.pi) + 0.5 * math.log(np.linalg.det(cov))
 
 
 class Prior:
@@ -115,11 +124,13 @@ class Prior:
             else:
                 x = theta[..., col : col + 2]
                 mean = torch.as_tensor(block.mean, dtype=theta.dtype, device=theta.device)
-                cov = torch.as_tensor(block.cov, dtype=theta.dtype, device=theta.device)
-                prec = torch.linalg.inv(cov)
+                prec, norm = _gaussian_constants(block)
                 d = x - mean
-                maha = torch.einsum("...i,ij,...j->...", d, prec, d)
-                out = out - 0.5 * maha - math.log(2 * math.pi) - 0.5 * torch.logdet(cov)
+                maha = (
+                    prec[0][0] * d[..., 0] ** 2 + 2 * prec[0][1] * d[..., 0] * d[..., 1]
+                    + prec[1][1] * d[..., 1] ** 2
+                )
+                out = out - 0.5 * maha - norm
                 col += 2
         return out
 

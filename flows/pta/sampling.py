@@ -1,11 +1,17 @@
 r"""Posterior sampling of the PTA spectral models with emcee: several independent ensembles.
 
 Each ensemble starts from its own prior draws (so a chain stuck in one mode shows up as a
-disagreement between ensembles), mixes differential-evolution and stretch moves (the DE moves
-jump between separated modes of the new-physics posteriors), and is cut after a burn-in and
-thinned by the integrated autocorrelation time, both reported. The walkers of every ensemble
-are returned as chains in sampling order: (nchains = ensembles x walkers, nsamples, ndim),
-the layout flows.posterior.evidence expects (contiguous blocks are its error replicates).
+disagreement between ensembles) and mixes differential-evolution and stretch moves (the DE
+moves jump between separated modes of the new-physics posteriors). Burn-in runs in two halves;
+after each, walkers stranded on a likelihood plateau (mean ln p more than 10 + D below the
+ensemble median: a posterior-mass ratio below e^-10 at any sensible D) are restarted from the
+positions of randomly chosen good walkers. Such strays would otherwise pollute the harmonic-mean
+evidence, whose terms are largest exactly where the posterior is smallest. Production samples
+are thinned by half the integrated autocorrelation time; walkers still stranded after
+production are dropped. All of this is reported in :class:`ChainResult`.
+
+The walkers of every ensemble are returned as chains in sampling order: (nchains = ensembles x
+walkers, nsamples, ndim), the layout flows.posterior.evidence expects.
 
 References:
     D. Foreman-Mackey, D. W. Hogg, D. Lang, J. Goodman, "emcee: The MCMC Hammer",
@@ -25,7 +31,12 @@ import numpy as np
 
 from .priors import Prior
 
-__all__ = ["ChainResult", "run_ensembles"]
+__all__ = ["ChainResult", "run_ensembles", "default_steps"]
+
+
+def default_steps(ndim: int) -> tuple[int, int]:
+    """(burn-in, production) steps per ensemble: longer for more parameters."""
+    return 400 + 100 * ndim, 800 + 300 * ndim
 
 
 @dataclass
@@ -35,23 +46,26 @@ class ChainResult:
     Attributes:
         samples: (nchains, nsamples, ndim), walkers of every ensemble as chains.
         ln_posterior: (nchains, nsamples).
-        ensembles: number of independent emcee ensembles; walkers: walkers per ensemble.
-        steps: steps per ensemble; burn: steps dropped; thin: thinning factor.
-        tau: max integrated autocorrelation time (steps) per ensemble.
-        acceptance: mean acceptance fraction per ensemble.
+        ensembles: independent emcee ensembles; walkers: walkers per ensemble.
+        burn: burn-in steps (discarded); steps: production steps; thin: thinning factor.
+        tau: max integrated autocorrelation time (steps) of the production run per ensemble.
+        acceptance: mean production acceptance fraction per ensemble.
+        restarted: walkers restarted during burn-in; dropped: walkers dropped after production.
         ensemble_means: (ensembles, ndim) posterior mean per ensemble (a mixing check).
-        evaluations: likelihood evaluations made.
+        evaluations: log-posterior evaluations made.
     """
 
     samples: np.ndarray
     ln_posterior: np.ndarray
     ensembles: int
     walkers: int
-    steps: int
     burn: int
+    steps: int
     thin: int
     tau: list[float]
     acceptance: list[float]
+    restarted: int
+    dropped: int
     ensemble_means: np.ndarray
     evaluations: int
     warnings: list[str] = field(default_factory=list)
@@ -63,40 +77,43 @@ class ChainResult:
         return {
             "ensembles": self.ensembles,
             "walkers": self.walkers,
-            "steps": self.steps,
             "burn": self.burn,
+            "steps": self.steps,
             "thin": self.thin,
             "tau": [round(t, 1) for t in self.tau],
             "acceptance": [round(a, 3) for a in self.acceptance],
+            "restarted_walkers": self.restarted,
+            "dropped_walkers": self.dropped,
             "samples": int(self.samples.shape[0] * self.samples.shape[1]),
             "evaluations": self.evaluations,
         }
 
 
-def _initial_walkers(
-    ln_posterior: Callable[[np.ndarray], np.ndarray],
-    prior: Prior,
-    walkers: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    # Start from the best of a handful of prior draws per walker, keeping the spread of the
-    # prior: the ensemble starts near the bulk of the posterior without collapsing onto one
-    # point (an overdispersed start, as Gelman-Rubin diagnostics assume).
-    draws = prior.sample(walkers * 8, rng)
-    lp = ln_posterior(draws)
-    order = np.argsort(-np.where(np.isfinite(lp), lp, -np.inf))
-    chosen = draws[order[: walkers * 4]]
-    return chosen[rng.choice(len(chosen), size=walkers, replace=False)]
+def _stranded(ln_p: np.ndarray, ndim: int) -> np.ndarray:
+    """Walkers whose mean ln p (over the given steps, axis 0) sits far below the median."""
+    means = np.mean(np.where(np.isfinite(ln_p), ln_p, -1e300), axis=0)
+    return means < np.median(means) - (10.0 + ndim)
+
+
+def _restart(
+    state: emcee.State, bad: np.ndarray, rng: np.random.Generator
+) -> emcee.State:
+    coords = state.coords.copy()
+    good = np.flatnonzero(~bad)
+    spread = coords[good].std(axis=0) + 1e-12
+    for i in np.flatnonzero(bad):
+        coords[i] = coords[rng.choice(good)] + 1e-3 * spread * rng.standard_normal(coords.shape[1])
+    return emcee.State(coords, random_state=state.random_state)
 
 
 def run_ensembles(
     ln_posterior: Callable[[np.ndarray], np.ndarray],
     prior: Prior,
     *,
-    ensembles: int = 4,
+    ensembles: int = 2,
     walkers: int | None = None,
-    steps: int = 3000,
     burn: int | None = None,
+    steps: int | None = None,
     thin: int | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -106,70 +123,84 @@ def run_ensembles(
     Arguments:
         ln_posterior: theta (B, D) float64 array -> (B,) array, -inf outside the prior.
         prior: the model's prior (initial walkers are drawn from it).
-        ensembles: independent ensembles (>= 2 for the between-ensemble check).
-        walkers: walkers per ensemble (default max(16, 4 D), even).
-        steps: steps per ensemble.
-        burn: steps to drop (default max(steps / 4, 5 tau), at most steps / 2).
-        thin: keep every ``thin``-th step (default max(1, round(tau / 2))).
+        ensembles: independent ensembles (>= 1; >= 2 gives the between-ensemble check).
+        walkers: walkers per ensemble (default max(32, 8 D), made even).
+        burn: burn-in steps (default :func:`default_steps`); steps: production steps.
+        thin: keep every ``thin``-th production step (default max(1, round(tau / 2))).
         seed: seeds the initial walkers and the moves.
         progress: emcee's own progress bar.
     """
     ndim = prior.ndim
+    default_burn, default_prod = default_steps(ndim)
+    burn = default_burn if burn is None else burn
+    steps = default_prod if steps is None else steps
     if ensembles < 1:
         raise ValueError(f"ensembles must be >= 1; got {ensembles}")
-    walkers = walkers or max(16, 4 * ndim)
+    walkers = walkers or max(32, 8 * ndim)
     walkers += walkers % 2
     if walkers < 2 * ndim:
         raise ValueError(f"walkers must be >= 2 * ndim = {2 * ndim}; got {walkers}")
-    if steps < 50:
-        raise ValueError(f"steps must be >= 50; got {steps}")
+    if steps < 50 or burn < 0:
+        raise ValueError(f"need steps >= 50 and burn >= 0; got steps={steps}, burn={burn}")
     moves = [
         (emcee.moves.DEMove(), 0.7),
         (emcee.moves.DESnookerMove(), 0.1),
         (emcee.moves.StretchMove(), 0.2),
     ]
-    chains, lps, taus, accs = [], [], [], []
+    kept, kept_lp, taus, accs = [], [], [], []
+    restarted = dropped = 0
     for e in range(ensembles):
         rng = np.random.default_rng([seed, e])
-        start = _initial_walkers(ln_posterior, prior, walkers, rng)
+        start = prior.sample(walkers, rng)
         sampler = emcee.EnsembleSampler(walkers, ndim, ln_posterior, moves=moves, vectorize=True)
-        sampler.random_state = np.random.RandomState(rng.integers(2**31)).get_state()
-        sampler.run_mcmc(start, steps, progress=progress)
+        sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()
+        state = emcee.State(start, random_state=sampler.random_state)
+        for half in (burn // 2, burn - burn // 2):
+            if half == 0:
+                continue
+            sampler.reset()
+            state = sampler.run_mcmc(state, half, progress=progress)
+            bad = _stranded(sampler.get_log_prob()[-max(1, half // 5) :], ndim)
+            if bad.any() and not bad.all():
+                restarted += int(bad.sum())
+                state = _restart(state, bad, rng)
+        sampler.reset()
+        sampler.run_mcmc(state, steps, progress=progress)
         chain = sampler.get_chain()  # (steps, walkers, ndim)
-        tail = chain[steps // 4 :]
-        tau = float(np.max(emcee.autocorr.integrated_time(tail, tol=0)))
-        chains.append(chain)
-        lps.append(sampler.get_log_prob())
-        taus.append(tau)
+        lp = sampler.get_log_prob()
+        bad = _stranded(lp[steps // 2 :], ndim)
+        dropped += int(bad.sum())
+        kept.append(chain[:, ~bad].transpose(1, 0, 2))
+        kept_lp.append(lp[:, ~bad].T)
+        taus.append(float(np.max(emcee.autocorr.integrated_time(chain[:, ~bad], tol=0))))
         accs.append(float(np.mean(sampler.acceptance_fraction)))
     tau_max = max(taus)
-    burn_used = burn if burn is not None else int(min(steps / 2, max(steps / 4, 5 * tau_max)))
     thin_used = thin if thin is not None else max(1, int(round(tau_max / 2)))
-    if not 0 <= burn_used < steps:
-        raise ValueError(f"burn must lie in [0, steps={steps}); got {burn_used}")
-    kept = [c[burn_used::thin_used].transpose(1, 0, 2) for c in chains]
-    kept_lp = [lp[burn_used::thin_used].T for lp in lps]
-    samples = np.concatenate(kept, axis=0)
-    ln_post = np.concatenate(kept_lp, axis=0)
+    kept = [k[:, ::thin_used] for k in kept]
+    kept_lp = [k[:, ::thin_used] for k in kept_lp]
+    n_min = min(k.shape[1] for k in kept)
+    samples = np.concatenate([k[:, :n_min] for k in kept], axis=0)
+    ln_post = np.concatenate([k[:, :n_min] for k in kept_lp], axis=0)
     warnings = []
-    if steps - burn_used < 20 * tau_max:
+    if not math.isfinite(tau_max) or steps < 20 * tau_max:
         warnings.append(
-            f"chains are short: {steps - burn_used} steps after burn-in vs tau = {tau_max:.0f} "
-            "(want >= 20 tau)"
+            f"production run is short: {steps} steps vs tau = {tau_max:.0f} (want >= 20 tau)"
         )
-    if not math.isfinite(tau_max):
-        warnings.append("autocorrelation time is not finite")
+    if dropped:
+        warnings.append(f"{dropped} stranded walkers dropped after production")
     return ChainResult(
         samples=samples,
         ln_posterior=ln_post,
         ensembles=ensembles,
         walkers=walkers,
+        burn=burn,
         steps=steps,
-        burn=burn_used,
-        thin=thin_used,
+        thin=int(thin_used),
         tau=taus,
         acceptance=accs,
+        restarted=restarted,
+        dropped=dropped,
         ensemble_means=np.stack([k.reshape(-1, ndim).mean(0) for k in kept]),
-        evaluations=ensembles * walkers * (steps + 8),
+        evaluations=ensembles * walkers * (burn + steps),
         warnings=warnings,
     )

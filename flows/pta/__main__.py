@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--steps must be >= 50; got {args.steps}")
         if args.ensembles < 1:
             raise ValueError(f"--ensembles must be >= 1; got {args.ensembles}")
-        data = load_free_spectrum(args.data, nfreqs=args.nfreqs)
         names = [n for n in args.models.split(",") if n.strip()]
         for n in names + [args.reference]:
             build_model(n)
+        data = load_free_spectrum(args.data, nfreqs=args.nfreqs)
         comparison = compare_models(
             data, names, reference=args.reference, steps=args.steps,
             ensembles=args.ensembles, seed=args.seed,

@@ -260,21 +260,21 @@ def compare_models(
 def _pm(value: float | None, err: float | None, width: int = 15) -> str:
     if value is None:
         return "-".center(width)
-    return f"{value:8.2f} ± {err:4.2f}".rjust(width) if err is not None else f"{value:8.2f}"
+    return f"{value:8.3f} ± {err:5.3f}".rjust(width) if err is not None else f"{value:8.3f}"
 
 
 def format_table(comparison: Comparison) -> str:
     """A plain-text table: ln Z (learned harmonic, importance, grid), ln B, time per model."""
     head = (
-        f"{'model':<22} {'D':>2} {'ln Z (flow LHM)':>16} {'ln Z (flow IS)':>16} "
-        f"{'ln Z (grid)':>16} {'ln B vs ' + comparison.reference:>20} {'time s':>7}"
+        f"{'model':<22} {'D':>2} {'ln Z (flow LHM)':>18} {'ln Z (flow IS)':>18} "
+        f"{'ln Z (grid)':>18} {'ln B vs ' + comparison.reference:>20} {'time s':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in comparison.results:
         ln_b, ln_b_err = comparison.ln_b(r.name)
         lines.append(
-            f"{r.name:<22} {len(r.param_names):>2} {_pm(r.ln_z, r.ln_z_err, 16)} "
-            f"{_pm(r.ln_z_is, r.ln_z_is_err, 16)} {_pm(r.ln_z_grid, r.ln_z_grid_err, 16)} "
+            f"{r.name:<22} {len(r.param_names):>2} {_pm(r.ln_z, r.ln_z_err, 18)} "
+            f"{_pm(r.ln_z_is, r.ln_z_is_err, 18)} {_pm(r.ln_z_grid, r.ln_z_grid_err, 18)} "
             f"{_pm(ln_b, ln_b_err, 20)} {r.times['total']:7.1f}"
         )
     lines.append(

@@ -5,8 +5,9 @@ r"""Posterior comparison diagnostics: the Hellinger distance between two sample 
 estimated from normalised histograms on a common grid (range: the central 99.8% of the union
 of both sets per axis). 0 means identical, 1 disjoint. The seed paper (normalising flows for
 rapid PTA model comparison) treats H < ~0.3 as "the refit reproduces the full-PTA posterior".
-With finite samples the estimate is biased upwards by roughly sqrt(bins / n) terms; use
->= 10^4 samples per set and moderate bin counts.
+With finite samples the estimate is biased upwards (two independent sets of 2 x 10^4 draws
+from one 2-D Gaussian give H ~ 0.06 with 20 x 20 bins); use >= 10^4 samples per set and
+moderate bin counts.
 
 References:
     E. Hellinger, J. reine angew. Math. 136 (1909) 210 (the distance).
@@ -20,7 +21,7 @@ import numpy as np
 __all__ = ["hellinger_distance"]
 
 
-def hellinger_distance(a: np.ndarray, b: np.ndarray, bins: int = 30) -> float:
+def hellinger_distance(a: np.ndarray, b: np.ndarray, bins: int = 20) -> float:
     """Histogram estimate of the Hellinger distance between two (n, d) sample sets, d <= 3."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)

@@ -7,7 +7,7 @@ after each, walkers stranded on a likelihood plateau (mean ln p more than 10 + D
 ensemble median: a posterior-mass ratio below e^-10 at any sensible D) are restarted from the
 positions of randomly chosen good walkers. Such strays would otherwise pollute the harmonic-mean
 evidence, whose terms are largest exactly where the posterior is smallest. Production samples
-are thinned by half the integrated autocorrelation time; walkers still stranded after
+are thinned by up to half the integrated autocorrelation time; walkers still stranded after
 production are dropped. All of this is reported in :class:`ChainResult`.
 
 The walkers of every ensemble are returned as chains in sampling order: (nchains = ensembles x
@@ -115,6 +115,7 @@ def run_ensembles(
     burn: int | None = None,
     steps: int | None = None,
     thin: int | None = None,
+    max_samples: int = 12000,
     seed: int = 0,
     progress: bool = False,
 ) -> ChainResult:
@@ -126,7 +127,10 @@ def run_ensembles(
         ensembles: independent ensembles (>= 1; >= 2 gives the between-ensemble check).
         walkers: walkers per ensemble (default max(32, 8 D), made even).
         burn: burn-in steps (default :func:`default_steps`); steps: production steps.
-        thin: keep every ``thin``-th production step (default max(1, round(tau / 2))).
+        thin: keep every ``thin``-th production step (default: round(tau / 2), lowered so
+            that about ``max_samples`` samples are kept when the chains are long in tau; the
+            evidence's block error model takes care of the remaining autocorrelation).
+        max_samples: target number of samples for the default thinning.
         seed: seeds the initial walkers and the moves.
         progress: emcee's own progress bar.
     """
@@ -175,7 +179,11 @@ def run_ensembles(
         taus.append(float(np.max(emcee.autocorr.integrated_time(chain[:, ~bad], tol=0))))
         accs.append(float(np.mean(sampler.acceptance_fraction)))
     tau_max = max(taus)
-    thin_used = thin if thin is not None else max(1, int(round(tau_max / 2)))
+    if thin is None:
+        total = sum(k.shape[0] * k.shape[1] for k in kept)
+        thin_used = max(1, min(int(round(tau_max / 2)), math.ceil(total / max_samples)))
+    else:
+        thin_used = thin
     kept = [k[:, ::thin_used] for k in kept]
     kept_lp = [k[:, ::thin_used] for k in kept_lp]
     n_min = min(k.shape[1] for k in kept)

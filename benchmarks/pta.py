@@ -48,7 +48,7 @@ def run_dynesty(post: ModelPosterior, nlive: int, seed: int, dlogz: float) -> di
     start = time.perf_counter()
     sampler = dynesty.NestedSampler(
         loglike, prior.from_unit_cube, prior.ndim, nlive=nlive, bound="multi",
-        sample="rwalk", rstate=np.random.default_rng(seed),
+        sample="unif", rstate=np.random.default_rng(seed),
     )
     sampler.run_nested(dlogz=dlogz, print_progress=False)
     res = sampler.results

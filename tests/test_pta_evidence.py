@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.pta import ModelPosterior, build_model, grid_evidence, load_free_spectrum, run_ensembles
+from flows.pta import ModelPosterior, build_model, grid_evidence, load_free_spectrum
 from flows.pta.compare import run_model
 from flows.pta.diagnostics import hellinger_distance
 
@@ -28,11 +28,14 @@ def data():  # noqa: ANN201
     return load_free_spectrum(HD, nfreqs=14)
 
 
-def test_powerlaw_refit_matches_nanograv_full_pta_chain(data) -> None:  # noqa: ANN001
-    model = build_model("powerlaw")
-    post = ModelPosterior(model, data)
-    chains = run_ensembles(post.ln_posterior, model.prior, seed=0)
-    refit = chains.flat()[:, ::-1]  # (log10 A, gamma) -> NANOGrav's (gamma, log10 A)
+@pytest.fixture(scope="module")
+def powerlaw_run(data):  # noqa: ANN001, ANN201
+    """One full pipeline run of the power law, shared by the two tests below."""
+    return run_model(build_model("powerlaw"), data, seed=0, flow_samples=0)
+
+
+def test_powerlaw_refit_matches_nanograv_full_pta_chain(powerlaw_run) -> None:  # noqa: ANN001
+    refit = powerlaw_run.chains.flat()[:, ::-1]  # (log10 A, gamma) -> NANOGrav's (gamma, log10 A)
     reference = np.load(CHAIN)
     h = hellinger_distance(refit, reference)
     mean_refit, mean_ref = refit.mean(0), reference.mean(0)
@@ -44,9 +47,10 @@ def test_powerlaw_refit_matches_nanograv_full_pta_chain(data) -> None:  # noqa: 
     assert hellinger_distance(refit, reference + np.array([1.0, 0.0])) > 0.6
 
 
-def _check_against_grid(name: str, data) -> None:  # noqa: ANN001
+def _check_against_grid(name: str, data, result=None) -> None:  # noqa: ANN001
     model = build_model(name)
-    result = run_model(model, data, seed=0, flow_samples=0)
+    if result is None:
+        result = run_model(model, data, seed=0, flow_samples=0)
     grid = grid_evidence(ModelPosterior(model, data).ln_posterior, model.prior.bounds())
     err = math.hypot(result.ln_z_err, grid.ln_z_err)
     print(
@@ -58,8 +62,8 @@ def _check_against_grid(name: str, data) -> None:  # noqa: ANN001
     assert abs(result.ln_z - grid.ln_z) < 3 * err + 0.02
 
 
-def test_flow_evidence_matches_grid_powerlaw(data) -> None:  # noqa: ANN001
-    _check_against_grid("powerlaw", data)
+def test_flow_evidence_matches_grid_powerlaw(data, powerlaw_run) -> None:  # noqa: ANN001
+    _check_against_grid("powerlaw", data, powerlaw_run)
 
 
 @pytest.mark.slow

@@ -70,13 +70,11 @@ def rational_quadratic_spline(
         (y, log|dy/dx|) of shape (...); for the inverse, log|dx/dy| of the returned x.
     """
     bins = (params.shape[-1] + 1) // 3
-    widths = MIN_BIN + (1 - MIN_BIN * bins) * F.softmax(params[..., :bins], dim=-1)
-    heights = MIN_BIN + (1 - MIN_BIN * bins) * F.softmax(params[..., bins : 2 * bins], dim=-1)
-    inner = MIN_DERIVATIVE + F.softplus(params[..., 2 * bins :] + IDENTITY_OFFSET)
-    ones = torch.ones_like(inner[..., :1])
-    derivs = torch.cat([ones, inner, ones], dim=-1)
-    knots_x = _knots(widths, bound)
-    knots_y = _knots(heights, bound)
+    raw_w, raw_h, raw_d = params.split([bins, bins, bins - 1], dim=-1)
+    knots_x = _knots(raw_w, bound)
+    knots_y = _knots(raw_h, bound)
+    inner = MIN_DERIVATIVE + F.softplus(raw_d + IDENTITY_OFFSET)
+    derivs = F.pad(inner, (1, 1), value=1.0)
 
     inside = (x > -bound) & (x < bound)
     xc = x.clamp(-bound, bound)
@@ -84,12 +82,15 @@ def rational_quadratic_spline(
     # Bin index = number of interior knots at or below the input (K is small: a compare is
     # faster than searchsorted and cannot step outside 0..K-1).
     idx = (xc.unsqueeze(-1) >= search[..., 1:-1]).sum(-1, keepdim=True)
-    x_k = knots_x.gather(-1, idx).squeeze(-1)
-    y_k = knots_y.gather(-1, idx).squeeze(-1)
-    w_k = (knots_x.gather(-1, idx + 1).squeeze(-1) - x_k).clamp_min(1e-12)
-    h_k = (knots_y.gather(-1, idx + 1).squeeze(-1) - y_k).clamp_min(1e-12)
-    d_k = derivs.gather(-1, idx).squeeze(-1)
-    d_k1 = derivs.gather(-1, idx + 1).squeeze(-1)
+    # One gather for the six per-bin quantities: its backward is one scatter, not six.
+    table = torch.stack([knots_x, knots_y, derivs], dim=-2)
+    index = torch.cat([idx, idx + 1], dim=-1).unsqueeze(-2).expand(*idx.shape[:-1], 3, 2)
+    # unbind (not indexing): its backward stacks instead of filling zeros per slice.
+    (x_k, x_k1), (y_k, y_k1), (d_k, d_k1) = (
+        pair.unbind(-1) for pair in table.gather(-1, index).unbind(-2)
+    )
+    w_k = (x_k1 - x_k).clamp_min(1e-12)
+    h_k = (y_k1 - y_k).clamp_min(1e-12)
     s_k = h_k / w_k
     curvature = d_k1 + d_k - 2 * s_k
 
@@ -100,10 +101,8 @@ def rational_quadratic_spline(
         c = -s_k * dy
         disc = (b * b - 4 * a * c).clamp_min(0)
         xi = ((2 * c) / (-b - disc.sqrt()).clamp_max(-1e-30)).clamp(0, 1)
-        out = x_k + xi * w_k
     else:
         xi = ((xc - x_k) / w_k).clamp(0, 1)
-        out = None
     xi_1m = xi * (1 - xi)
     denom = s_k + curvature * xi_1m
     log_det = (
@@ -111,19 +110,19 @@ def rational_quadratic_spline(
         + torch.log(d_k1 * xi * xi + 2 * s_k * xi_1m + d_k * (1 - xi) ** 2)
         - 2 * torch.log(denom)
     )
-    if not inverse:
-        out = y_k + h_k * (s_k * xi * xi + d_k * xi_1m) / denom
+    if inverse:
+        out, log_det = x_k + xi * w_k, -log_det
     else:
-        log_det = -log_det
-    zero = torch.zeros_like(log_det)
-    return torch.where(inside, out, x), torch.where(inside, log_det, zero)
+        out = y_k + h_k * (s_k * xi * xi + d_k * xi_1m) / denom
+    return torch.where(inside, out, x), torch.where(inside, log_det, 0.0)
 
 
-def _knots(sizes: torch.Tensor, bound: float) -> torch.Tensor:
-    cum = F.pad(torch.cumsum(sizes, dim=-1), (1, 0))
-    knots = 2 * bound * cum - bound
-    # Pin the ends exactly so the spline meets the identity tails without a gap.
-    return torch.cat([knots[..., :1] * 0 - bound, knots[..., 1:-1], knots[..., :1] * 0 + bound], -1)
+def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
+    """K + 1 knot positions from K unconstrained sizes; the ends are exactly -B and B."""
+    bins = raw.shape[-1]
+    sizes = MIN_BIN + (1 - MIN_BIN * bins) * F.softmax(raw, dim=-1)
+    inner = torch.cumsum(sizes[..., :-1], dim=-1)
+    return F.pad(F.pad(2 * bound * inner - bound, (1, 0), value=-bound), (0, 1), value=bound)
 
 
 class MaskedLinear(nn.Linear):

@@ -4,7 +4,7 @@ Parameters of one posterior often live on wildly different scales (a pulsar dist
 a spin frequency of 185 Hz and an amplitude of 1e-5 in one chain). A flow trained on such raw
 numbers wastes its capacity (or NaNs) on the scales, so every posterior flow first maps
 
-    x  --(logit of the box coordinates, bounded parameters only)-->  u
+    x  --(logit of box coordinates; log distance for one-sided bounds)-->  u
     u  --(whitening  y = L^{-1} (u - m),  L L^T = Cov[u])-------->  y
 
 with m, L fitted once on the training samples, and adds the exact log-Jacobian of both steps to
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Preprocessing", "parse_bounds"]
+__all__ = ["Preprocessing", "check_inside", "parse_bounds"]
 
 BoundsLike = Sequence[tuple[float | None, float | None] | None] | np.ndarray | None
 
@@ -66,11 +66,13 @@ def parse_bounds(bounds: BoundsLike, features: int) -> tuple[np.ndarray, np.ndar
 
 
 class Preprocessing(nn.Module):
-    """x -> y: logit of the box-bounded coordinates, then whitening; always float64.
+    """x -> y: logit / log of the bounded coordinates, then whitening; always float64.
 
     Arguments:
-        lower, upper: bounds per parameter (+-inf = unbounded; logit only where both finite).
-        shift: mean m of the logit-space training samples, shape (d,).
+        lower, upper: bounds per parameter (+-inf = unbounded on that side). Both finite:
+            u = logit((x - lo) / (hi - lo)); lower only: u = log(x - lo); upper only:
+            u = -log(hi - x); neither: u = x.
+        shift: mean m of the u-space training samples, shape (d,).
         cholesky: lower-triangular L with L L^T the covariance (or its diagonal), shape (d, d).
 
     Build it with :meth:`from_samples`.
@@ -82,18 +84,16 @@ class Preprocessing(nn.Module):
         super().__init__()
         f64 = torch.float64
         self.features = int(len(shift))
+        lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
         self.register_buffer("lower", torch.as_tensor(lower, dtype=f64))
         self.register_buffer("upper", torch.as_tensor(upper, dtype=f64))
-        bounded = np.isfinite(lower) & np.isfinite(upper)
-        self.register_buffer("bounded", torch.as_tensor(bounded))
         self.register_buffer("shift", torch.as_tensor(shift, dtype=f64))
         self.register_buffer("cholesky", torch.as_tensor(cholesky, dtype=f64))
-        width = np.where(bounded, np.asarray(upper) - np.asarray(lower), 1.0)
-        self.register_buffer("log_width", torch.as_tensor(np.log(width), dtype=f64))
         self.register_buffer(
             "log_det_whiten",
             -torch.log(torch.diagonal(self.cholesky)).sum(),
         )
+        self.any_bounds = bool(np.isfinite(lower).any() or np.isfinite(upper).any())
 
     @classmethod
     def from_samples(
@@ -104,7 +104,9 @@ class Preprocessing(nn.Module):
         features = x.shape[1]
         lower, upper = parse_bounds(bounds, features)
         check_inside(x, lower, upper)
-        u = _logit_np(x, lower, upper)
+        with torch.no_grad():
+            u = _unbound(torch.from_numpy(x), torch.from_numpy(lower), torch.from_numpy(upper))
+        u = u[0].numpy()
         shift = u.mean(axis=0)
         std = u.std(axis=0)
         flat = np.flatnonzero(~(std > 0))
@@ -130,14 +132,17 @@ class Preprocessing(nn.Module):
         # Follow device moves but keep float64: .float() on the flow must not cost precision here.
         for name, buf in self._buffers.items():
             if buf is not None:
-                device = fn(buf[:0] if buf.dim() else buf.reshape(1)[:0]).device
+                device = fn(buf.reshape(-1)[:0]).device
                 self._buffers[name] = buf.to(device)
         return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(.., d) x -> (y, log|det dy/dx|), both float64."""
         x = x.to(torch.float64)
-        u, log_det = self._logit(x)
+        if self.any_bounds:
+            u, log_det = _unbound(x, self.lower, self.upper)
+        else:
+            u, log_det = x, x.new_zeros(x.shape[:-1])
         centred = (u - self.shift).unsqueeze(-1)
         lower = self.cholesky.expand(*centred.shape[:-2], -1, -1)
         y = torch.linalg.solve_triangular(lower, centred, upper=False).squeeze(-1)
@@ -146,47 +151,60 @@ class Preprocessing(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """y -> x (float64)."""
         u = y.to(torch.float64) @ self.cholesky.T + self.shift
-        return self._sigmoid(u)
-
-    def _logit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not bool(self.bounded.any()):
-            return x, x.new_zeros(x.shape[:-1])
-        width = torch.exp(self.log_width)
-        p = ((x - self.lower.where(self.bounded, 0.0)) / width).clamp(1e-300, 1.0)
-        log_p, log_q = torch.log(p), torch.log1p(-p)
-        u = torch.where(self.bounded, log_p - log_q, x)
-        log_det = torch.where(self.bounded, -self.log_width - log_p - log_q, 0.0).sum(-1)
-        return u, log_det
-
-    def _sigmoid(self, u: torch.Tensor) -> torch.Tensor:
-        if not bool(self.bounded.any()):
-            return u
-        lower = self.lower.where(self.bounded, 0.0)
-        inside = lower + torch.exp(self.log_width) * torch.sigmoid(u)
-        inside = torch.minimum(torch.maximum(inside, lower), self.upper.where(self.bounded, 0.0))
-        return torch.where(self.bounded, inside, u)
+        return _rebound(u, self.lower, self.upper) if self.any_bounds else u
 
     def outside(self, x: torch.Tensor) -> torch.Tensor:
-        """Boolean (..,) mask of points outside the box (where the density is zero)."""
+        """Boolean (..,) mask of points on or outside a finite bound (density zero there)."""
         x = x.to(torch.float64)
         out = (x <= self.lower) | (x >= self.upper)
-        return (out & self.bounded).any(-1)
+        return out.any(-1)
 
 
-def _logit_np(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    bounded = np.isfinite(lower) & np.isfinite(upper)
-    if not bounded.any():
-        return x
-    u = x.copy()
-    p = (x[:, bounded] - lower[bounded]) / (upper[bounded] - lower[bounded])
-    u[:, bounded] = np.log(p) - np.log1p(-p)
-    return u
+def _unbound(
+    x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x -> u with log|du/dx| summed over the parameters (outside points give NaN-free junk)."""
+    has_lo, has_hi = torch.isfinite(lower), torch.isfinite(upper)
+    box = has_lo & has_hi
+    lo = torch.where(has_lo, lower, 0.0)
+    hi = torch.where(has_hi, upper, 0.0)
+    width = torch.where(box, hi - lo, 1.0)
+    tiny = 1e-300
+    dist_lo = (x - lo).clamp_min(tiny)
+    dist_hi = (hi - x).clamp_min(tiny)
+    p = (dist_lo / width).clamp(tiny, 1.0)
+    q = (dist_hi / width).clamp(tiny, 1.0)
+    u = torch.where(
+        box,
+        torch.log(p) - torch.log(q),
+        torch.where(has_lo, torch.log(dist_lo), torch.where(has_hi, -torch.log(dist_hi), x)),
+    )
+    log_det = torch.where(
+        box,
+        -torch.log(width) - torch.log(p) - torch.log(q),
+        torch.where(has_lo, -torch.log(dist_lo), torch.where(has_hi, -torch.log(dist_hi), 0.0)),
+    )
+    return u, log_det.sum(-1)
+
+
+def _rebound(u: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_unbound` (results clamped into the closed box)."""
+    has_lo, has_hi = torch.isfinite(lower), torch.isfinite(upper)
+    box = has_lo & has_hi
+    lo = torch.where(has_lo, lower, 0.0)
+    hi = torch.where(has_hi, upper, 0.0)
+    inside = lo + (hi - lo) * torch.sigmoid(u)
+    inside = torch.minimum(torch.maximum(inside, lo), hi)
+    return torch.where(
+        box,
+        inside,
+        torch.where(has_lo, lo + torch.exp(u), torch.where(has_hi, hi - torch.exp(-u), u)),
+    )
 
 
 def check_inside(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
-    """Raise when samples lie on or outside a finite bound (the logit map needs the interior)."""
-    bounded = np.isfinite(lower) & np.isfinite(upper)
-    bad = ((x <= lower) | (x >= upper)) & bounded
+    """Raise when samples lie on or outside a finite bound (the maps need the interior)."""
+    bad = (x <= lower) | (x >= upper)
     if bad.any():
         rows, cols = np.nonzero(bad)
         j = cols[0]

@@ -27,8 +27,11 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,13 +77,42 @@ def induced_omega(ln_x: np.ndarray, width: float, n_z: int = _N_Z) -> np.ndarray
     return out
 
 
-@lru_cache(maxsize=2)
-def _table(dtype_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cache_file() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normkit"
+    key = f"{LN_X_RANGE}-{WIDTH_RANGE}-{_N_LN_X}-{_N_WIDTH}-{_N_Z}-{_Z_MAX}-v1"
+    return root / f"sigw_gauss_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
+
+
+def _ln_table_numpy() -> np.ndarray:
+    """(N_LN_X, N_WIDTH) ln Omega table; computed once (~5 s) and cached on disk when the
+    user cache directory is writable (it is a pure function of the constants above)."""
+    path = _cache_file()
+    try:
+        table = np.load(path)
+        if table.shape == (_N_LN_X, _N_WIDTH):
+            return table
+    except (OSError, ValueError):
+        pass
     ln_x = np.linspace(*LN_X_RANGE, _N_LN_X)
     widths = np.linspace(*WIDTH_RANGE, _N_WIDTH)
     values = np.stack([induced_omega(ln_x, float(wd)) for wd in widths], axis=1)
     with np.errstate(divide="ignore"):
         ln_values = np.maximum(np.log(values), _LN_FLOOR)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, ln_values)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return ln_values
+
+
+@lru_cache(maxsize=2)
+def _table(dtype_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ln_x = np.linspace(*LN_X_RANGE, _N_LN_X)
+    widths = np.linspace(*WIDTH_RANGE, _N_WIDTH)
+    ln_values = _ln_table_numpy()
     dtype = getattr(torch, dtype_name)
     return (
         torch.as_tensor(ln_x, dtype=dtype),

@@ -7,7 +7,8 @@ per model and in total, ln Z and ln B = ln Z - ln Z_smbhb with errors, and the d
 the two ln B in combined standard deviations. dynesty is a benchmark-only extra (``bench``).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/pta.py \
-        [--models smbhb,powerlaw,...] [--nlive 500] [--json results/pta_benchmark.json]
+        [--models smbhb,powerlaw,...] [--nlive 400] [--sample rwalk] [--walks 15] \
+        [--json results/pta_benchmark.json]
 
 References:
     J. S. Speagle, "dynesty: a dynamic nested sampling package for estimating Bayesian
@@ -36,7 +37,9 @@ DEFAULT_MODELS = "smbhb,powerlaw,domain_walls+smbhb,pt_sound+smbhb,cosmic_string
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/ng15/ptarcade_30f_fshd_ceffyl"
 
 
-def run_dynesty(post: ModelPosterior, nlive: int, seed: int, dlogz: float) -> dict:
+def run_dynesty(
+    post: ModelPosterior, nlive: int, seed: int, dlogz: float, sample: str, walks: int
+) -> dict:
     import dynesty
 
     prior = post.model.prior
@@ -48,7 +51,7 @@ def run_dynesty(post: ModelPosterior, nlive: int, seed: int, dlogz: float) -> di
     start = time.perf_counter()
     sampler = dynesty.NestedSampler(
         loglike, prior.from_unit_cube, prior.ndim, nlive=nlive, bound="multi",
-        sample="unif", rstate=np.random.default_rng(seed),
+        sample=sample, walks=walks, rstate=np.random.default_rng(seed),
     )
     sampler.run_nested(dlogz=dlogz, print_progress=False)
     res = sampler.results
@@ -66,7 +69,10 @@ def main() -> int:
     parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--reference", default="smbhb")
     parser.add_argument("--nfreqs", type=int, default=14)
-    parser.add_argument("--nlive", type=int, default=500)
+    parser.add_argument("--nlive", type=int, default=400)
+    parser.add_argument("--sample", default="rwalk",
+                        help="dynesty sampler; 'unif' stalled (>20 min) on domain_walls+smbhb")
+    parser.add_argument("--walks", type=int, default=15)
     parser.add_argument("--dlogz", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the table as JSON here")
@@ -80,7 +86,8 @@ def main() -> int:
     start = time.perf_counter()
     for r in ours.results:
         post = ModelPosterior(build_model(r.name), data)
-        nested[r.name] = run_dynesty(post, args.nlive, args.seed, args.dlogz)
+        nested[r.name] = run_dynesty(post, args.nlive, args.seed, args.dlogz, args.sample,
+                                     args.walks)
         print(f"dynesty {r.name}: ln Z = {nested[r.name]['ln_z']:.3f} ± "
               f"{nested[r.name]['ln_z_err']:.3f} in {nested[r.name]['time_s']:.1f} s",
               file=sys.stderr)
@@ -118,7 +125,8 @@ def main() -> int:
             "ln_b_distance_sigma": dist,
         })
     print(f"total: flow pipeline {ours.total_time:.1f} s, dynesty {nested_total:.1f} s "
-          f"(nlive={args.nlive}, dlogz={args.dlogz}); within 2 sigma: "
+          f"(nlive={args.nlive}, dlogz={args.dlogz}, {args.sample}, walks={args.walks}); "
+          "within 2 sigma: "
           f"{sum(r['ln_b_distance_sigma'] <= 2 for r in rows)}/{len(rows)}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def data():  # noqa: ANN201
 @pytest.fixture(scope="module")
 def powerlaw_run(data):  # noqa: ANN001, ANN201
     """One full pipeline run of the power law, shared by the two tests below."""
-    return run_model(build_model("powerlaw"), data, steps=800, seed=0, flow_samples=0)
+    return run_model(build_model("powerlaw"), data, seed=0, flow_samples=0)
 
 
 def test_powerlaw_refit_matches_nanograv_full_pta_chain(powerlaw_run) -> None:  # noqa: ANN001

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--nfreqs", type=int, default=DEFAULT_FREQUENCIES,
                      help=f"frequencies used, 1..{MAX_FREQUENCIES} (default 14)")
     cmp.add_argument("--steps", type=int, default=None,
-                     help="emcee production steps per ensemble (default 800 + 300 D)")
+                     help="emcee production steps per ensemble (default: adaptive, 25 tau)")
     cmp.add_argument("--ensembles", type=int, default=2, help="independent emcee ensembles")
     cmp.add_argument("--flow", default="spline", help="flow kind for flows.posterior")
     cmp.add_argument("--seed", type=int, default=0)

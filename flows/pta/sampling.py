@@ -10,8 +10,9 @@ evidence, whose terms are largest exactly where the posterior is smallest. Produ
 are thinned by up to half the integrated autocorrelation time; walkers still stranded after
 production are dropped. All of this is reported in :class:`ChainResult`.
 
-The walkers of every ensemble are returned as chains in sampling order: (nchains = ensembles x
-walkers, nsamples, ndim), the layout flows.posterior.evidence expects.
+Each ensemble is returned as ``walker_groups`` chains, each interleaving a group of walkers
+step by step, in sampling order: (nchains = ensembles x walker_groups, nsamples, ndim), the
+layout flows.posterior.evidence expects (contiguous blocks = consecutive steps).
 
 References:
     D. Foreman-Mackey, D. W. Hogg, D. Lang, J. Goodman, "emcee: The MCMC Hammer",
@@ -35,8 +36,17 @@ __all__ = ["ChainResult", "run_ensembles", "default_steps"]
 
 
 def default_steps(ndim: int) -> tuple[int, int]:
-    """(burn-in, production) steps per ensemble: longer for more parameters."""
-    return 400 + 100 * ndim, 800 + 300 * ndim
+    """(burn-in, maximum production) steps per ensemble: longer for more parameters.
+
+    The production run stops earlier once it is MIN_TAUS integrated autocorrelation times long
+    (checked every CHUNK steps after the first MIN_PRODUCTION).
+    """
+    return 300 + 100 * ndim, 800 + 400 * ndim
+
+
+MIN_TAUS = 25
+MIN_PRODUCTION = 500
+CHUNK = 250
 
 
 @dataclass
@@ -44,10 +54,11 @@ class ChainResult:
     """Burnt-in, thinned posterior samples and what was done to get them.
 
     Attributes:
-        samples: (nchains, nsamples, ndim), walkers of every ensemble as chains.
+        samples: (nchains, nsamples, ndim), groups of interleaved walkers as chains.
         ln_posterior: (nchains, nsamples).
         ensembles: independent emcee ensembles; walkers: walkers per ensemble.
-        burn: burn-in steps (discarded); steps: production steps; thin: thinning factor.
+        burn: burn-in steps (discarded); steps: production steps (the longest ensemble);
+        thin: thinning factor.
         tau: max integrated autocorrelation time (steps) of the production run per ensemble.
         acceptance: mean production acceptance fraction per ensemble.
         restarted: walkers restarted during burn-in; dropped: walkers dropped after production.
@@ -116,6 +127,7 @@ def run_ensembles(
     steps: int | None = None,
     thin: int | None = None,
     max_samples: int = 12000,
+    walker_groups: int = 4,
     seed: int = 0,
     progress: bool = False,
 ) -> ChainResult:
@@ -126,26 +138,33 @@ def run_ensembles(
         prior: the model's prior (initial walkers are drawn from it).
         ensembles: independent ensembles (>= 1; >= 2 gives the between-ensemble check).
         walkers: walkers per ensemble (default max(32, 8 D), made even).
-        burn: burn-in steps (default :func:`default_steps`); steps: production steps.
+        burn: burn-in steps (default :func:`default_steps`).
+        steps: production steps; default: adaptive, stop at MIN_TAUS autocorrelation times
+            (at least MIN_PRODUCTION, at most the :func:`default_steps` maximum).
         thin: keep every ``thin``-th production step (default: round(tau / 2), lowered so
             that about ``max_samples`` samples are kept when the chains are long in tau; the
             evidence's block error model takes care of the remaining autocorrelation).
         max_samples: target number of samples for the default thinning.
+        walker_groups: chains returned per ensemble; each interleaves a group of walkers
+            step by step.
         seed: seeds the initial walkers and the moves.
         progress: emcee's own progress bar.
     """
     ndim = prior.ndim
     default_burn, default_prod = default_steps(ndim)
     burn = default_burn if burn is None else burn
-    steps = default_prod if steps is None else steps
     if ensembles < 1:
         raise ValueError(f"ensembles must be >= 1; got {ensembles}")
     walkers = walkers or max(32, 8 * ndim)
     walkers += walkers % 2
     if walkers < 2 * ndim:
         raise ValueError(f"walkers must be >= 2 * ndim = {2 * ndim}; got {walkers}")
-    if steps < 50 or burn < 0:
+    if walker_groups < 1:
+        raise ValueError(f"walker_groups must be >= 1; got {walker_groups}")
+    if (steps is not None and steps < 50) or burn < 0:
         raise ValueError(f"need steps >= 50 and burn >= 0; got steps={steps}, burn={burn}")
+    adaptive = steps is None
+    steps = default_prod if steps is None else steps
     moves = [
         (emcee.moves.DEMove(), 0.7),
         (emcee.moves.DESnookerMove(), 0.1),
@@ -153,6 +172,7 @@ def run_ensembles(
     ]
     kept, kept_lp, taus, accs = [], [], [], []
     restarted = dropped = 0
+    produced: list[int] = []
     for e in range(ensembles):
         rng = np.random.default_rng([seed, e])
         start = prior.sample(walkers, rng)
@@ -169,13 +189,23 @@ def run_ensembles(
                 restarted += int(bad.sum())
                 state = _restart(state, bad, rng)
         sampler.reset()
-        sampler.run_mcmc(state, steps, progress=progress)
-        chain = sampler.get_chain()  # (steps, walkers, ndim)
+        if adaptive:
+            done = sampler.run_mcmc(state, min(MIN_PRODUCTION, steps), progress=progress)
+            while sampler.iteration < steps:
+                tau_now = np.max(emcee.autocorr.integrated_time(sampler.get_chain(), tol=0))
+                if sampler.iteration >= MIN_TAUS * tau_now:
+                    break
+                more = min(CHUNK, steps - sampler.iteration)
+                done = sampler.run_mcmc(done, more, progress=progress)
+        else:
+            sampler.run_mcmc(state, steps, progress=progress)
+        chain = sampler.get_chain()  # (production steps, walkers, ndim)
         lp = sampler.get_log_prob()
-        bad = _stranded(lp[steps // 2 :], ndim)
+        produced.append(sampler.iteration)
+        bad = _stranded(lp[sampler.iteration // 2 :], ndim)
         dropped += int(bad.sum())
-        kept.append(chain[:, ~bad].transpose(1, 0, 2))
-        kept_lp.append(lp[:, ~bad].T)
+        kept.append(chain[:, ~bad])
+        kept_lp.append(lp[:, ~bad])
         taus.append(float(np.max(emcee.autocorr.integrated_time(chain[:, ~bad], tol=0))))
         accs.append(float(np.mean(sampler.acceptance_fraction)))
     tau_max = max(taus)
@@ -184,15 +214,22 @@ def run_ensembles(
         thin_used = max(1, min(int(round(tau_max / 2)), math.ceil(total / max_samples)))
     else:
         thin_used = thin
-    kept = [k[:, ::thin_used] for k in kept]
-    kept_lp = [k[:, ::thin_used] for k in kept_lp]
-    n_min = min(k.shape[1] for k in kept)
-    samples = np.concatenate([k[:, :n_min] for k in kept], axis=0)
-    ln_post = np.concatenate([k[:, :n_min] for k in kept_lp], axis=0)
+    chains_out, lps_out = [], []
+    for chain, lp in zip(kept, kept_lp):
+        chain, lp = chain[::thin_used], lp[::thin_used]
+        # interleave groups of walkers step by step: contiguous blocks of a chain are then
+        # consecutive steps, the replicates the evidence's block error model needs
+        for cols in np.array_split(np.arange(chain.shape[1]), walker_groups):
+            chains_out.append(chain[:, cols].reshape(-1, ndim))
+            lps_out.append(lp[:, cols].reshape(-1))
+    n_min = min(len(c) for c in chains_out)
+    samples = np.stack([c[:n_min] for c in chains_out])
+    ln_post = np.stack([c[:n_min] for c in lps_out])
     warnings = []
-    if not math.isfinite(tau_max) or steps < 20 * tau_max:
+    if not math.isfinite(tau_max) or min(produced) < 20 * tau_max:
         warnings.append(
-            f"production run is short: {steps} steps vs tau = {tau_max:.0f} (want >= 20 tau)"
+            f"production run is short: {min(produced)} steps vs tau = {tau_max:.0f} "
+            "(want >= 20 tau)"
         )
     if dropped:
         warnings.append(f"{dropped} stranded walkers dropped after production")
@@ -202,13 +239,13 @@ def run_ensembles(
         ensembles=ensembles,
         walkers=walkers,
         burn=burn,
-        steps=steps,
+        steps=max(produced),
         thin=int(thin_used),
         tau=taus,
         acceptance=accs,
         restarted=restarted,
         dropped=dropped,
         ensemble_means=np.stack([k.reshape(-1, ndim).mean(0) for k in kept]),
-        evaluations=ensembles * walkers * (burn + steps),
+        evaluations=walkers * (ensembles * burn + sum(produced)),
         warnings=warnings,
     )

@@ -28,7 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# benchmarks/ holds scripts named like the packages (norms.py, ...): keep the script folder off
+# the import path so the packages are found, and put the repository root on it.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 from flows.pta import ModelPosterior, build_model, load_free_spectrum  # noqa: E402
 from flows.pta.compare import compare_models  # noqa: E402

@@ -170,16 +170,22 @@ def as_chains(
     return x, lp
 
 
-def integrated_time(series: np.ndarray) -> float:
-    """Integrated autocorrelation time of a 1-D series (Sokal's adaptive window, c = 5)."""
-    y = np.asarray(series, dtype=np.float64) - np.mean(series)
-    n = len(y)
+def integrated_time(chains: np.ndarray) -> float:
+    """Integrated autocorrelation time of (nchains, n) series (or one (n,) series).
+
+    The autocorrelation function is averaged over the chains before Sokal's adaptive window
+    (c = 5) is applied, as emcee does: far steadier than per-chain estimates.
+    """
+    y = np.atleast_2d(np.asarray(chains, dtype=np.float64))
+    y = y - y.mean(axis=1, keepdims=True)
+    n = y.shape[1]
     if n < 4 or not np.any(y):
         return 1.0
     size = 1 << (2 * n - 1).bit_length()
-    f = np.fft.rfft(y, size)
-    acf = np.fft.irfft(f * np.conj(f), size)[:n]
-    acf /= acf[0]
+    f = np.fft.rfft(y, size, axis=1)
+    acf = np.fft.irfft(f * np.conj(f), size, axis=1)[:, :n]
+    variance = acf[:, :1]
+    acf = (acf / np.where(variance > 0, variance, 1.0)).mean(axis=0)
     taus = 2.0 * np.cumsum(acf) - 1.0
     window = np.arange(n) >= 5.0 * taus
     m = int(np.argmax(window)) if window.any() else n - 1
@@ -364,7 +370,7 @@ def evidence(
     )
     flow64 = copy.deepcopy(fitted)
     flow64.transforms.to(torch.float64)
-    flow64.eval()
+    flow64.eval().requires_grad_(False)
 
     if temperature == "auto":
         t_used, criterion = _choose_temperature(flow64, val_rows, val_lp, TEMPERATURE_GRID)
@@ -373,11 +379,8 @@ def evidence(
 
     flat_inf = x_inf.reshape(-1, ndim)
     terms = (_log_prob64(flow64, flat_inf, t_used) - lp_inf.reshape(-1)).reshape(lp_inf.shape)
-    taus = [
-        max(integrated_time(terms[c]), *(integrated_time(x_inf[c, :, j]) for j in range(ndim)))
-        for c in range(len(terms))
-    ]
-    tau = float(max(taus))
+    # The slowest of the log terms and the parameters sets the replicate block length.
+    tau = max(integrated_time(terms), *(integrated_time(x_inf[..., j]) for j in range(ndim)))
     length = terms.shape[1]
     if block_length is None:
         block_length = int(max(math.ceil(10 * tau), math.ceil(math.sqrt(length))))
@@ -389,7 +392,7 @@ def evidence(
 
     finite = terms.ravel()
     weights = np.exp(finite - finite.max())
-    ess_per_chain = [length / t for t in taus]
+    ess_per_chain = [length / tau] * len(terms)
     diagnostics: dict[str, Any] = {
         "n_chains": nchains,
         "n_samples_per_chain": nsamples,

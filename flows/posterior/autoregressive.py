@@ -32,9 +32,9 @@ from torch import nn
 from flows.posterior.base import AutoregressiveSplineTransform, PosteriorFlow
 from flows.posterior.spline import spline_parameter_count
 from flows.posterior.transforms import BoundsLike, Preprocessing
-from norms.transformer import TransformerStack
+from norms.transformer import KVCache, TransformerStack
 
-__all__ = ["ParameterTransformerFlow", "TokenConditioner"]
+__all__ = ["ParameterTransformerFlow", "TokenConditioner", "TokenSplineTransform"]
 
 
 class TokenConditioner(nn.Module):
@@ -71,6 +71,41 @@ class TokenConditioner(nn.Module):
             tokens = tokens + self.context(context).unsqueeze(1)
         return self.head(self.stack(tokens, causal=True))
 
+    def token(
+        self, j: int, previous: torch.Tensor | None, batch: int, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The (B, 1, dim) input token at position j (``previous`` = y_{j-1}, None for j = 0)."""
+        if previous is None:
+            token = self.start.expand(batch, 1, -1) + self.position[0]
+        else:
+            token = self.value(previous.reshape(batch, 1, 1)) + self.position[j]
+        if self.context is not None and context is not None:
+            token = token + self.context(context).unsqueeze(1)
+        return token
+
+
+class TokenSplineTransform(AutoregressiveSplineTransform):
+    """Autoregressive spline transform whose inverse decodes token by token with a KV cache.
+
+    Sampling then costs one transformer step per parameter (d steps of one token) instead of
+    d full passes over the sequence.
+    """
+
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        from flows.posterior.spline import rational_quadratic_spline
+
+        cond: TokenConditioner = self.conditioner
+        batch, features = z.shape
+        cache = KVCache()
+        columns: list[torch.Tensor] = []
+        previous = None
+        for j in range(features):
+            hidden = cond.stack(cond.token(j, previous, batch, context), cache=cache, causal=True)
+            params = cond.head(hidden)[:, 0]
+            previous, _ = rational_quadratic_spline(z[:, j], params, self.bound, inverse=True)
+            columns.append(previous)
+        return torch.stack(columns, dim=-1)
+
 
 class ParameterTransformerFlow(PosteriorFlow):
     """Transformer autoregressive spline flow over parameter tokens.
@@ -99,7 +134,7 @@ class ParameterTransformerFlow(PosteriorFlow):
     ) -> None:
         features = preprocess.features
         layers = [
-            AutoregressiveSplineTransform(
+            TokenSplineTransform(
                 TokenConditioner(
                     features,
                     spline_parameter_count(bins),

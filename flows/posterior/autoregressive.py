@@ -2,7 +2,8 @@ r"""A transformer autoregressive flow on parameter tokens (one token per posteri
 
 The same idea as TARFlow for images (a causal transformer predicts the transform of token j
 from tokens < j), applied to the d parameters of a posterior: the token sequence is
-``[start, y_1, ..., y_{d-1}]`` (a scalar embedding plus a learned position embedding per
+``[start, y_1, ..., y_{d-1}]`` (in the transform's coordinate order, reversed every other
+transform) (a scalar embedding plus a learned position embedding per
 parameter), the project's shared :class:`norms.transformer.TransformerStack` runs causally over
 it, and the output at position j gives the rational-quadratic spline parameters of y_j. The
 norm and its placement are chosen by name like everywhere else in normkit. The output head
@@ -50,9 +51,13 @@ class TokenConditioner(nn.Module):
         norm: str = "layernorm",
         placement: str = "pre",
         context_features: int = 0,
+        reverse: bool = False,
     ) -> None:
         super().__init__()
         self.features, self.params_per_feature = features, params_per_feature
+        order = torch.arange(features)
+        self.register_buffer("order", order.flip(0) if reverse else order)
+        self.register_buffer("position_of", torch.argsort(self.order))
         self.value = nn.Linear(1, dim)
         self.start = nn.Parameter(torch.zeros(dim))
         self.position = nn.Parameter(torch.randn(features, dim) * 0.02)
@@ -64,12 +69,14 @@ class TokenConditioner(nn.Module):
 
     def forward(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         batch = y.shape[0]
+        y = y.index_select(-1, self.order)
         values = self.value(y[:, :-1].unsqueeze(-1))
         start = self.start.expand(batch, 1, -1)
         tokens = torch.cat([start, values], dim=1) + self.position
         if self.context is not None and context is not None:
             tokens = tokens + self.context(context).unsqueeze(1)
-        return self.head(self.stack(tokens, causal=True))
+        params = self.head(self.stack(tokens, causal=True))
+        return params.index_select(1, self.position_of)
 
     def token(
         self, j: int, previous: torch.Tensor | None, batch: int, context: torch.Tensor | None
@@ -99,12 +106,14 @@ class TokenSplineTransform(AutoregressiveSplineTransform):
         cache = KVCache()
         columns: list[torch.Tensor] = []
         previous = None
-        for j in range(features):
+        for j, coordinate in enumerate(cond.order.tolist()):
             hidden = cond.stack(cond.token(j, previous, batch, context), cache=cache, causal=True)
             params = cond.head(hidden)[:, 0]
-            previous, _ = rational_quadratic_spline(z[:, j], params, self.bound, inverse=True)
+            previous, _ = rational_quadratic_spline(
+                z[:, coordinate], params, self.bound, inverse=True
+            )
             columns.append(previous)
-        return torch.stack(columns, dim=-1)
+        return torch.stack(columns, dim=-1).index_select(-1, cond.position_of)
 
 
 class ParameterTransformerFlow(PosteriorFlow):
@@ -144,10 +153,11 @@ class ParameterTransformerFlow(PosteriorFlow):
                     norm,
                     placement,
                     context_features,
+                    reverse=i % 2 == 1,
                 ),
                 bound=bound,
             )
-            for _ in range(transforms)
+            for i in range(transforms)
         ]
         super().__init__(preprocess, layers, context_features)
         self.config = {

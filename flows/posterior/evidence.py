@@ -292,6 +292,7 @@ def evidence(
     train_fraction: float = 0.5,
     block_length: int | None = None,
     importance_samples: int = 20000,
+    max_train_rows: int = 25000,
     seed: int = 0,
     progress: bool = True,
     fit_options: dict[str, Any] | None = None,
@@ -313,6 +314,8 @@ def evidence(
             trains the flow; the rest is used for the estimate only.
         block_length: replicate block length; default max(10 tau, sqrt(n)) per chain.
         importance_samples: flow draws for importance sampling.
+        max_train_rows: the training chains are thinned evenly to at most this many rows
+            for the flow fit (the estimate itself always uses every inference sample).
         seed: seeds the flow fit and the importance draws.
         progress: tqdm bar for the flow fit.
         fit_options: extra keyword arguments for :func:`fit_flow` (epochs, hidden, ...).
@@ -354,9 +357,11 @@ def evidence(
     # Held-out rows for early stopping and the temperature rule: the tail of every training
     # chain (contiguous, so autocorrelation does not leak the training rows into it).
     tail = max(2, int(round(0.2 * x_train.shape[1])))
-    fit_rows = x_train[:, :-tail].reshape(-1, ndim)
-    val_rows = x_train[:, -tail:].reshape(-1, ndim)
-    val_lp = lp_train[:, -tail:].reshape(-1)
+    # Long MCMC runs: thin the training rows evenly (neighbours are nearly copies anyway).
+    stride = max(1, math.ceil(x_train[:, :-tail, 0].size / max_train_rows))
+    fit_rows = x_train[:, :-tail:stride].reshape(-1, ndim)
+    val_rows = x_train[:, -tail::stride].reshape(-1, ndim)
+    val_lp = lp_train[:, -tail::stride].reshape(-1)
     options = {"epochs": 200, "patience": 10}
     options.update(fit_options or {})
     fitted, report = fit_flow(
@@ -398,6 +403,7 @@ def evidence(
         "n_samples_per_chain": nsamples,
         "ndim": ndim,
         "n_train_rows": int(len(fit_rows)),
+        "train_thinning": stride,
         "n_validation_rows": int(len(val_rows)),
         "n_inference_rows": int(flat_inf.shape[0]),
         "n_inference_chains": int(x_inf.shape[0]),

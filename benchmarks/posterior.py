@@ -32,13 +32,19 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
+# benchmarks/ holds scripts named like the packages (norms.py): keep the script folder off the
+# import path so `import norms` finds the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from flows.posterior import evidence, fit_flow
-from flows.posterior.fit import _Adam
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from flows.posterior import evidence, fit_flow  # noqa: E402
+from flows.posterior.fit import _Adam  # noqa: E402
 
 
 def gaussian_target(n: int, d: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:

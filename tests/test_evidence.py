@@ -296,3 +296,23 @@ def test_nan_and_short_chains_rejected_with_counts() -> None:
         evidence(x, np.zeros((2, 100)), progress=False)
     with pytest.raises(ValueError, match="too few samples per chain: 10"):
         evidence(x[:, 10:20], np.zeros((2, 10)), progress=False)
+
+
+def test_transformer_flow_evidence_with_box_bounds() -> None:
+    """The transformer flow on parameter tokens gives the same known answer (truncated box)."""
+    rng = np.random.default_rng(11)
+    lo, hi = 0.0, 4.0
+    x = rng.normal(1.0, 1.0, size=(4, 6000, 3))
+    x = x[:, ((x > lo) & (x < hi)).all(-1).all(0)][:, :1200]  # rows inside the box in all chains
+    lp = -0.5 * ((x - 1.0) ** 2).sum(-1)
+    truth = 3 * math.log(math.sqrt(2 * math.pi) * (norm.cdf(3.0) - norm.cdf(-1.0)))
+    result = evidence(
+        x,
+        lp,
+        flow="transformer",
+        bounds=[(lo, hi)] * 3,
+        progress=False,
+        fit_options={"epochs": 3, "transforms": 2, "dim": 16, "depth": 1, "heads": 2},
+    )
+    assert result.fit.flow == "transformer"
+    assert abs(result.ln_z - truth) < 3 * result.ln_z_err + 2e-3

@@ -2,7 +2,8 @@ r"""A transformer autoregressive flow on parameter tokens (one token per posteri
 
 The same idea as TARFlow for images (a causal transformer predicts the transform of token j
 from tokens < j), applied to the d parameters of a posterior: the token sequence is
-``[start, y_1, ..., y_{d-1}]`` (a scalar embedding plus a learned position embedding per
+``[start, y_1, ..., y_{d-1}]`` (in the transform's coordinate order, reversed every other
+transform) (a scalar embedding plus a learned position embedding per
 parameter), the project's shared :class:`norms.transformer.TransformerStack` runs causally over
 it, and the output at position j gives the rational-quadratic spline parameters of y_j. The
 norm and its placement are chosen by name like everywhere else in normkit. The output head
@@ -32,9 +33,9 @@ from torch import nn
 from flows.posterior.base import AutoregressiveSplineTransform, PosteriorFlow
 from flows.posterior.spline import spline_parameter_count
 from flows.posterior.transforms import BoundsLike, Preprocessing
-from norms.transformer import TransformerStack
+from norms.transformer import KVCache, TransformerStack
 
-__all__ = ["ParameterTransformerFlow", "TokenConditioner"]
+__all__ = ["ParameterTransformerFlow", "TokenConditioner", "TokenSplineTransform"]
 
 
 class TokenConditioner(nn.Module):
@@ -50,9 +51,13 @@ class TokenConditioner(nn.Module):
         norm: str = "layernorm",
         placement: str = "pre",
         context_features: int = 0,
+        reverse: bool = False,
     ) -> None:
         super().__init__()
         self.features, self.params_per_feature = features, params_per_feature
+        order = torch.arange(features)
+        self.register_buffer("order", order.flip(0) if reverse else order)
+        self.register_buffer("position_of", torch.argsort(self.order))
         self.value = nn.Linear(1, dim)
         self.start = nn.Parameter(torch.zeros(dim))
         self.position = nn.Parameter(torch.randn(features, dim) * 0.02)
@@ -64,12 +69,51 @@ class TokenConditioner(nn.Module):
 
     def forward(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         batch = y.shape[0]
+        y = y.index_select(-1, self.order)
         values = self.value(y[:, :-1].unsqueeze(-1))
         start = self.start.expand(batch, 1, -1)
         tokens = torch.cat([start, values], dim=1) + self.position
         if self.context is not None and context is not None:
             tokens = tokens + self.context(context).unsqueeze(1)
-        return self.head(self.stack(tokens, causal=True))
+        params = self.head(self.stack(tokens, causal=True))
+        return params.index_select(1, self.position_of)
+
+    def token(
+        self, j: int, previous: torch.Tensor | None, batch: int, context: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The (B, 1, dim) input token at position j (``previous`` = y_{j-1}, None for j = 0)."""
+        if previous is None:
+            token = self.start.expand(batch, 1, -1) + self.position[0]
+        else:
+            token = self.value(previous.reshape(batch, 1, 1)) + self.position[j]
+        if self.context is not None and context is not None:
+            token = token + self.context(context).unsqueeze(1)
+        return token
+
+
+class TokenSplineTransform(AutoregressiveSplineTransform):
+    """Autoregressive spline transform whose inverse decodes token by token with a KV cache.
+
+    Sampling then costs one transformer step per parameter (d steps of one token) instead of
+    d full passes over the sequence.
+    """
+
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        from flows.posterior.spline import rational_quadratic_spline
+
+        cond: TokenConditioner = self.conditioner
+        batch, features = z.shape
+        cache = KVCache()
+        columns: list[torch.Tensor] = []
+        previous = None
+        for j, coordinate in enumerate(cond.order.tolist()):
+            hidden = cond.stack(cond.token(j, previous, batch, context), cache=cache, causal=True)
+            params = cond.head(hidden)[:, 0]
+            previous, _ = rational_quadratic_spline(
+                z[:, coordinate], params, self.bound, inverse=True
+            )
+            columns.append(previous)
+        return torch.stack(columns, dim=-1).index_select(-1, cond.position_of)
 
 
 class ParameterTransformerFlow(PosteriorFlow):
@@ -99,7 +143,7 @@ class ParameterTransformerFlow(PosteriorFlow):
     ) -> None:
         features = preprocess.features
         layers = [
-            AutoregressiveSplineTransform(
+            TokenSplineTransform(
                 TokenConditioner(
                     features,
                     spline_parameter_count(bins),
@@ -109,10 +153,11 @@ class ParameterTransformerFlow(PosteriorFlow):
                     norm,
                     placement,
                     context_features,
+                    reverse=i % 2 == 1,
                 ),
                 bound=bound,
             )
-            for _ in range(transforms)
+            for i in range(transforms)
         ]
         super().__init__(preprocess, layers, context_features)
         self.config = {

@@ -36,7 +36,9 @@ __all__ = ["AutoregressiveSplineTransform", "PosteriorFlow"]
 class AutoregressiveSplineTransform(nn.Module):
     """y -> z coordinatewise by RQ splines whose parameters come from an autoregressive net.
 
-    ``conditioner(y, context) -> (B, d, 3K - 1)`` must make output j depend on y_{<j} only.
+    ``conditioner(y, context) -> (B, d, 3K - 1)`` must make the output of coordinate
+    ``order[k]`` depend only on the coordinates ``order[:k]``; ``conditioner.order`` (a long
+    tensor) is that visiting order (consecutive transforms alternate it).
     """
 
     def __init__(self, conditioner: nn.Module, bound: float = 5.0) -> None:
@@ -53,11 +55,11 @@ class AutoregressiveSplineTransform(nn.Module):
         return z, log_det.sum(-1)
 
     def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Invert coordinate by coordinate: d conditioner passes."""
+        """Invert coordinate by coordinate in the autoregressive order: d conditioner passes."""
         from flows.posterior.spline import rational_quadratic_spline
 
         y = torch.zeros_like(z)
-        for j in range(z.shape[-1]):
+        for j in self.conditioner.order.tolist():
             params = self.conditioner(y, context)[..., j, :]
             yj, _ = rational_quadratic_spline(z[..., j], params, self.bound, inverse=True)
             y = y.clone()
@@ -70,8 +72,8 @@ class PosteriorFlow(nn.Module):
 
     Arguments:
         preprocess: fixed logit + whitening map (float64).
-        transforms: autoregressive transforms y -> z, applied in order, with the coordinate
-            order reversed between consecutive ones.
+        transforms: autoregressive transforms y -> z, applied in order (each conditioner
+            carries its own coordinate order; consecutive ones alternate it).
         context_features: size of the optional conditioning vector.
     """
 
@@ -118,9 +120,7 @@ class PosteriorFlow(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Whitened y (network dtype) -> base z and log|det dz/dy| (what training optimises)."""
         log_det = y.new_zeros(y.shape[:-1])
-        for i, transform in enumerate(self.transforms):
-            if i:
-                y = y.flip(-1)
+        for transform in self.transforms:
             y, ld = transform(y, context)
             log_det = log_det + ld
         return y, log_det
@@ -129,10 +129,8 @@ class PosteriorFlow(nn.Module):
         self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Base z -> whitened y."""
-        for i in reversed(range(len(self.transforms))):
-            z = self.transforms[i].inverse(z, context)
-            if i:
-                z = z.flip(-1)
+        for transform in reversed(self.transforms):
+            z = transform.inverse(z, context)
         return z
 
     def base_log_prob(self, z: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

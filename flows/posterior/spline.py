@@ -3,8 +3,9 @@ r"""Rational-quadratic spline flows for posterior samples (masked autoregressive
 Each transform maps every coordinate through a monotonic rational-quadratic spline with K bins
 on [-B, B] and the identity outside (linear tails, so no input ever produces NaN or an
 infinite log-Jacobian); the spline's knots and derivatives for coordinate j come from a
-masked MLP (MADE) that sees only coordinates < j, so the density is one network pass and
-sampling is d passes. Consecutive transforms reverse the coordinate order. The last layer of
+masked MLP (MADE) that sees only the coordinates before j in its order, so the density is one
+network pass and sampling is d passes. Consecutive transforms reverse the coordinate order
+(in the masks, so no permutation is ever materialised). The last layer of
 every conditioner starts at zero with the derivative offset chosen so that each transform
 starts as the exact identity: with the whitening in front (see ``transforms.py``) an untrained
 flow is already the Gaussian fit of the posterior.
@@ -70,20 +71,26 @@ def rational_quadratic_spline(
         (y, log|dy/dx|) of shape (...); for the inverse, log|dx/dy| of the returned x.
     """
     bins = (params.shape[-1] + 1) // 3
-    raw_w, raw_h, raw_d = params.split([bins, bins, bins - 1], dim=-1)
-    knots_x = _knots(raw_w, bound)
-    knots_y = _knots(raw_h, bound)
-    inner = MIN_DERIVATIVE + F.softplus(raw_d + IDENTITY_OFFSET)
-    derivs = F.pad(inner, (1, 1), value=1.0)
+    # Widths and heights together: one softmax, one cumsum, one pad for both knot vectors.
+    sizes = MIN_BIN + (1 - MIN_BIN * bins) * F.softmax(
+        params[..., : 2 * bins].unflatten(-1, (2, bins)), dim=-1
+    )
+    ends = _END_KNOT.get((bins, sizes.dtype, sizes.device))
+    if ends is None:
+        ends = torch.zeros(bins + 1, dtype=sizes.dtype, device=sizes.device)
+        ends[-1] = 1.0
+        _END_KNOT[(bins, sizes.dtype, sizes.device)] = ends
+    knots = (F.pad(torch.cumsum(sizes[..., :-1], dim=-1), (1, 1)) + ends) * (2 * bound) - bound
+    inner = MIN_DERIVATIVE + F.softplus(params[..., 2 * bins :] + IDENTITY_OFFSET)
+    table = torch.cat([knots, F.pad(inner, (1, 1), value=1.0).unsqueeze(-2)], dim=-2)
 
     inside = (x > -bound) & (x < bound)
     xc = x.clamp(-bound, bound)
-    search = knots_y if inverse else knots_x
+    search = knots[..., 1 if inverse else 0, 1:-1]
     # Bin index = number of interior knots at or below the input (K is small: a compare is
     # faster than searchsorted and cannot step outside 0..K-1).
-    idx = (xc.unsqueeze(-1) >= search[..., 1:-1]).sum(-1, keepdim=True)
+    idx = (xc.unsqueeze(-1) >= search).sum(-1, keepdim=True)
     # One gather for the six per-bin quantities: its backward is one scatter, not six.
-    table = torch.stack([knots_x, knots_y, derivs], dim=-2)
     index = torch.cat([idx, idx + 1], dim=-1).unsqueeze(-2).expand(*idx.shape[:-1], 3, 2)
     # unbind (not indexing): its backward stacks instead of filling zeros per slice.
     (x_k, x_k1), (y_k, y_k1), (d_k, d_k1) = (
@@ -117,12 +124,7 @@ def rational_quadratic_spline(
     return torch.where(inside, out, x), torch.where(inside, log_det, 0.0)
 
 
-def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
-    """K + 1 knot positions from K unconstrained sizes; the ends are exactly -B and B."""
-    bins = raw.shape[-1]
-    sizes = MIN_BIN + (1 - MIN_BIN * bins) * F.softmax(raw, dim=-1)
-    inner = torch.cumsum(sizes[..., :-1], dim=-1)
-    return F.pad(F.pad(2 * bound * inner - bound, (1, 0), value=-bound), (0, 1), value=bound)
+_END_KNOT: dict[tuple, torch.Tensor] = {}
 
 
 class MaskedLinear(nn.Linear):
@@ -137,11 +139,13 @@ class MaskedLinear(nn.Linear):
 
 
 class MaskedMLP(nn.Module):
-    """MADE: output block j (``params_per_feature`` numbers) depends on inputs < j only.
+    """MADE: the outputs of coordinate ``order[k]`` depend on coordinates ``order[:k]`` only.
 
     Arguments:
         features: d. hidden: hidden widths. params_per_feature: outputs per coordinate.
         context_features: size of an optional conditioning vector (enters every hidden unit).
+        reverse: visit the coordinates last to first (alternated between transforms, so the
+            stack needs no permutation layers).
     """
 
     def __init__(
@@ -150,10 +154,15 @@ class MaskedMLP(nn.Module):
         hidden: Sequence[int],
         params_per_feature: int,
         context_features: int = 0,
+        reverse: bool = False,
     ) -> None:
         super().__init__()
         self.features, self.params_per_feature = features, params_per_feature
-        in_degrees = torch.arange(1, features + 1)
+        order = torch.arange(features)
+        order = order.flip(0) if reverse else order
+        self.register_buffer("order", order)
+        in_degrees = torch.empty(features, dtype=torch.long)
+        in_degrees[order] = torch.arange(1, features + 1)
         degrees = [in_degrees]
         layers: list[nn.Module] = []
         for width in hidden:
@@ -202,10 +211,12 @@ class SplineFlow(PosteriorFlow):
         features = preprocess.features
         layers = [
             AutoregressiveSplineTransform(
-                MaskedMLP(features, hidden, spline_parameter_count(bins), context_features),
+                MaskedMLP(
+                    features, hidden, spline_parameter_count(bins), context_features, i % 2 == 1
+                ),
                 bound=bound,
             )
-            for _ in range(transforms)
+            for i in range(transforms)
         ]
         super().__init__(preprocess, layers, context_features)
         self.config = {

@@ -330,3 +330,63 @@ def test_cli_end_to_end_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFix
         assert np.isfinite(fixed[key])
     for name in ("free_spectrum.png", "corner_smbhb.png", "corner_smbhb_fixed.png"):
         assert (out / name).stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling and plots
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ensembles_recover_a_gaussian_despite_a_plateau() -> None:
+    from flows.pta import run_ensembles
+
+    prior = Prior([Uniform("x", -10.0, 10.0), Uniform("y", -10.0, 10.0)])
+    mean, sd = np.array([1.0, -2.0]), np.array([0.5, 0.2])
+
+    def ln_post(theta: np.ndarray) -> np.ndarray:
+        inside = np.all(np.abs(theta) <= 10.0, axis=1)
+        core = -0.5 * np.sum(((theta - mean) / sd) ** 2, axis=1)
+        # a flat plateau far below the peak: walkers started there stay stranded without help
+        core = np.maximum(core, -60.0)
+        return np.where(inside, core, -np.inf)
+
+    res = run_ensembles(ln_post, prior, ensembles=2, seed=1)
+    assert res.samples.shape[0] == 2 * 4 and res.samples.shape[2] == 2
+    assert res.ln_posterior.shape == res.samples.shape[:2]
+    flat = res.flat()
+    np.testing.assert_allclose(flat.mean(0), mean, atol=0.05)
+    np.testing.assert_allclose(flat.std(0), sd, rtol=0.1)
+    assert res.ln_posterior.min() > -30.0  # nothing from the plateau survives
+    assert res.thin >= 1 and res.steps >= 500
+
+
+def test_stranded_walkers_are_detected_and_moved_to_good_ones() -> None:
+    import emcee
+
+    from flows.pta.sampling import _restart, _stranded
+
+    rng = np.random.default_rng(0)
+    ln_p = rng.normal(-10.0, 1.0, size=(50, 8))
+    ln_p[:, [2, 5]] -= 20.0  # two walkers on a plateau e^-20 below the others
+    bad = _stranded(ln_p, ndim=3)
+    assert bad.tolist() == [False, False, True, False, False, True, False, False]
+    coords = rng.normal(size=(8, 3))
+    coords[bad] += 100.0
+    moved = _restart(emcee.State(coords), bad, rng).coords
+    np.testing.assert_array_equal(moved[~bad], coords[~bad])
+    nearest = np.min(np.linalg.norm(moved[bad][:, None] - coords[~bad][None], axis=-1), axis=1)
+    assert np.all(nearest < 0.05)
+
+
+def test_plots_write_pngs(tmp_path: Path) -> None:
+    from flows.pta.plots import corner_plot, free_spectrum_plot, median_spectrum
+
+    data = load_free_spectrum(_write_spectrum(tmp_path / "fs", nfreq=4), nfreqs=4)
+    model = build_model("powerlaw")
+    samples = np.random.default_rng(0).normal([-14.5, 3.0], [0.1, 0.3], size=(500, 2))
+    med = median_spectrum(model, samples, data)
+    assert med.shape == (4,) and np.all(np.diff(med) < 0)  # gamma = 3 > 0: falling spectrum
+    p1 = corner_plot(samples, model.param_names, tmp_path / "c.png", other=samples + 0.05)
+    p2 = free_spectrum_plot(data, {"powerlaw": med}, tmp_path / "f.png")
+    for p in (p1, p2):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

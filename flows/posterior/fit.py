@@ -198,6 +198,8 @@ def fit_flow(
         if len(ctx) != n:
             raise ValueError(f"context has {len(ctx)} rows but samples have {n}")
     generator = np.random.default_rng(seed)
+    if validation is not None and ctx is not None:
+        raise ValueError("validation rows cannot be combined with context; use held_out instead")
     if validation is not None:
         train_rows, val_x = x, as_rows(validation, "validation samples")
         train_ctx = val_ctx = None

@@ -316,3 +316,12 @@ def test_transformer_flow_evidence_with_box_bounds() -> None:
     )
     assert result.fit.flow == "transformer"
     assert abs(result.ln_z - truth) < 3 * result.ln_z_err + 2e-3
+
+
+def test_tiny_single_chain_still_finite_and_json_ready() -> None:
+    x = np.random.default_rng(0).normal(size=(60, 2))
+    result = evidence(x, -0.5 * (x**2).sum(-1), progress=False, fit_options={"epochs": 0})
+    assert math.isfinite(result.ln_z) and math.isfinite(result.ln_z_err)
+    assert result.diagnostics["n_blocks"] >= 2
+    assert any("independent blocks" in w for w in result.warnings)
+    assert json.loads(json.dumps(result.as_dict()))["ln_z"] == pytest.approx(result.ln_z)

@@ -205,6 +205,8 @@ def test_bad_options_name_the_value() -> None:
         ValueError, match="flow 'maf' is unknown; choose one of: spline, transformer"
     ):
         fit_flow(_gauss(), flow="maf", progress=False)
+    with pytest.raises(ValueError, match="option 'dim' does not apply to the spline flow"):
+        fit_flow(_gauss(), dim=16, progress=False)
     with pytest.raises(ValueError, match="bounds has 1 entries"):
         fit_flow(_gauss(), bounds=[(0, 1)], progress=False)
     with pytest.raises(ValueError, match="parameter 1 is constant"):

@@ -105,8 +105,8 @@ class EvidenceResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready numbers (no flow, no fit history)."""
         out = {
-            "ln_z": self.ln_z,
-            "ln_z_err": self.ln_z_err,
+            "ln_z": _jsonable(self.ln_z),
+            "ln_z_err": _jsonable(self.ln_z_err),
             "estimator": self.estimator,
             "temperature": self.temperature,
             "diagnostics": _jsonable(self.diagnostics),
@@ -409,9 +409,11 @@ def evidence(
     if block_length is None:
         block_length = int(max(math.ceil(10 * tau), math.ceil(math.sqrt(length))))
     block_length = int(min(max(block_length, 1), length))
+    if len(terms) * (length // block_length) < 2:
+        block_length = max(1, length // 2)  # at least two replicates, with a warning below
     blocks = _blocks(terms, block_length)
     ln_rho, rel_var, n_eff = harmonic_mean_from_blocks(blocks)
-    ln_z = -ln_rho - 0.5 * rel_var
+    ln_z = -ln_rho - (0.5 * rel_var if math.isfinite(rel_var) else 0.0)
     ln_z_err = math.sqrt(rel_var)
 
     finite = terms.ravel()
@@ -514,5 +516,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no inf / nan
     return value

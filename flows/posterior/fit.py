@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -107,14 +108,21 @@ class _Adam:
 def build_flow(name: str, preprocess: Preprocessing, **options) -> PosteriorFlow:
     """Instantiate flow ``name`` (spline | transformer) on top of a preprocessing."""
     if name == "spline":
-        from flows.posterior.spline import SplineFlow
-
-        return SplineFlow(preprocess, **options)
-    if name == "transformer":
-        from flows.posterior.autoregressive import ParameterTransformerFlow
-
-        return ParameterTransformerFlow(preprocess, **options)
-    raise ValueError(f"flow {name!r} is unknown; choose one of: {', '.join(FLOWS)}")
+        from flows.posterior.spline import SplineFlow as cls
+    elif name == "transformer":
+        from flows.posterior.autoregressive import ParameterTransformerFlow as cls
+    else:
+        raise ValueError(f"flow {name!r} is unknown; choose one of: {', '.join(FLOWS)}")
+    allowed = [
+        p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "preprocess")
+    ]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"option {unknown[0]!r} does not apply to the {name} flow; its options are: "
+            + ", ".join(allowed)
+        )
+    return cls(preprocess, **options)
 
 
 def as_rows(samples: np.ndarray | torch.Tensor, what: str = "samples") -> np.ndarray:
@@ -198,6 +206,8 @@ def fit_flow(
         if len(ctx) != n:
             raise ValueError(f"context has {len(ctx)} rows but samples have {n}")
     generator = np.random.default_rng(seed)
+    if validation is not None and ctx is not None:
+        raise ValueError("validation rows cannot be combined with context; use held_out instead")
     if validation is not None:
         train_rows, val_x = x, as_rows(validation, "validation samples")
         train_ctx = val_ctx = None

@@ -158,14 +158,14 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         causal: bool = True,
     ) -> torch.Tensor:
-        b, n, dim = x.shape
+        b, n, _ = x.shape  # the attention width may differ from the token width
         start = cache.layer_length(layer) if cache is not None else 0
         q, k, v = self.project_qkv(x, start)
         if cache is not None:
             k, v = cache.append(layer, k, v)
         mask, is_causal = _attention_mask(n, k.shape[2], causal, attn_mask, x.device)
         out = self.attend(q, k, v, mask, is_causal)
-        return self.proj(out.transpose(1, 2).reshape(b, n, dim))
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 def _attention_mask(

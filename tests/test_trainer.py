@@ -1,0 +1,285 @@
+"""The Accelerate trainer: outputs, exact resume (also after a hard kill mid-checkpoint),
+gradient accumulation, two-rank data parallelism, non-finite losses, EMA, schedule, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainers import checkpoint as ckpt
+from trainers import load_checkpoint_model, load_config
+from trainers.ema import EMA
+from trainers.smoke import SmokeMLP
+from trainers.train import NonFiniteLossError, lr_factor, main, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def smoke(tmp_path: Path, *overrides: str, name: str = "run"):
+    base = [f"trainer.output_dir={tmp_path / name}", "trainer.progress=false"]
+    return load_config(SMOKE, base + list(overrides))
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def test_smoke_run_writes_every_output(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(SmokeMLP, "after_optimizer_step", lambda self: calls.append(1))
+    config = smoke(tmp_path, "trainer.keep_last=1", "trainer.checkpoint_every=5")
+    result = train(config)
+    run = tmp_path / "run"
+    assert result.step == 20 and len(calls) == 20
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 21))
+    assert all({"loss", "lr", "grad_norm"} <= set(r) for r in records)
+    # warm-up then cosine decay of the logged learning rate
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] < lrs[1] and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    assert sum(losses(run)[-5:]) < sum(losses(run)[:5])
+    assert (run / "loss.png").stat().st_size > 0
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step-0000010.png", "step-0000020.png"]
+    assert [s for s, _ in ckpt.find_checkpoints(run)] == [20]  # keep_last=1
+    folder = run / "checkpoint-20"
+    assert {p.name for p in folder.iterdir()} >= {"config.yaml", "model", "ema", "accelerator",
+                                                  "trainer_state.json"}
+    model, cfg = load_checkpoint_model(run)  # a run dir resolves to its newest checkpoint
+    assert isinstance(model, SmokeMLP) and not model.training
+    assert cfg.model.name == cfg["model"]["name"] == "smoke_mlp"
+    assert cfg.trainer.max_steps == 20 and cfg.optimizer.lr == config.optimizer.lr
+    ema_w, raw_w = weights(folder / "ema"), weights(folder / "model")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, ema_w[key], rtol=0, atol=0)
+    assert any(not torch.equal(ema_w[k], raw_w[k]) for k in raw_w)
+    plain, _ = load_checkpoint_model(folder, use_ema=False)
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(value, raw_w[key], rtol=0, atol=0)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import trainers.train as T
+
+    original = T.write_checkpoint_files
+
+    def dies_midway(folder, config, state, model, ema, accelerator, wrapper):
+        if state["step"] == 15:  # half a checkpoint, then a hard kill
+            accelerator.save_state(str(folder / "accelerator"))
+            (folder / "config.yaml").write_text(config.to_yaml())
+            os.kill(os.getpid(), signal.SIGKILL)
+        original(folder, config, state, model, ema, accelerator, wrapper)
+
+    T.write_checkpoint_files = dies_midway
+    sys.exit(T.main(sys.argv[1:]))
+    """
+)
+
+
+def test_resume_after_hard_kill_mid_checkpoint_matches_uninterrupted(tmp_path):
+    common = ["trainer.checkpoint_every=5", "trainer.keep_last=5", "trainer.sample_every=0"]
+    reference = train(smoke(tmp_path, *common, name="reference"))
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", KILLER, "--config", str(SMOKE), f"trainer.output_dir={run}",
+         "trainer.progress=false", *common],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert (run / f"{ckpt.TMP_PREFIX}15" / "config.yaml").exists()
+    assert [s for s, _ in ckpt.find_checkpoints(run)] == [5, 10]
+    # a folder with the right name but no trainer state is not a checkpoint either
+    (run / "checkpoint-99").mkdir()
+    (run / "checkpoint-99" / "config.yaml").write_text("model: {}\n")
+    assert ckpt.latest_checkpoint(run).name == "checkpoint-10"
+
+    resumed = train(smoke(tmp_path, *common, "trainer.resume=latest", name="killed"))
+    assert resumed.step == 20
+    assert not (run / f"{ckpt.TMP_PREFIX}15").exists()
+    assert losses(run) == losses(tmp_path / "reference")  # bit-identical, step by step
+    assert len(losses(run)) == 20
+    for part in ("model", "ema"):
+        a = weights(reference.checkpoint / part)
+        b = weights(resumed.checkpoint / part)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_equals_large_batch(tmp_path):
+    common = ["trainer.max_steps=4", "trainer.sample_every=0", "trainer.checkpoint_every=0",
+              "model.noise_std=0.0", "trainer.ema_decay=null"]
+    big = train(smoke(tmp_path, *common, "data.batch_size=16", name="big"))
+    small = train(smoke(tmp_path, *common, "data.batch_size=4",
+                        "trainer.gradient_accumulation_steps=4", name="accum"))
+    a, b = weights(big.checkpoint / "model"), weights(small.checkpoint / "model")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "big")),
+                               torch.tensor(losses(tmp_path / "accum")), rtol=1e-5, atol=1e-6)
+
+
+# NorMuon: a data-parallel run also exercises the orthogonalised updates on all-reduced grads.
+DP_OPTIMIZER = ["optimizer.name=normuon", "optimizer.lr=0.02", "optimizer.adamw_lr=0.01"]
+
+
+def _two_rank_worker(output_dir: str) -> None:
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked from a used parent
+    config = load_config(SMOKE, [f"trainer.output_dir={output_dir}", "trainer.progress=false",
+                                 "data.batch_size=8", "model.noise_std=0.0",
+                                 "trainer.max_steps=6", "trainer.sample_every=0",
+                                 "trainer.checkpoint_every=3", *DP_OPTIMIZER])
+    train(config)
+    state = PartialState()
+    assert state.num_processes == 2
+    model, _ = load_checkpoint_model(output_dir, use_ema=False)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(2)]
+    torch.distributed.all_gather(gathered, flat)
+    assert torch.equal(gathered[0], gathered[1]), "ranks ended with different weights"
+
+
+def test_two_rank_data_parallel_equals_single_process(tmp_path):
+    from accelerate import debug_launcher
+
+    debug_launcher(_two_rank_worker, args=(str(tmp_path / "ddp"),), num_processes=2)
+    assert (tmp_path / "ddp" / "checkpoint-6" / "accelerator" / "random_states_1.pkl").exists()
+    single = train(smoke(tmp_path, "data.batch_size=16", "model.noise_std=0.0",
+                         "trainer.max_steps=6", "trainer.sample_every=0", *DP_OPTIMIZER,
+                         name="single"))
+    a = weights(tmp_path / "ddp" / "checkpoint-6" / "model")
+    b = weights(single.checkpoint / "model")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    original = SmokeMLP.loss
+    calls = {"n": 0}
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        out = original(self, batch)
+        if calls["n"] == 3 or calls["n"] >= 8:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(SmokeMLP, "loss", flaky)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint") as info:
+        train(smoke(tmp_path, "trainer.max_nonfinite=3", "trainer.sample_every=0"))
+    run = tmp_path / "run"
+    assert str(run / "checkpoint-10") in str(info.value)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records] == [False, False, True, False, False, False, False,
+                                               True, True, True]
+    state = json.loads((run / "checkpoint-10" / "trainer_state.json").read_text())
+    assert state["nonfinite_total"] == 4 and state["nonfinite_consecutive"] == 3
+    model, _ = load_checkpoint_model(run, use_ema=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bf16_tensorboard_and_running_stats_ema(tmp_path):
+    result = train(smoke(tmp_path, "trainer.mixed_precision=bf16", "model.batchnorm=true",
+                         "trainer.max_steps=6", "trainer.sample_every=0",
+                         "trainer.tensorboard=true"))
+    assert all(math.isfinite(x) for x in losses(tmp_path / "run"))
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    ema, raw = weights(result.checkpoint / "ema"), weights(result.checkpoint / "model")
+    stats = [k for k in raw if "running_mean" in k]
+    assert stats and all(torch.equal(ema[k], raw[k]) for k in stats)
+    assert not torch.equal(raw[stats[0]], torch.zeros_like(raw[stats[0]]))
+
+
+@pytest.mark.float64
+def test_ema_update_formula_and_buffers():
+    model = SmokeMLP(batchnorm=True)
+    ema = EMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.add_(2.0)
+    ema.update(model)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ema.model.get_parameter(name), 0.9 * start[name] + 0.1 * p)
+    for name, b in model.named_buffers():
+        assert torch.equal(ema.model.get_buffer(name), b)
+    assert not ema.model.training
+
+
+def test_lr_schedule_warmup_then_cosine():
+    tc = load_config(SMOKE, ["trainer.max_steps=110", "trainer.warmup_steps=10",
+                             "trainer.min_lr_ratio=0.1"]).trainer
+    assert lr_factor(0, tc) == pytest.approx(0.1) and lr_factor(9, tc) == pytest.approx(1.0)
+    assert lr_factor(10, tc) == pytest.approx(1.0)
+    assert lr_factor(60, tc) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(110, tc) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["trainer.max_step=5"], "did you mean 'trainer.max_steps'"),
+        (["trainer.max_steps=five"], "'trainer.max_steps': value 'five' is not of type int"),
+        (["optimizer.name=adamx"], "optimizer.name': value 'adamx'"),
+        (["model.name=smoke_mpl"], "model 'smoke_mpl' is unknown"),
+        (["model.hiden=3"], "did you mean 'model.hidden'"),
+        (["data.name=nope"], "dataset 'nope' is unknown"),
+        (["trainer.resume=somewhere/else"], "does not exist"),
+        (["trainer.tensorboard=true"], "tensorboard"),
+    ],
+)
+def test_config_errors_are_one_line_exit_2_and_write_nothing(
+    tmp_path, capsys, monkeypatch, args, expected
+):
+    if args == ["trainer.tensorboard=true"]:  # behave as if tensorboard were not installed
+        monkeypatch.setitem(sys.modules, "tensorboard", None)
+    out = tmp_path / "out"
+    code = main(["--config", str(SMOKE), f"trainer.output_dir={out}", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err and expected in err
+    assert not out.exists()
+
+
+def test_missing_config_file_through_the_real_cli(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers.train", "--config", str(tmp_path / "nope.yaml"),
+         f"trainer.output_dir={tmp_path / 'out'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "nope.yaml" in done.stderr
+    assert done.stderr.startswith("error: ") and "does not exist" in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,417 @@
+"""Typed training configs: a YAML file in ``configs/`` plus dotted ``key=value`` overrides.
+
+A config has four sections::
+
+    model:     {name: <registered model>, <constructor kwargs of that model>}
+    data:      {name: <registered dataset>, batch_size: int, <dataset kwargs>}
+    optimizer: OptimizerConfig fields (name, lr, weight_decay, ...)
+    trainer:   TrainerConfig fields (max_steps, output_dir, checkpoint_every, resume, ...)
+
+Everything is checked before any work starts: an unknown key or a wrongly typed value raises a
+``ValueError`` naming the key, the value and the nearest valid key; the model and dataset keys
+are checked against the registered constructor's signature. Design after the config handling of
+nanoGPT (Karpathy) and DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers",
+arXiv:2212.09748).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainers import registry
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "config_from_dict",
+    "load_config",
+    "parse_overrides",
+]
+
+OPTIMIZER_NAMES = ("adamw", "muon", "normuon", "conda", "adamp", "sgdp")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULES = ("cosine", "constant", "linear")
+
+
+@dataclass
+class ModelConfig:
+    """``name`` of a registered model; ``kwargs`` go to its constructor."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """``name`` of a registered dataset, the per-process batch size, and dataset ``kwargs``."""
+
+    name: str
+    batch_size: int
+    num_workers: int = 0
+    shuffle: bool = True
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer choice and hyper-parameters (see ``trainers.optim`` for the update rules).
+
+    ``lr`` is the learning rate of the named optimizer; for the hybrid optimizers (muon,
+    normuon, conda) the non-matrix parameters use AdamW with ``adamw_lr`` (default: ``lr``).
+    """
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5
+    normuon_beta2: float = 0.95
+    conda_update_period: int = 10
+    delta: float = 0.1
+    wd_ratio: float = 0.1
+    adamw_lr: float | None = None
+
+
+@dataclass
+class TrainerConfig:
+    """Everything about the loop: length, schedule, precision, EMA, logging, checkpoints."""
+
+    output_dir: str = "runs/default"
+    max_steps: int = 1000
+    seed: int = 0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"
+    min_lr_ratio: float = 0.0
+    ema_decay: float | None = None
+    nap: bool = False
+    log_every: int = 1
+    sample_every: int = 0
+    num_samples: int = 16
+    checkpoint_every: int = 0
+    keep_last: int = 3
+    resume: str | None = None
+    tensorboard: bool = False
+    max_nonfinite: int = 10
+    progress: bool = True
+    plot: bool = True
+    drop_last: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The full resolved config. ``cfg.trainer.max_steps`` or ``cfg["trainer"]["max_steps"]``."""
+
+    model: ModelConfig
+    data: DataConfig
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict in the YAML layout (kwargs flattened into their section)."""
+        return {
+            "model": {"name": self.model.name, **self.model.kwargs},
+            "data": {
+                "name": self.data.name,
+                "batch_size": self.data.batch_size,
+                "num_workers": self.data.num_workers,
+                "shuffle": self.data.shuffle,
+                **self.data.kwargs,
+            },
+            "optimizer": dataclasses.asdict(self.optimizer),
+            "trainer": dataclasses.asdict(self.trainer),
+        }
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.to_dict()[section]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS = ("model", "data", "optimizer", "trainer")
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _describe(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` converted to ``annotation`` (int -> float allowed), else a one-line error."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return value
+    if isinstance(annotation, str):  # unresolved forward reference: do not guess
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ValueError as error:
+                errors.append(error)
+        raise _bad_type(key, value, annotation)
+    if origin is typing.Literal:
+        if value in typing.get_args(annotation):
+            return value
+        raise _bad_type(key, value, annotation)
+    if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
+        if isinstance(value, list | tuple):
+            args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+            if len(args) == 1 or (origin is tuple and args and len(set(args)) == 1):
+                value = [_coerce(key, v, args[0]) for v in value]
+            return tuple(value) if (origin or annotation) is tuple else list(value)
+        raise _bad_type(key, value, annotation)
+    if origin is dict or annotation is dict:
+        if isinstance(value, dict):
+            return value
+        raise _bad_type(key, value, annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise _bad_type(key, value, annotation)
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _bad_type(key, value, annotation)
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise _bad_type(key, value, annotation)
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise _bad_type(key, value, annotation)
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise _bad_type(key, value, annotation)
+    return value
+
+
+def _bad_type(key: str, value: Any, annotation: Any) -> ValueError:
+    return ValueError(f"config key {key!r}: value {value!r} is not of type {_describe(annotation)}")
+
+
+def _unknown_key(key: str, value: Any, valid: list[str]) -> ValueError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ValueError(f"config key {key!r} (value {value!r}) is unknown{hint}")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(value, list(allowed), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"config key {key!r}: value {value!r} is not allowed{hint}; "
+            f"choose one of: {', '.join(allowed)}"
+        )
+
+
+def _dataclass_from(cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    valid = [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise _unknown_key(f"{section}.{key}", value, valid)
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _check_kwargs(
+    section: str, name: str, factory: Any, kwargs: dict[str, Any], reserved: list[str]
+) -> dict[str, Any]:
+    """Check ``kwargs`` against the constructor of ``factory`` (types from its annotations)."""
+    parameters = registry.constructor_parameters(factory)
+    if parameters is None:
+        return kwargs
+    try:
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: check names only
+        hints = {}
+    valid = [f"{section}.{k}" for k in reserved + list(parameters)]
+    checked = {}
+    for key, value in kwargs.items():
+        if key not in parameters:
+            raise _unknown_key(f"{section}.{key}", value, valid)
+        annotation = hints.get(key, parameters[key].annotation)
+        if isinstance(annotation, str):
+            annotation = inspect.Parameter.empty
+        checked[key] = _coerce(f"{section}.{key}", value, annotation)
+    missing = [
+        k for k, p in parameters.items()
+        if p.default is inspect.Parameter.empty and k not in kwargs
+    ]
+    if missing:
+        raise ValueError(
+            f"config section {section!r} ({section} {name!r}) misses required key(s): "
+            f"{', '.join(f'{section}.{k}' for k in missing)}"
+        )
+    return checked
+
+
+# --------------------------------------------------------------------------- building
+
+
+def config_from_dict(raw: dict[str, Any], check_model: bool = True) -> TrainConfig:
+    """A ``TrainConfig`` from a nested dict, every key and type checked.
+
+    ``check_model=False`` skips resolving the model/dataset classes (used when only reading a
+    checkpoint's settings).
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"config must be a mapping of sections {SECTIONS}, got {raw!r}")
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise _unknown_key(str(section), values, list(SECTIONS))
+        if not isinstance(values, dict):
+            raise ValueError(f"config section {section!r} must be a mapping, got {values!r}")
+    for section in ("model", "data"):
+        if section not in raw or "name" not in raw[section]:
+            raise ValueError(f"config key '{section}.name' is missing (the registered {section})")
+
+    model_raw = dict(raw["model"])
+    model_name = _coerce("model.name", model_raw.pop("name"), str)
+    if check_model:
+        try:
+            model_cls = registry.get_model(model_name)
+        except ValueError as error:
+            raise ValueError(f"config key 'model.name': {error}") from None
+        model_raw = _check_kwargs("model", model_name, model_cls, model_raw, ["name"])
+    model = ModelConfig(model_name, model_raw)
+
+    data_raw = dict(raw["data"])
+    data_fixed = {"name": data_raw.pop("name")}
+    if "batch_size" not in data_raw:
+        raise ValueError("config key 'data.batch_size' is missing (per-process batch size)")
+    for key in ("batch_size", "num_workers", "shuffle"):
+        if key in data_raw:
+            data_fixed[key] = data_raw.pop(key)
+    data_name = _coerce("data.name", data_fixed["name"], str)
+    if check_model:
+        try:
+            factory = registry.get_dataset(data_name)
+        except ValueError as error:
+            raise ValueError(f"config key 'data.name': {error}") from None
+        data_raw = _check_kwargs(
+            "data", data_name, factory, data_raw, ["name", "batch_size", "num_workers", "shuffle"]
+        )
+    data = _dataclass_from(DataConfig, "data", {**data_fixed, "kwargs": data_raw})
+    if data.batch_size < 1:
+        raise ValueError(f"config key 'data.batch_size': value {data.batch_size} must be >= 1")
+
+    optimizer = _dataclass_from(OptimizerConfig, "optimizer", raw.get("optimizer", {}))
+    _choice("optimizer.name", optimizer.name, OPTIMIZER_NAMES)
+    trainer = _dataclass_from(TrainerConfig, "trainer", raw.get("trainer", {}))
+    _choice("trainer.mixed_precision", trainer.mixed_precision, MIXED_PRECISION)
+    _choice("trainer.lr_schedule", trainer.lr_schedule, LR_SCHEDULES)
+    for key in ("max_steps", "gradient_accumulation_steps", "log_every", "keep_last"):
+        value = getattr(trainer, key)
+        if value < 1:
+            raise ValueError(f"config key 'trainer.{key}': value {value} must be >= 1")
+    if trainer.ema_decay is not None and not 0.0 <= trainer.ema_decay < 1.0:
+        raise ValueError(f"config key 'trainer.ema_decay': value {trainer.ema_decay} not in [0, 1)")
+    return TrainConfig(model, data, optimizer, trainer)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string; this loader reads it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(stream: Any) -> Any:
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return _yaml_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """``["optimizer.lr=3e-4", ...]`` -> ``[(["optimizer", "lr"], 0.0003), ...]`` (YAML values)."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(
+                f"override key {key!r} (value {text!r}) must be section.key with a section in "
+                f"{', '.join(SECTIONS)}"
+            )
+        parsed.append((parts, _parse_value(text)))
+    return parsed
+
+
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, check_model: bool = True
+) -> TrainConfig:
+    """Read ``path`` (YAML), apply ``overrides`` (``section.key=value``), check everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    with open(path) as handle:
+        try:
+            raw = _yaml_load(handle) or {}
+        except yaml.YAMLError as error:
+            first = str(error).splitlines()[0]
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of sections, got {raw!r}")
+    for (section, key), value in parse_overrides(overrides or []):
+        if section not in SECTIONS:
+            raise _unknown_key(f"{section}.{key}", value, list(SECTIONS))
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ValueError(f"config section {section!r} must be a mapping, got {raw[section]!r}")
+        raw[section][key] = value
+    return config_from_dict(raw, check_model=check_model)

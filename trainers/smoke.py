@@ -1,0 +1,83 @@
+"""A tiny model and dataset that train in seconds: the trainer's smoke test and first example.
+
+``smoke_mlp`` is a denoising regressor: it reads ``x`` with a little Gaussian noise added
+(so the loss draws random numbers, which exercises the RNG state saved in checkpoints) and
+predicts ``y = sin(x A)`` for a fixed random matrix ``A``. It follows ``trainers.protocol``
+(diffusers ``ModelMixin + ConfigMixin``; von Platen et al., https://github.com/huggingface/diffusers).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from torch.utils.data import Dataset
+
+from trainers.registry import register_dataset, register_model
+
+__all__ = ["SmokeDataset", "SmokeMLP"]
+
+
+@register_model("smoke_mlp")
+class SmokeMLP(ModelMixin, ConfigMixin):
+    """MLP ``dim -> hidden -> ... -> dim``; ``batchnorm=True`` adds running-statistics norms."""
+
+    @register_to_config
+    def __init__(
+        self,
+        dim: int = 8,
+        hidden: int = 32,
+        depth: int = 2,
+        noise_std: float = 0.1,
+        batchnorm: bool = False,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = dim
+        for _ in range(depth):
+            layers.append(nn.Linear(width, hidden))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.GELU())
+            width = hidden
+        layers.append(nn.Linear(width, dim))
+        self.net = nn.Sequential(*layers)
+        self.optimizer_steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch["x"], batch["y"]
+        noisy = x + self.config.noise_std * torch.randn_like(x)
+        error = (self(noisy) - y).pow(2).mean(dim=-1)
+        return {"loss": error.mean(), "max_error": error.max().detach()}
+
+    @torch.no_grad()
+    def sample_for_logging(self, num: int, generator: torch.Generator) -> torch.Tensor:
+        """Predictions on random inputs as ``(num, 1, 1, dim)`` grey images in [0, 1]."""
+        param = next(self.parameters())
+        x = torch.randn(num, self.config.dim, generator=generator, device=generator.device)
+        out = torch.sigmoid(self(x.to(param)))
+        return out.reshape(num, 1, 1, self.config.dim).float()
+
+    def after_optimizer_step(self) -> None:
+        self.optimizer_steps += 1
+
+
+@register_dataset("smoke")
+class SmokeDataset(Dataset):
+    """``num_samples`` items ``{"x": N(0, I_dim), "y": sin(x A)}``, fixed by ``seed``."""
+
+    def __init__(self, num_samples: int = 256, dim: int = 8, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(num_samples, dim, generator=generator)
+        mixing = torch.randn(dim, dim, generator=generator) / dim**0.5
+        self.y = torch.sin(2.0 * self.x @ mixing)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[index], "y": self.y[index]}

@@ -162,14 +162,20 @@ class GlobalVideoBlock(AutoregressiveBlock):
         chunk_size: int | None = None,
         window: int | None = None,
         context_frames: int | None = None,
+        init: str = "previous",
         progress: bool = False,
     ) -> tuple[torch.Tensor, list[int]]:
         """Invert new frames z (B, F, N, D) after ``given`` frames (B, G, N, D) of block input.
 
         Returns (x (B, F, N, D), passes per new frame). ``window`` frames at most sit in the
         cache (default: the training length); when it is full, the cache is rebuilt from the
-        last ``context_frames`` frames (default window // 2).
+        last ``context_frames`` frames (default window // 2). ``chunk_size`` tokens are iterated
+        together: at most one frame (default: one frame), or a multiple of the frame size to
+        solve that many frames at once. ``init="previous"`` starts every frame from the
+        previous frame's solution (video-aware Jacobi), ``"noise"`` from its own z.
         """
+        if init not in ("previous", "noise"):
+            raise ValueError(f"jacobi init {init!r} is unknown; choose previous or noise")
         if method not in ("sequential", "jacobi"):
             raise ValueError(f"method {method!r} is unknown; choose sequential or jacobi")
         b, f, n, d = z.shape
@@ -195,7 +201,8 @@ class GlobalVideoBlock(AutoregressiveBlock):
                 tokens = torch.cat(frames, dim=1).reshape(b, -1, d)
                 seq = torch.cat([ctx, doubled(self._embed(tokens, 0))], dim=1)
             cache = KVCache()
-            self.transformer(seq[:, :-1], cache=cache)
+            if seq.shape[1] > 1:
+                self.transformer(seq[:, :-1], cache=cache)
             return cache, seq[:, -1:]
 
         history = list(self._order(given).unbind(1)) if given is not None else []
@@ -203,21 +210,37 @@ class GlobalVideoBlock(AutoregressiveBlock):
         cache, last = rebuild(history[len(history) - in_window :])
         zp = self._order(z)
         solved, passes = [], []
-        steps = range(f)
+        # Jacobi chunks: up to one frame of tokens, or a multiple of N = that many frames.
+        if method == "sequential":
+            group, step = 1, 1
+        elif chunk > n:
+            if chunk % n:
+                raise ValueError(
+                    f"a Jacobi chunk above one frame ({n} tokens) must be whole frames, got {chunk}"
+                )
+            group, step = chunk // n, chunk
+        else:
+            group, step = 1, chunk
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, desc=f"{method} frames", unit="frame", leave=False)
-        step = 1 if method == "sequential" else chunk
-        for t in steps:
+            bar = tqdm(total=f, desc=f"{method} frames", unit="frame", leave=False)
+        t = 0
+        while t < f:
             if in_window == window:
                 in_window = keep
                 cache, last = rebuild(history[len(history) - keep :])
-            # Video-aware Jacobi: the previous frame's solution is the first guess.
-            x = (history[-1] if history else zp[:, t]).clone()
+            g = min(group, f - t, window - in_window)
+            # Video-aware Jacobi: the previous frame's solution is every new frame's first guess.
+            if history and init == "previous":
+                x = history[-1].repeat(1, g, 1)
+            else:
+                x = zp[:, t : t + g].reshape(b, g * n, d).clone()
+            target = zp[:, t : t + g].reshape(b, g * n, d)
             used = 0
-            for s in range(0, n, step):
-                e = min(s + step, n)
+            for s in range(0, g * n, step):
+                e = min(s + step, g * n)
                 # A chunk of c tokens is exact after c passes, so never iterate longer.
                 budget = min(max_iter, e - s)
                 base = cache.length
@@ -225,18 +248,28 @@ class GlobalVideoBlock(AutoregressiveBlock):
                     inputs = torch.cat([last, doubled(self._embed(x[:, s : e - 1], 0))], dim=1)
                     h = self.transformer(inputs, cache=cache)
                     log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
-                    new = mu + torch.exp(log_sigma) * zp[:, t, s:e]
+                    new = mu + torch.exp(log_sigma) * target[:, s:e]
+                    used += 1
+                    if k == budget - 1:
+                        x[:, s:e] = new
+                        break
                     change = relative_change(new, x[:, s:e])
                     x[:, s:e] = new
-                    used += 1
-                    if k == budget - 1 or bool(change < threshold):
+                    if bool(change < threshold):
                         break  # the cache keeps this pass: it is the solved prefix
                     cache.truncate(base)
                 last = doubled(self._embed(x[:, e - 1 : e], 0))
-            history.append(x)
-            solved.append(x)
-            passes.append(used)
-            in_window += 1
+            frames = list(x.reshape(b, g, n, d).unbind(1))
+            history += frames
+            solved += frames
+            # A group's passes are booked on its first frame.
+            passes += [used] + [0] * (g - 1)
+            in_window += g
+            t += g
+            if bar is not None:
+                bar.update(g)
+        if bar is not None:
+            bar.close()
         return self._order(torch.stack(solved, dim=1)), passes
 
 
@@ -539,14 +572,17 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         jacobi_threshold: float = 1e-3,
         jacobi_max_iter: int = 32,
         jacobi_chunk: int | None = None,
+        jacobi_init: str = "previous",
         context_frames: int | None = None,
         progress: bool = False,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Invert new frames z (B, F, C, H, W) that follow ``given`` frames (B, G, C, H, W).
 
         ``given`` lives in the flow's space (noisy data); it is the causal prefix of the deep
-        block. F may exceed the training length (sliding window, see
-        :meth:`GlobalVideoBlock.reverse_video`). Returns (x (B, F, C, H, W), info) with info
+        block. F may exceed the training length (sliding window). ``jacobi_chunk`` (tokens,
+        default one frame; a multiple of the frame size solves that many frames together),
+        ``jacobi_init`` ("previous" frame or "noise") and ``context_frames``: see
+        :meth:`GlobalVideoBlock.reverse_video`. Returns (x (B, F, C, H, W), info) with info
         {"method": {"global", "local"}, "iterations_per_frame", "local_iterations"}.
         """
         if method not in METHODS:
@@ -582,10 +618,12 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             chunk_size=jacobi_chunk,
             window=self.config.frames,
             context_frames=context_frames,
+            init=jacobi_init,
             progress=progress,
         )
+        local_chunk = None if jacobi_chunk is None else min(jacobi_chunk, self.tokens_per_frame)
         x, local_passes = self._local_reverse(
-            u, methods["local"], jacobi_threshold, jacobi_max_iter, jacobi_chunk
+            u, methods["local"], jacobi_threshold, jacobi_max_iter, local_chunk
         )
         seen = self.__dict__.setdefault("_jacobi_passes_seen", {})
         if methods["global"] == "jacobi" and passes:

@@ -118,20 +118,31 @@ def test_local_blocks_never_mix_frames() -> None:
 
 
 @pytest.mark.float64
-@pytest.mark.parametrize("chunk", [None, 3])
-def test_video_jacobi_equals_sequential_with_guidance(chunk: int | None) -> None:
+@pytest.mark.parametrize(
+    "chunk, init", [(None, "previous"), (3, "previous"), (8, "previous"), (None, "noise")]
+)
+def test_video_jacobi_equals_sequential_with_guidance(chunk: int | None, init: str) -> None:
     model = _model(**COND)
     y, text = _cond(model)
     z = _video()
     kwargs = dict(guidance=1.5, guidance_rule="starflow")
     seq, info_s = model.reverse(z, y, text, method="sequential", **kwargs)
     jac, info_j = model.reverse(
-        z, y, text, method="jacobi", jacobi_threshold=0.0, jacobi_chunk=chunk, **kwargs
+        z,
+        y,
+        text,
+        method="jacobi",
+        jacobi_threshold=0.0,
+        jacobi_chunk=chunk,
+        jacobi_init=init,
+        **kwargs,
     )
     torch.testing.assert_close(jac, seq, rtol=0, atol=1e-10)
     assert info_s["iterations_per_frame"] == [S * S // P // P] * T
     # A chunk of c tokens is exact after c passes, so the loop never needs more.
-    assert max(info_j["iterations_per_frame"]) <= model.tokens_per_frame
+    assert max(info_j["iterations_per_frame"]) <= max(chunk or 0, model.tokens_per_frame)
+    with pytest.raises(ValueError, match="whole frames"):
+        model.reverse(z, y, text, method="jacobi", jacobi_chunk=6)
 
 
 @pytest.mark.float64

@@ -34,16 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flows.video import VideoTransformerFlow  # noqa: E402
 
 
-def _median_time(fn, repeats: int) -> tuple[float, object]:
-    result = fn()  # warm-up (and the auto rule's calibration)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
 def load_model(checkpoint: str | None) -> VideoTransformerFlow:
     if checkpoint:
         from trainers.checkpoint import load_checkpoint_model
@@ -61,38 +51,59 @@ def load_model(checkpoint: str | None) -> VideoTransformerFlow:
     return model
 
 
-def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> dict:
+def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> list[dict]:
+    """Rows: sequential, Jacobi variants and auto on the same noise, timed interleaved.
+
+    Every repeat runs each method once in turn, so a busy shared machine slows all of them
+    alike; the table reports medians over repeats.
+    """
     generator = torch.Generator().manual_seed(batch)
     z = torch.randn((batch, model.config.frames, *model.frame_shape), generator=generator)
     y = text = None
     if model.config.text_tokens:
         text = model.encode_prompts(["a 3 and a 7 moving apart"] * batch)
+    n, frames = model.tokens_per_frame, model.config.frames
     common = dict(jacobi_threshold=args.threshold, jacobi_max_iter=args.max_iter)
-    t_seq, (x_seq, _) = _median_time(
-        lambda: model.reverse(z, y, text, method="sequential"), args.repeats
-    )
-    t_jac, (x_jac, info) = _median_time(
-        lambda: model.reverse(z, y, text, method="jacobi", **common), args.repeats
-    )
-    model.__dict__.pop("_auto_timings", None)
-    t_auto, (_, auto_info) = _median_time(
-        lambda: model.reverse(z, y, text, method="auto", **common), args.repeats
-    )
-    passes = info["iterations_per_frame"]
-    return {
-        "batch": batch,
-        "tokens_per_frame": model.tokens_per_frame,
-        "frames": model.config.frames,
-        "sequential_s": t_seq,
-        "jacobi_s": t_jac,
-        "speedup": t_seq / t_jac,
-        "jacobi_passes_per_frame": passes,
-        "local_passes": info["local_iterations"],
-        "max_abs_diff": float((x_seq - x_jac).abs().max()),
-        "auto_s": t_auto,
-        "auto_method": auto_info["method"],
-        "auto_vs_best": t_auto / min(t_seq, t_jac),
+    methods = {
+        "sequential": dict(method="sequential"),
+        "jacobi, frame chunks, previous-frame init": dict(method="jacobi", **common),
+        "jacobi, frame chunks, noise init": dict(method="jacobi", jacobi_init="noise", **common),
+        f"jacobi, {frames}-frame chunk": dict(method="jacobi", jacobi_chunk=n * frames, **common),
+        "auto": dict(method="auto", **common),
     }
+    # Warm up; auto calibrates its pass times and learns the passes of the default Jacobi.
+    model.__dict__.pop("_auto_timings", None)
+    outputs = {name: model.reverse(z, y, text, **options) for name, options in methods.items()}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.repeats):
+        for name, options in methods.items():
+            start = time.perf_counter()
+            model.reverse(z, y, text, **options)
+            times[name].append(time.perf_counter() - start)
+    t_seq = statistics.median(times["sequential"])
+    best = min(t_seq, statistics.median(times["jacobi, frame chunks, previous-frame init"]))
+    x_seq = outputs["sequential"][0]
+    rows = []
+    for name in methods:
+        x, info = outputs[name]
+        t = statistics.median(times[name])
+        passes = info["iterations_per_frame"]
+        label = name
+        if name == "auto":
+            label = f"auto -> {info['method']['global']}/{info['method']['local']}"
+        row = {
+            "batch": batch,
+            "method": label,
+            "seconds": t,
+            "speedup": t_seq / t,
+            "passes_per_frame": sum(passes) / len(passes),
+            "local_passes": info["local_iterations"],
+            "max_abs_diff": float((x_seq - x).abs().max()),
+        }
+        if name == "auto":
+            row["auto_vs_best"] = t / best
+        rows.append(row)
+    return rows
 
 
 def quality(model: VideoTransformerFlow, args: argparse.Namespace) -> dict:
@@ -130,27 +141,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="trained video_tarflow run or checkpoint folder")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threshold", type=float, default=1e-7)
-    parser.add_argument("--max-iter", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threshold", type=float, default=1e-9)
+    parser.add_argument("--max-iter", type=int, default=64)
     parser.add_argument("--eval-videos", type=int, default=128)
     parser.add_argument("--samples", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(args.checkpoint)
-    rows = [speed(model, b, args) for b in args.batches]
+    rows = [row for b in args.batches for row in speed(model, b, args)]
     print(
-        "| batch | sequential s | jacobi s | speed-up | passes/frame (mean) | max abs diff "
-        "| auto s (picked) | auto / best |"
+        f"threshold {args.threshold}, max_iter {args.max_iter}, "
+        f"{model.config.frames} frames x {model.tokens_per_frame} tokens, "
+        f"{'trained ' + args.checkpoint if args.checkpoint else 'random weights'}"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| batch | method | seconds | speed-up vs sequential | deep passes/frame "
+        "| local passes/block | max abs diff |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        mean_passes = sum(r["jacobi_passes_per_frame"]) / len(r["jacobi_passes_per_frame"])
-        picked = f"{r['auto_method']['global']}/{r['auto_method']['local']}"
+        extra = f" (auto/best {r['auto_vs_best']:.2f})" if "auto_vs_best" in r else ""
         print(
-            f"| {r['batch']} | {r['sequential_s']:.4f} | {r['jacobi_s']:.4f} | "
-            f"{r['speedup']:.2f}x | {mean_passes:.1f} | {r['max_abs_diff']:.1e} | "
-            f"{r['auto_s']:.4f} ({picked}) | {r['auto_vs_best']:.2f} |"
+            f"| {r['batch']} | {r['method']} | {r['seconds']:.4f} | {r['speedup']:.2f}x{extra} | "
+            f"{r['passes_per_frame']:.1f} | {r['local_passes']} | {r['max_abs_diff']:.1e} |"
         )
     summary = {"speed": rows, "device": "cpu", "threads": torch.get_num_threads()}
     if args.checkpoint:

@@ -65,7 +65,7 @@ def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> 
     n, frames = model.tokens_per_frame, model.config.frames
     common = dict(jacobi_threshold=args.threshold, jacobi_max_iter=args.max_iter)
     methods = {
-        "sequential": dict(method="sequential"),
+        "sequential": dict(method="sequential", **common),
         "jacobi, frame chunks, previous-frame init": dict(method="jacobi", **common),
         "jacobi, frame chunks, noise init": dict(method="jacobi", jacobi_init="noise", **common),
         f"jacobi, {frames}-frame chunk": dict(method="jacobi", jacobi_chunk=n * frames, **common),

@@ -603,8 +603,10 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         cond = self.prefix(b, y, text)
         uncond = self.prefix(b) if guidance else None
         methods = {"global": method, "local": method}
+        key = (b, f, str(z.device), self.dtype, bool(guidance), jacobi_chunk, jacobi_threshold)
         if method == "auto":
-            methods = choose_methods(self, b, f, z.device, guided=bool(guidance))
+            methods = choose_methods(self, key)
+        start = time.perf_counter()
         u, passes = self.global_block.reverse_video(
             tokens,
             cond,
@@ -621,10 +623,16 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             init=jacobi_init,
             progress=progress,
         )
+        middle = time.perf_counter()
         local_chunk = None if jacobi_chunk is None else min(jacobi_chunk, self.tokens_per_frame)
         x, local_passes = self._local_reverse(
             u, methods["local"], jacobi_threshold, jacobi_max_iter, local_chunk
         )
+        seconds = {"global": middle - start, "local": time.perf_counter() - middle}
+        observed = self.__dict__.setdefault("_stage_seconds", {}).setdefault(key, {})
+        for stage, used in methods.items():
+            best = observed.setdefault(stage, {}).get(used, math.inf)
+            observed[stage][used] = min(best, seconds[stage])
         seen = self.__dict__.setdefault("_jacobi_passes_seen", {})
         if methods["global"] == "jacobi" and passes:
             seen["global"] = sum(passes) / len(passes)
@@ -856,25 +864,29 @@ def _pass_times(
     return result
 
 
-def choose_methods(
-    model: VideoTransformerFlow, batch: int, frames: int, device: torch.device, guided: bool
-) -> dict[str, str]:
+def choose_methods(model: VideoTransformerFlow, key: tuple) -> dict[str, str]:
     """Pick "sequential" or "jacobi" separately for the deep and the local stage.
 
-    Sequential costs N one-token passes per frame (per block), Jacobi K frame-sized passes;
-    both pass times are measured once per (batch, frames, device, dtype, guidance) on the model
-    itself, and K is the mean passes of the model's previous Jacobi call of that stage (N / 4
-    before any).
+    ``key`` = (batch, frames, device, dtype, guided, jacobi_chunk, jacobi_threshold). Once both
+    methods of a stage have run for this key, the faster observed one (best wall time) wins.
+    Before that the choice is predicted: sequential costs N one-token passes per frame (per
+    block), Jacobi K frame-sized passes; both pass times are measured once on the model itself
+    and K is the mean passes of the model's previous Jacobi call of that stage (N / 4 before
+    any).
     """
-    dtype = next(model.parameters()).dtype
-    key = (batch, frames, str(device), dtype, guided)
+    batch, frames, device, dtype, guided = key[:5]
     timings = model.__dict__.setdefault("_auto_timings", {})
-    if key not in timings:
-        timings[key] = _pass_times(model, batch, frames, torch.device(device), guided)
+    if key[:5] not in timings:
+        timings[key[:5]] = _pass_times(model, batch, frames, torch.device(device), guided)
     n = model.tokens_per_frame
     seen = model.__dict__.get("_jacobi_passes_seen", {})
+    observed = model.__dict__.get("_stage_seconds", {}).get(key, {})
     methods = {}
-    for stage, (t_token, t_frame) in timings[key].items():
+    for stage, (t_token, t_frame) in timings[key[:5]].items():
+        times = observed.get(stage, {})
+        if "sequential" in times and "jacobi" in times:
+            methods[stage] = min(("sequential", "jacobi"), key=times.__getitem__)
+            continue
         passes = seen.get(stage, n / 4)
         methods[stage] = "jacobi" if passes * t_frame < n * t_token else "sequential"
     return methods

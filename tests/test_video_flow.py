@@ -333,3 +333,17 @@ def test_latent_mode_with_a_local_autoencoder(tmp_path) -> None:
     torch.testing.assert_close(back, latents, rtol=0, atol=1e-10)
     assert model.decode(latents).shape == pixels.shape
     assert "bits_per_dim" in model.loss({"x": pixels})
+
+
+def test_auto_uses_observed_wall_times() -> None:
+    model = _model()
+    z = _video()
+    x_seq, _ = model.reverse(z, method="sequential")
+    model.reverse(z, method="jacobi")
+    (observed,) = model._stage_seconds.values()
+    assert set(observed["global"]) == {"sequential", "jacobi"}
+    observed["global"].update(sequential=1.0, jacobi=0.5)
+    observed["local"].update(sequential=0.5, jacobi=1.0)
+    x_auto, info = model.reverse(z, method="auto")
+    assert info["method"] == {"global": "jacobi", "local": "sequential"}
+    torch.testing.assert_close(x_auto, x_seq, rtol=0, atol=1e-3)

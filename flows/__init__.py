@@ -8,17 +8,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# public name -> (module, attribute); the trainer's registry resolves "flows:<name>" through it
 _LAZY = {
-    "AutoregressiveBlock": "flows.autoregressive",
-    "Permutation": "flows.autoregressive",
-    "TransformerFlow": "flows.image",
-    "VideoTransformerFlow": "flows.video",
+    "AutoregressiveBlock": ("flows.autoregressive", "AutoregressiveBlock"),
+    "Permutation": ("flows.autoregressive", "Permutation"),
+    "TransformerFlow": ("flows.image", "TransformerFlow"),
+    "DigitsDataset": ("flows.data", "digits"),
+    "LFWFacesDataset": ("flows.data", "lfw_faces"),
+    "ImageFolderDataset": ("flows.data", "image_folder"),
+    "VideoTransformerFlow": ("flows.video", "VideoTransformerFlow"),
+    "MovingDigitsDataset": ("flows.video_data", "moving_digits"),
+    "BouncingShapesDataset": ("flows.video_data", "bouncing_shapes"),
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(name for name, (module, _) in _LAZY.items() if "video" not in module)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'flows' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(module), attribute)

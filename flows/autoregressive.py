@@ -60,6 +60,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from norms.transformer import KVCache, TransformerStack
@@ -166,11 +167,13 @@ def combine_guidance(
     raise ValueError(f"guidance rule {rule!r} is unknown; choose one of: {known}")
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def _stop_everywhere(converged: bool, device: torch.device) -> bool:
     """All ranks stop together: all-reduce the flag only when a process group exists."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return converged
     flag = torch.tensor([1.0 if converged else 0.0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -385,8 +388,8 @@ class AutoregressiveBlock(nn.Module):
                 raise ValueError(f"the permutation does not keep the first {n_given} tokens")
             start[:, :n_given] = given
         zp, xp = self.permutation.forward(z), self.permutation.forward(start)
-        if ctx_len == 0:  # token 0 is left unchanged
-            n_given = max(n_given, 1)
+        if ctx_len == 0 and n_given == 0:  # token 0 is left unchanged
+            n_given = 1
             xp[:, :1] = zp[:, :1]
         pieces = [] if ctx is None else [ctx]
         known = self._embed(xp[:, :n_given], ctx_len)
@@ -405,11 +408,17 @@ class AutoregressiveBlock(nn.Module):
         guidance: float = 0.0,
         guidance_rule: str = "tarflow",
         given: torch.Tensor | None = None,
+        stats: dict | None = None,
     ) -> torch.Tensor:
-        """Exact inverse, one token per transformer pass with a KV cache."""
+        """Exact inverse, one token per transformer pass with a KV cache.
+
+        ``stats``, when given, receives "passes" (one per unknown token).
+        """
         zp, xp, first, cache, last, guided = self._prepare_reverse(
             z, cond, uncond, guidance_rule, given
         )
+        if stats is not None:
+            stats.update(passes=self.num_tokens - first, token_passes=self.num_tokens - first)
         ctx_len = cache.length + 1 - first
         for t in range(first, self.num_tokens):
             h = self.transformer(last, cache=cache)
@@ -432,11 +441,16 @@ class AutoregressiveBlock(nn.Module):
         chunk_size: int | None = None,
         init: torch.Tensor | None = None,
         given: torch.Tensor | None = None,
+        stats: dict | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Inverse by chunked Jacobi fixed-point iteration; returns (x, parallel passes used).
 
-        With ``threshold=0`` and ``max_iter >= chunk_size`` the result equals the sequential
-        inverse to rounding: token k of a chunk is exact after k + 1 passes.
+        After every pass the leading tokens whose inputs no longer move (relative change below
+        ``threshold``) are accepted into the KV cache, so later passes recompute only the rest
+        of the chunk. With ``threshold=0`` and ``max_iter >= chunk_size`` the result equals the
+        sequential inverse to rounding: token k of a chunk is exact after k + 1 passes.
+        ``stats``, when given, receives "passes" and "token_passes" (tokens recomputed, summed
+        over passes: the arithmetic spent).
         """
         if max_iter < 1:
             raise ValueError(f"jacobi max_iter must be >= 1, got {max_iter}")
@@ -451,27 +465,46 @@ class AutoregressiveBlock(nn.Module):
         chunk = self.num_tokens if chunk_size is None else chunk_size
         if chunk < 1:
             raise ValueError(f"jacobi chunk_size must be >= 1, got {chunk_size}")
-        passes = 0
+        passes = token_passes = 0
+        shrink = not _distributed()  # ranks would accept different counts of tokens
         s = first
         while s < self.num_tokens:
             e = min(s + chunk, self.num_tokens)
-            base = cache.length
+            a, base = s, cache.length  # a: first token not yet accepted
             for k in range(max_iter):
-                guess = self._embed(xp[:, s : e - 1], ctx_len + s)
+                guess = self._embed(xp[:, a : e - 1], ctx_len + a)
                 if guided:
                     guess = torch.cat([guess, guess])
                 h = self.transformer(torch.cat([last, guess], dim=1), cache=cache)
                 log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
-                new = mu + torch.exp(log_sigma) * zp[:, s:e]
-                change = relative_change(new, xp[:, s:e])
-                xp[:, s:e] = new
+                new = mu + torch.exp(log_sigma) * zp[:, a:e]
+                # relative change per token; their mean is the reference's stopping statistic
+                scale = new.pow(2).mean().clamp_min(torch.finfo(new.dtype).tiny)
+                per_token = (new - xp[:, a:e]).pow(2).mean(dim=(0, 2)) / scale
+                xp[:, a:e] = new
                 passes += 1
-                converged = _stop_everywhere(bool(change < threshold), z.device)
+                token_passes += e - a
+                small = (per_token < threshold).cumprod(0)
+                change, n_small = torch.stack([per_token.mean(), small.sum()]).tolist()
+                converged = _stop_everywhere(change < threshold, z.device)
                 if converged or k == max_iter - 1:
                     break  # the cache keeps this pass: it is the solved prefix
-                cache.truncate(base)
+                # Accept token a (exact: its inputs are all accepted) and the tokens after it
+                # whose inputs barely moved; later passes only recompute the rest of the chunk.
+                accept = min(1 + int(n_small), e - a) if shrink else 0
+                if a + accept == e:
+                    break
+                # keep `last` and the accepted inputs computed from their (unchanged) values
+                cache.truncate(base + accept)
+                if accept:
+                    last = self._embed(xp[:, a + accept - 1 : a + accept], ctx_len + a + accept - 1)
+                    if guided:
+                        last = torch.cat([last, last])
+                a, base = a + accept, base + accept
             last = self._embed(xp[:, e - 1 : e], ctx_len + e - 1)
             if guided:
                 last = torch.cat([last, last])
             s = e
+        if stats is not None:
+            stats.update(passes=passes, token_passes=token_passes)
         return self.permutation.inverse(xp), passes

@@ -297,6 +297,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         tokens = self._tokens(z)
         batch = tokens.shape[0]
         iterations = [0] * len(self.blocks)
+        token_passes = [0] * len(self.blocks)
         order = list(reversed(range(len(self.blocks))))
         if progress:
             from tqdm.auto import tqdm
@@ -306,9 +307,12 @@ class TransformerFlow(ModelMixin, ConfigMixin):
             block = self.blocks[i]
             cond = self._prefix(i, y, batch)
             uncond = self._prefix(i, None, batch) if guidance else None
+            stats: dict[str, int] = {}
             if method == "sequential":
-                tokens = block.reverse_sequential(tokens, cond, uncond, guidance, guidance_rule)
-                iterations[i] = self.num_tokens
+                tokens = block.reverse_sequential(
+                    tokens, cond, uncond, guidance, guidance_rule, stats=stats
+                )
+                iterations[i] = stats["passes"]
             else:
                 tokens, iterations[i] = block.reverse_jacobi(
                     tokens,
@@ -319,11 +323,13 @@ class TransformerFlow(ModelMixin, ConfigMixin):
                     threshold=jacobi_threshold,
                     max_iter=budgets[i],
                     chunk_size=jacobi_chunk,
+                    stats=stats,
                 )
+                token_passes[i] = stats["token_passes"]
         if method == "jacobi":
-            from flows.sampling import record_jacobi_passes
+            from flows.sampling import record_jacobi_work
 
-            record_jacobi_passes(self, iterations)
+            record_jacobi_work(self, iterations, token_passes)
         x = self._image(tokens)
         if return_info:
             return x, {"method": method, "iterations": iterations}

@@ -6,17 +6,18 @@ References:
     Song, Meng, Ermon. Accelerating feedforward computation via parallel nonlinear equation
     solving. ICML 2021, arXiv:2002.03629.
 
-The "auto" rule. Sequential inversion makes T one-token passes per block; Jacobi makes K
-passes over T tokens. Which is faster depends on how much a T-token pass costs next to a
-one-token pass at this batch size on this device: on a GPU (or a CPU at batch 1) a T-token pass
-costs little more than a one-token pass, on a busy CPU at large batch it costs ~T times more.
-``choose_method`` measures both pass times once per (model, batch, device, dtype) on the
-model's own blocks (a few milliseconds) and predicts
+The "auto" rule. Sequential inversion makes T one-token passes per block; Jacobi makes K passes
+over the not-yet-accepted tokens of the chunk (N token-passes in all). With a pass over n tokens
+at batch B costing c0 + c1 B n (c0: the fixed cost of running the layers at all, c1: the cost
+per token), the rule predicts, per block,
 
-    sequential = T * t_token,   jacobi = K * t_chunk,
+    sequential = T (c0 + c1 B),   jacobi = K c0 + N c1 B,
 
-with K the Jacobi passes per block seen in this model's previous Jacobi calls (depth-weighted
-mean), or T / 4 before any.
+and picks the smaller sum. ``choose_method`` measures c0 and c1 B once per (batch, device,
+dtype) on the model's first block (the fastest of a few one-token and T/4-token passes; blocks
+are scaled by depth), and takes K and N per block from the model's previous Jacobi call (T/4
+passes over half the tokens before any). On CUDA it picks Jacobi: a T-token pass costs about
+what a one-token pass costs there until batches far beyond sampling sizes.
 """
 
 from __future__ import annotations
@@ -27,9 +28,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["choose_method", "record_jacobi_passes", "save_image_grid", "timed_pass"]
+__all__ = [
+    "DEFAULT_JACOBI_THRESHOLD",
+    "choose_method",
+    "predicted_costs",
+    "record_jacobi_work",
+    "sample_image_flow",
+    "save_image_grid",
+    "timed_pass",
+]
 
-_DEFAULT_PASS_FRACTION = 0.25
+DEFAULT_JACOBI_THRESHOLD = 1e-6  # relative change; keeps float32 samples within ~1e-3
 
 
 def timed_pass(fn: Any, repeats: int = 3) -> float:
@@ -44,52 +53,62 @@ def timed_pass(fn: Any, repeats: int = 3) -> float:
 
 
 def _calibrate(model: Any, batch: int, device: torch.device) -> tuple[float, float]:
-    """(seconds of a one-token cached pass, seconds of a T-token pass), summed over blocks."""
+    """(c0, c1 * batch) in seconds for the model's first block (see the module docstring)."""
     from norms.transformer import KVCache
 
-    t_token = t_chunk = 0.0
+    block = model.blocks[0]
     tokens = model.num_tokens
+    n = max(2, tokens // 4)
     dtype = next(model.parameters()).dtype
+    h = torch.randn(batch, tokens, block.width, device=device, dtype=dtype)
+    cache = KVCache()
     with torch.no_grad():
-        for block in model.blocks:
-            h = torch.randn(batch, tokens, block.width, device=device, dtype=dtype)
-            t_chunk += timed_pass(lambda b=block, h=h: b.out(b.transformer(h)), repeats=1)
-            cache = KVCache()
-            block.transformer(h[:, : tokens // 2], cache=cache)
-            base = cache.length
+        block.transformer(h[:, : tokens // 2], cache=cache)
+        base = cache.length
 
-            def one_token(b=block, h=h, cache=cache, base=base) -> None:
-                cache.truncate(base)
-                b.out(b.transformer(h[:, :1], cache=cache))
+        def run(count: int) -> None:
+            cache.truncate(base)
+            block.out(block.transformer(h[:, base : base + count], cache=cache))
 
-            t_token += timed_pass(one_token, repeats=3)
-    return t_token, t_chunk
+        t_one = min(timed_pass(lambda: run(1), repeats=1) for _ in range(3))
+        t_many = min(timed_pass(lambda: run(n), repeats=1) for _ in range(2))
+    per_token = max(t_many - t_one, 0.0) / (n - 1)
+    return max(t_one - per_token, 0.0), per_token
 
 
-def record_jacobi_passes(model: Any, iterations: list[int]) -> None:
-    """Remember the Jacobi passes per block of the last call (used by :func:`choose_method`)."""
-    model._jacobi_passes_seen = list(iterations)
+def record_jacobi_work(model: Any, passes: list[int], token_passes: list[int]) -> None:
+    """Remember the Jacobi work per block of the last call (used by :func:`choose_method`)."""
+    model.__dict__["_jacobi_work_seen"] = (list(passes), list(token_passes))
 
 
-def _expected_passes(model: Any) -> float:
-    depths = [len(block.transformer.blocks) for block in model.blocks]
-    seen = getattr(model, "_jacobi_passes_seen", None)
-    if not seen:
-        return _DEFAULT_PASS_FRACTION * model.num_tokens
-    return sum(k * d for k, d in zip(seen, depths)) / sum(depths)
-
-
-def choose_method(model: Any, batch: int, device: torch.device) -> str:
-    """ "sequential" or "jacobi" for reversing ``batch`` samples of ``model`` on ``device``."""
+def predicted_costs(model: Any, batch: int, device: torch.device | str) -> dict[str, float]:
+    """Predicted seconds of sequential and Jacobi inversion of ``batch`` samples (CPU rule)."""
     dtype = next(model.parameters()).dtype
     key = (batch, str(device), dtype)
     timings = model.__dict__.setdefault("_auto_timings", {})
     if key not in timings:
         timings[key] = _calibrate(model, batch, torch.device(device))
-    t_token, t_chunk = timings[key]
-    sequential = model.num_tokens * t_token
-    jacobi = _expected_passes(model) * t_chunk
-    return "jacobi" if jacobi < sequential else "sequential"
+    fixed, per_token = timings[key]
+    tokens = model.num_tokens
+    depths = [len(block.transformer.blocks) for block in model.blocks]
+    passes, token_passes = model.__dict__.get("_jacobi_work_seen", (None, None))
+    if passes is None:
+        passes = [tokens / 4] * len(depths)
+        token_passes = [k * tokens / 2 for k in passes]
+    sequential = jacobi = 0.0
+    for depth, k, n in zip(depths, passes, token_passes):
+        scale = depth / depths[0]
+        sequential += scale * tokens * (fixed + per_token)
+        jacobi += scale * (k * fixed + n * per_token)
+    return {"sequential": sequential, "jacobi": jacobi}
+
+
+def choose_method(model: Any, batch: int, device: torch.device | str) -> str:
+    """ "sequential" or "jacobi" for reversing ``batch`` samples of ``model`` on ``device``."""
+    if torch.device(device).type == "cuda":
+        return "jacobi"
+    costs = predicted_costs(model, batch, device)
+    return "jacobi" if costs["jacobi"] < costs["sequential"] else "sequential"
 
 
 def save_image_grid(
@@ -117,3 +136,81 @@ def save_image_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     picture.save(path)
     return path
+
+
+def _load_flow(checkpoint: Path, config: dict[str, Any], device: str) -> Any:
+    """A TransformerFlow from a checkpoint folder: EMA weights when present."""
+    from flows.image import TransformerFlow
+
+    weights = checkpoint / "ema" if (checkpoint / "ema").is_dir() else checkpoint / "model"
+    if not (weights / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no model weights folder")
+    try:
+        model = TransformerFlow.from_pretrained(str(weights))
+    except Exception as error:  # diffusers raises many kinds on a damaged folder
+        raise ValueError(f"cannot load the weights in {str(weights)!r}: {error}") from error
+    if model.config.num_classes != config.get("model", {}).get("num_classes", 0):
+        raise ValueError(f"{str(weights)!r} does not match the checkpoint's config.yaml")
+    return model.to(device).eval()
+
+
+def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[str, Any]) -> dict:
+    """sample.py entry point for ``tarflow`` checkpoints: write a PNG grid, return a summary.
+
+    ``options``: num, method, guidance, guidance_rule, class_label (int or None), seed, out,
+    jacobi_threshold, device, progress.
+    """
+    device = options.get("device", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
+    num = options.get("num", 64)
+    if num < 1:
+        raise ValueError(f"--num must be a positive number of samples, got {num}")
+    torch.manual_seed(options.get("seed", 0))
+    model = _load_flow(checkpoint, config, device)
+    classes = model.config.num_classes
+    label = options.get("class_label")
+    if label is not None:
+        if not classes:
+            raise ValueError("--class was given but this model is unconditional (num_classes=0)")
+        if not 0 <= label < classes:
+            raise ValueError(f"--class must lie in 0..{classes - 1}, got {label}")
+        y = torch.full((num,), label, dtype=torch.long, device=device)
+    elif classes:
+        y = torch.arange(num, device=device) % classes
+    else:
+        y = None
+    guidance = options.get("guidance", 0.0)
+    if guidance and not classes:
+        raise ValueError(f"--guidance {guidance} needs a class-conditional model")
+    generator = torch.Generator(device=device).manual_seed(options.get("seed", 0))
+    start = time.perf_counter()
+    images, info = model.sample(
+        num,
+        y,
+        generator=generator,
+        method=options.get("method", "auto"),
+        guidance=guidance,
+        guidance_rule=options.get("guidance_rule", "tarflow"),
+        jacobi_threshold=options.get("jacobi_threshold", DEFAULT_JACOBI_THRESHOLD),
+        progress=options.get("progress", True),
+    )
+    wall = time.perf_counter() - start
+    side = images.shape[-1]
+    # one column per class when the labels cycle through the classes
+    nrow = classes if classes and label is None and num >= classes else None
+    out = save_image_grid(
+        (images + 1) / 2, options.get("out", "samples.png"), nrow=nrow, scale=max(1, 64 // side)
+    )
+
+    return {
+        "model": config["model"]["name"],
+        "method": info["method"],
+        "iterations": info["iterations"],
+        "wall_time_s": round(wall, 4),
+        "num": num,
+        "guidance": guidance,
+        "checkpoint": str(checkpoint),
+        "sample_shape": list(images.shape[1:]),
+        "out": str(out),
+    }

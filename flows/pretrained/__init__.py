@@ -1,0 +1,1 @@
+"""Model files that ship with normkit (package data: config.yaml, model/ weights)."""

@@ -11,6 +11,7 @@ from norms import (  # noqa: F401  (importing the layer modules registers them)
     batchchannel,
     crms,
     evonorm,
+    linear_attention,
     nap,
     powernorm,
     region,

@@ -31,6 +31,61 @@ def _channel_view(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return p.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def _instance_stats(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(b, c) mean and mean square over the spatial positions of (B, C, L)."""
+    n = flat.shape[2]
+    return flat.sum(2, keepdim=True) / n, torch.linalg.vecdot(flat, flat).unsqueeze(2) / n
+
+
+class _EvoB0Function(torch.autograd.Function):
+    """y = w x / max(L_c, v x + S_bc) + b with a hand-written backward (see EvoNormB0)."""
+
+    @staticmethod
+    def forward(ctx, flat, v, weight, bias, batch_stats, running_var, eps):
+        b, c, n = flat.shape
+        mean_bc, sq_bc = _instance_stats(flat)
+        inst_std = torch.sqrt((sq_bc - mean_bc * mean_bc).clamp_min(0.0) + eps)
+        if batch_stats:
+            mean_c = mean_bc.mean(0, keepdim=True)
+            var_c = (sq_bc.mean(0, keepdim=True) - mean_c * mean_c).clamp_min(0.0)
+        else:
+            mean_c, var_c = None, running_var.view(1, c, 1)
+        left = torch.sqrt(var_c + eps)
+        den = torch.addcmul(inst_std, flat, v.view(1, c, 1))
+        den = torch.maximum(den, left, out=den)
+        y = torch.div(flat, den).mul_(weight.view(1, c, 1)).add_(bias.view(1, c, 1))
+        ctx.save_for_backward(flat, v, weight, den, left, mean_bc, inst_std, mean_c)
+        ctx.batch_stats = batch_stats
+        return y, var_c.view(c)
+
+    @staticmethod
+    def backward(ctx, dy, _grad_var):
+        flat, v, weight, den, left, mean_bc, inst_std, mean_c = ctx.saved_tensors
+        b, c, n = flat.shape
+        dy = dy.contiguous()
+        # In-place chains on few fresh buffers: on CPU a pass into a new buffer costs several
+        # in-place ones.
+        u = torch.div(flat, den)
+        grad_w = torch.linalg.vecdot(dy, u).sum(0)
+        grad_b = dy.sum((0, 2))
+        t = torch.mul(dy, weight.view(1, c, 1)).div_(den)  # g / den
+        p = u.mul_(t)  # -dL/dden
+        p_sum = p.sum((0, 2))
+        p_right = p.mul_(den > left)  # where the v x + S branch is the max
+        sum_right_bc = p_right.sum(2, keepdim=True)
+        grad_v = -torch.linalg.vecdot(p_right, flat).sum(0)
+        # dS_bc/dx = (x - m_bc)/(n S_bc); dL_c/dx = (x - m_c)/(N L_c) (train only).
+        coef = -sum_right_bc / (n * inst_std)
+        const = -mean_bc * coef
+        if ctx.batch_stats:
+            sum_left_c = (sum_right_bc.sum((0, 2)) - p_sum).view(1, c, 1)
+            coef_c = sum_left_c / (b * n * left)
+            coef = coef + coef_c
+            const = const - mean_c * coef_c
+        grad_x = t.addcmul_(p_right, v.view(1, c, 1), value=-1).addcmul_(flat, coef).add_(const)
+        return grad_x, grad_v, grad_w, grad_b, None, None, None
+
+
 @register_norm("evonorm_b0", layouts=("maps",), running_stats=True)
 class EvoNormB0(nn.Module):
     """EvoNorm-B0 (batch-dependent, running variance at eval) on (B, C, *) maps.
@@ -56,21 +111,55 @@ class EvoNormB0(nn.Module):
         check_layout(x, self.num_features, "maps", "evonorm_b0")
         if self.v is None:
             return torch.addcmul(_channel_view(self.bias, x), x, _channel_view(self.weight, x))
-        flat = x.reshape(x.shape[0], self.num_features, -1)
+        flat = x.reshape(x.shape[0], self.num_features, -1).contiguous()
+        y, var = _EvoB0Function.apply(
+            flat, self.v, self.weight, self.bias, self.training, self.running_var, self.eps
+        )
         if self.training:
-            var = flat.transpose(0, 1).reshape(self.num_features, -1).var(1, correction=0)
             n = flat.numel() / self.num_features
             with torch.no_grad():
                 unbiased = var * (n / max(n - 1.0, 1.0))
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-        else:
-            var = self.running_var
-        left = torch.sqrt(var + self.eps).view(1, -1, 1)
-        inst_std = torch.sqrt(flat.var(2, correction=0, keepdim=True) + self.eps)
-        right = torch.addcmul(inst_std, flat, self.v.view(1, -1, 1))
-        y = flat / torch.maximum(right, left)
-        y = torch.addcmul(self.bias.view(1, -1, 1), y, self.weight.view(1, -1, 1))
         return y.view(x.shape)
+
+
+class _EvoS0Function(torch.autograd.Function):
+    """y = w x sigmoid(v x) r_bg + b, r_bg = 1/sqrt(groupvar + eps), hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, flat, v, weight, bias, groups, eps):
+        b, c, n = flat.shape
+        grouped = flat.view(b, groups, -1)
+        mean_g, sq_g = _instance_stats(grouped)
+        r_g = torch.rsqrt((sq_g - mean_g * mean_g).clamp_min(0.0) + eps)
+        r = r_g.repeat_interleave(c // groups, 1)  # (B, C, 1)
+        sig = torch.mul(flat, v.view(1, c, 1)).sigmoid_()
+        y = torch.mul(flat, sig).mul_(r * weight.view(1, c, 1)).add_(bias.view(1, c, 1))
+        ctx.save_for_backward(flat, v, weight, sig, r, mean_g, r_g)
+        ctx.groups = groups
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        flat, v, weight, sig, r, mean_g, r_g = ctx.saved_tensors
+        b, c, n = flat.shape
+        groups = ctx.groups
+        dy = dy.contiguous()
+        h = torch.mul(flat, sig)
+        dyh = torch.linalg.vecdot(dy, h)  # (B, C)
+        grad_w = (dyh * r.view(b, c)).sum(0)
+        grad_b = dy.sum((0, 2))
+        # dL/dr_bg, and dr_bg/dx = -r^3 (x - m_bg) / (group size).
+        grad_r = (dyh * weight).view(b, groups, -1).sum(2, keepdim=True)
+        coef_g = -grad_r * r_g.pow(3) / (n * c // groups)
+        coef = coef_g.repeat_interleave(c // groups, 1)
+        const = (-mean_g * coef_g).repeat_interleave(c // groups, 1)
+        dh = torch.mul(dy, r * weight.view(1, c, 1))
+        k = h.addcmul_(h, sig, value=-1)  # x sig (1 - sig), in place on h
+        grad_v = torch.linalg.vecdot(torch.mul(dh, k), flat).sum(0)
+        # dh/dx = sig + v x sig (1 - sig) = sig + v k.
+        grad_x = dh.mul_(k.mul_(v.view(1, c, 1)).add_(sig)).addcmul_(flat, coef).add_(const)
+        return grad_x, grad_v, grad_w, grad_b, None, None
 
 
 @register_norm("evonorm_s0", layouts=("maps",))
@@ -98,12 +187,6 @@ class EvoNormS0(nn.Module):
         check_layout(x, self.num_features, "maps", "evonorm_s0")
         if self.v is None:
             return torch.addcmul(_channel_view(self.bias, x), x, _channel_view(self.weight, x))
-        b, g = x.shape[0], self.groups
-        flat = x.reshape(b, self.num_features, -1)
-        group_var = flat.reshape(b, g, -1).var(2, correction=0, keepdim=True)
-        # gamma / std folded into one (B, C, 1) factor, so the full-size work is sigmoid, mul, fma.
-        inv_std = torch.rsqrt(group_var + self.eps).repeat_interleave(self.num_features // g, 1)
-        scale = inv_std * self.weight.view(1, -1, 1)
-        gated = flat * torch.sigmoid(flat * self.v.view(1, -1, 1))
-        y = torch.addcmul(self.bias.view(1, -1, 1), gated, scale)
+        flat = x.reshape(x.shape[0], self.num_features, -1).contiguous()
+        y = _EvoS0Function.apply(flat, self.v, self.weight, self.bias, self.groups, self.eps)
         return y.view(x.shape)

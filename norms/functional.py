@@ -74,21 +74,27 @@ class _CRMSNormFunction(torch.autograd.Function):
         s1 = mean * c
         r = torch.rsqrt((c * (rstd_ln.pow(-2) + mean * mean) + s1 * s1 + eps) / d)
         y = _uncentred_from_centred(y, mean, rstd_ln, r, weight)
-        ctx.save_for_backward(x2d, weight, r, s1)
+        ctx.save_for_backward(x2d, weight, r, s1, y)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        x2d, weight, r, s1 = ctx.saved_tensors
-        d = x2d.shape[-1] + 1
+        x2d, weight, r, s1, y = ctx.saved_tensors
+        c = x2d.shape[-1]
+        d = c + 1
         grad_y = grad_y.contiguous().view_as(x2d)
-        # dy_j = r g_j - r^3/d (x_j + sum x) (g . x), with g = grad_y * weight.
-        gx = grad_y * x2d
-        dot = torch.mv(gx, weight).view(-1, 1)
-        grad_w = torch.mv(gx.t(), r.view(-1)) if ctx.needs_input_grad[1] else None
-        k = r * r * dot / d
-        grad_x = torch.mul(grad_y, weight)
-        grad_x.addcmul_(x2d, k, value=-1).sub_(k * s1).mul_(r)
+        # Wanted: dx_j = r g_j - r^3/d (x_j + sum x) (g . x), with g = grad_y * weight.
+        # The LayerNorm backward with mean 0 and rstd r gives r g - r^3 (g . x) x / c - r sum(g)/c;
+        # two in-place row corrections turn one into the other. g . x = (grad_y . y) / r.
+        grad_x, grad_w, _ = torch.ops.aten.native_layer_norm_backward(
+            grad_y, x2d, [c], torch.zeros_like(r), r, weight, None,
+            [True, ctx.needs_input_grad[1], False],
+        )  # fmt: skip
+        dot = torch.linalg.vecdot(grad_y, y).view(-1, 1) / r
+        sum_g = torch.mv(grad_y, weight).view(-1, 1)
+        r3_dot = r * r * r * dot
+        grad_x.addcmul_(x2d, r3_dot, value=1.0 / c - 1.0 / d)
+        grad_x.add_(r * sum_g / c - r3_dot * s1 / d)
         return grad_x, grad_w, None
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from norms.functional import rms_norm
 from norms.registry import check_layout, register_norm
 
-__all__ = ["PowerNorm", "flatten_tokens"]
+__all__ = ["PowerNorm", "flatten_tokens", "masked_mean"]
 
 
 def flatten_tokens(
@@ -57,22 +57,20 @@ def masked_mean(rows: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return torch.mv(rows.t(), keep) / keep.sum()
 
 
-def mean_square(x2d: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Per-channel mean of x^2 over the kept rows, without materialising x^2 when unmasked."""
-    if keep is None:
-        return torch.linalg.vector_norm(x2d, dim=0).square_() / x2d.shape[0]
-    return masked_mean(x2d * x2d, keep)
-
-
 class _PowerFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2d, weight, bias, psi2, batch_psi2, ema_gz, keep, alpha_bkw, eps):
+    def forward(ctx, x2d, weight, bias, keep, choose, ema_gz, alpha_bkw, eps):
+        # x^2 is computed into the buffer that then receives the output: on CPU a pass into a
+        # fresh buffer costs several in-place ones.
+        buffer = x2d * x2d
+        batch_psi2 = masked_mean(buffer, keep)
+        psi2 = choose(batch_psi2)  # the layer picks batch / running psi^2 and updates its state
         inv = torch.rsqrt(psi2 + eps)
         ctx.save_for_backward(x2d, weight, inv, batch_psi2, keep)
         # The correction state is read and updated in backward, not saved: it changes between
         # the forward and the backward when the layer runs twice in one graph.
         ctx.ema_gz, ctx.alpha_bkw = ema_gz, alpha_bkw
-        return torch.addcmul(bias, x2d, weight * inv)
+        return torch.addcmul(bias, x2d, weight * inv, out=buffer)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -84,10 +82,10 @@ class _PowerFunction(torch.autograd.Function):
         grad_w = gx.sum(0) * inv
         grad_b = grad_y.sum(0)
         # mean(g z) = weight * inv * mean(dy x); mean(z^2) = inv^2 * psi_B^2 (non-pad tokens).
-        mean_gz = weight * inv * (masked_mean(gx, keep) if keep is not None else gx.mean(0))
+        mean_gz = weight * inv * masked_mean(gx, keep)
         with torch.no_grad():
             ema_gz.add_(mean_gz - corr * inv * inv * batch_psi2)
-        grad_x = torch.mul(grad_y, weight * inv)
+        grad_x = torch.mul(grad_y, weight * inv, out=gx)  # reuse the dy * x buffer
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
@@ -156,28 +154,22 @@ class PowerNorm(nn.Module):
             scale = self.weight * torch.rsqrt(self.running_phi + self.eps)
             return torch.addcmul(self.bias, x, scale)
         x2d, keep = flatten_tokens(x, pad_mask, "powernorm")
-        with torch.no_grad():
-            batch_psi2 = mean_square(x2d, keep)
-            self.num_batches_tracked += 1
-            step = int(self.num_batches_tracked)
-            if step <= self.warmup_iters:
-                psi2 = batch_psi2
-                self.running_phi.mul_((step - 1) / step).add_(batch_psi2 / step)
-            else:
-                psi2 = self.running_phi.clone()
-                self.running_phi.lerp_(batch_psi2, 1.0 - self.alpha_fwd)
         y = _PowerFunction.apply(
-            x2d,
-            self.weight,
-            self.bias,
-            psi2,
-            batch_psi2,
-            self.ema_gz,
-            keep,
-            self.alpha_bkw,
-            self.eps,
+            x2d, self.weight, self.bias, keep, self._divisor, self.ema_gz, self.alpha_bkw, self.eps
         )
         return y.view(x.shape)
+
+    @torch.no_grad()
+    def _divisor(self, batch_psi2: torch.Tensor) -> torch.Tensor:
+        """psi^2 to divide by this step (batch during warm-up, running after); updates state."""
+        self.num_batches_tracked += 1
+        step = int(self.num_batches_tracked)
+        if step <= self.warmup_iters:
+            self.running_phi.mul_((step - 1) / step).add_(batch_psi2 / step)
+            return batch_psi2
+        psi2 = self.running_phi.clone()
+        self.running_phi.lerp_(batch_psi2, 1.0 - self.alpha_fwd)
+        return psi2
 
     def extra_repr(self) -> str:
         return (

@@ -57,36 +57,114 @@ def _prepare_mask(mask: torch.Tensor, x: torch.Tensor, layer: str) -> torch.Tens
     return mask
 
 
-def region_normalize(x: torch.Tensor, mask: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
-    """Per-channel (scale, shift) of both regions: ((a0, b0), (a1, b1)) as (C,) tensors.
+def _region_sums(t: torch.Tensor, tm: torch.Tensor, flat: torch.Tensor) -> tuple:
+    """Per-channel sums of t and t * x over all pixels and over region 1 (tm = t * mask)."""
+    return (
+        t.sum((0, 2)),
+        torch.linalg.vecdot(t, flat).sum(0),
+        tm.sum((0, 2)),
+        torch.linalg.vecdot(tm, flat).sum(0),
+    )
 
-    a_r = 1/sqrt(var_r + eps), b_r = -mu_r a_r, statistics over region r's pixels in the batch
-    (an empty region gets mu = 0, var = 0).
+
+class _RegionNormFunction(torch.autograd.Function):
+    """y = a_r x + shift_r on the pixels of region r, a_r = w_r s_r, shift_r = b_r - mu_r a_r;
+    optionally followed by a pixel-wise affine y * pix_scale + pix_shift ((B, 1, L) each, RN-L).
+
+    Statistics and gradients are per-channel sums over all pixels minus those over region 1,
+    so the full-size work is a handful of fused passes (autograd of the masked formula is ~10x
+    slower on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, flat, mask, weight, bias, pix_scale, pix_shift, eps):
+        b, c, length = flat.shape
+        masked = flat * mask
+        total, total_sq, sum1, sq1 = _region_sums(flat, masked, flat)
+        count1 = mask.sum((0, 2)).expand(c)
+        counts = torch.stack([b * length - count1, count1]).clamp_min(1.0)
+        sums = torch.stack([total - sum1, sum1])
+        squares = torch.stack([total_sq - sq1, sq1])
+        mu = sums / counts
+        s = torch.rsqrt((squares / counts - mu * mu).clamp_min(0.0) + eps)
+        a = weight * s
+        shift = bias - mu * a
+        # y = a0 x + shift0 + m ((a1 - a0) x + shift1 - shift0), built in place on one buffer
+        # (fresh full-size buffers are what costs most on CPU).
+        y = torch.addcmul(shift[0].view(1, c, 1), flat, a[0].view(1, c, 1))
+        y.addcmul_(masked, (a[1] - a[0]).view(1, c, 1))
+        y.addcmul_(mask, (shift[1] - shift[0]).view(1, c, 1))
+        if pix_scale is not None:
+            y.mul_(pix_scale).add_(pix_shift)
+        ctx.save_for_backward(flat, masked, mask, mu, s, a, shift, counts, pix_scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        flat, masked, mask, mu, s, a, shift, counts, pix_scale = ctx.saved_tensors
+        c = flat.shape[1]
+        dy = dy.contiguous()
+        grad_pix_scale = grad_pix_shift = None
+        if pix_scale is not None:
+            # sum over channels of dy * (region-normalised x), as channel contractions of
+            # dy * x and dy (batched mat-vec products), then the chain rule through pix_scale.
+            dyx = dy * flat
+
+            def contract(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return torch.matmul(vec.view(1, 1, c), t)
+
+            base = contract(a[0], dyx) + contract(shift[0], dy)
+            if mask.shape[1] == 1:
+                extra = contract(a[1] - a[0], dyx) + contract(shift[1] - shift[0], dy)
+                grad_pix_scale = base.addcmul_(extra, mask)
+            else:  # per-channel regions: the mask enters the contraction
+                extra = contract(a[1] - a[0], dy * masked) + contract(
+                    shift[1] - shift[0], dy * mask
+                )
+                grad_pix_scale = base.add_(extra)
+            grad_pix_shift = dy.sum(1, keepdim=True)
+            dy = dy * pix_scale
+        dy_masked = dy * mask
+        total, total_x, sum1, sum1_x = _region_sums(dy, dy_masked, flat)
+        sdy = torch.stack([total - sum1, sum1])
+        # Per region: sum of dy * xhat with xhat = (x - mu) s.
+        sdxhat = s * (torch.stack([total_x - sum1_x, sum1_x]) - mu * sdy)
+        k = sdxhat / counts
+        # BatchNorm's gradient per region, a (dy - mean(dy) - xhat mean(dy xhat)) = a dy + p x + q.
+        p = -a * s * k
+        q = a * (mu * s * k - sdy / counts)
+        grad_x = torch.addcmul(q[0].view(1, c, 1), dy, a[0].view(1, c, 1))
+        grad_x.addcmul_(flat, p[0].view(1, c, 1))
+        grad_x.addcmul_(dy_masked, (a[1] - a[0]).view(1, c, 1))
+        grad_x.addcmul_(masked, (p[1] - p[0]).view(1, c, 1))
+        grad_x.addcmul_(mask, (q[1] - q[0]).view(1, c, 1))
+        return grad_x, None, sdxhat, sdy, grad_pix_scale, grad_pix_shift, None
+
+
+def region_normalize(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    pixel_scale: torch.Tensor | None = None,
+    pixel_shift: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Normalise both regions of x (B, C, *) with their batch-wide statistics, then affine.
+
+    ``mask`` is (B, 1, *) or (B, C, *) with values 0 / 1 and x's spatial size; ``weight`` and
+    ``bias`` are (2, C), row r for region r. An empty region gets mean 0 and variance 0.
+    ``pixel_scale`` / ``pixel_shift`` (B, 1, *), when given, multiply / shift the result per
+    pixel (RN-L's self-aware affine).
     """
     b, c = x.shape[:2]
-    flat = x.reshape(b, c, -1)
-    m1 = mask.reshape(b, mask.shape[1], -1).expand_as(flat)
-    m0 = 1.0 - m1
-    out = []
-    for m in (m0, m1):
-        count = m.sum(dim=(0, 2)).clamp_min(1.0)
-        mu = (flat * m).sum(dim=(0, 2)) / count
-        centred = (flat - mu.view(1, c, 1)) * m
-        var = (centred * centred).sum(dim=(0, 2)) / count
-        scale = torch.rsqrt(var + eps)
-        out.append((scale, -mu * scale))
-    return tuple(out)
-
-
-def _blend(x: torch.Tensor, mask: torch.Tensor, params: tuple) -> torch.Tensor:
-    """x * A + B with A, B chosen per pixel by the region mask (one fused pass per region)."""
-    (a0, b0), (a1, b1) = params
-    b, c = x.shape[:2]
-    flat = x.reshape(b, c, -1)
-    m1 = mask.reshape(b, mask.shape[1], -1)
-    y0 = torch.addcmul(b0.view(1, c, 1), flat, a0.view(1, c, 1))
-    y1 = torch.addcmul(b1.view(1, c, 1), flat, a1.view(1, c, 1))
-    return torch.lerp(y0, y1, m1.expand_as(flat)).view(x.shape)
+    flat = x.reshape(b, c, -1).contiguous()
+    m = mask.reshape(b, mask.shape[1], -1).contiguous()
+    if pixel_scale is not None:
+        pixel_scale = pixel_scale.reshape(b, 1, -1).contiguous()
+        pixel_shift = pixel_shift.reshape(b, 1, -1).contiguous()
+    y = _RegionNormFunction.apply(flat, m, weight, bias, pixel_scale, pixel_shift, eps)
+    return y.view(x.shape)
 
 
 @register_norm("regionnorm_b", layouts=("maps",))
@@ -112,12 +190,7 @@ class RegionNormB(nn.Module):
         if mask is None:
             return F.batch_norm(x, None, None, self.weight[1], self.bias[1], True, 0.0, self.eps)
         mask = _prepare_mask(mask, x, "regionnorm_b")
-        (a0, s0), (a1, s1) = region_normalize(x, mask, self.eps)
-        params = (
-            (a0 * self.weight[0], torch.addcmul(self.bias[0], s0, self.weight[0])),
-            (a1 * self.weight[1], torch.addcmul(self.bias[1], s1, self.weight[1])),
-        )
-        return _blend(x, mask, params)
+        return region_normalize(x, mask, self.weight, self.bias, self.eps)
 
 
 @register_norm("regionnorm_l", layouts=("maps",))
@@ -142,15 +215,23 @@ class RegionNormL(nn.Module):
         self.mask_conv = nn.Conv2d(2, 1, kernel_size, padding=pad, bias=False)
         self.gamma_conv = nn.Conv2d(1, 1, kernel_size, padding=pad)
         self.beta_conv = nn.Conv2d(1, 1, kernel_size, padding=pad)
+        # The region step has no affine of its own (the pixel-wise one follows it).
+        self.register_buffer("_unit_weight", torch.ones(2, num_features), persistent=False)
+        self.register_buffer("_zero_bias", torch.zeros(2, num_features), persistent=False)
 
     def _conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        pad = conv.padding[0]
+        return self._conv_with(conv.weight, conv.bias, x)
+
+    def _conv_with(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor
+    ) -> torch.Tensor:
+        pad = weight.shape[-1] // 2
         if x.dim() == 4:
-            return F.conv2d(x, conv.weight, conv.bias, padding=pad)
+            return F.conv2d(x, weight, bias, padding=pad)
         if x.dim() == 3:
-            return F.conv1d(x, conv.weight.sum(2), conv.bias, padding=pad)
+            return F.conv1d(x, weight.sum(2), bias, padding=pad)
         if x.dim() == 5:
-            return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, pad, pad))
+            return F.conv3d(x, weight.unsqueeze(2), bias, padding=(0, pad, pad))
         raise ValueError(
             f"regionnorm_l supports 1 to 3 spatial dims (B, C, *); got shape {tuple(x.shape)}"
         )
@@ -164,6 +245,13 @@ class RegionNormL(nn.Module):
         check_layout(x, self.num_features, "maps", "regionnorm_l")
         soft = self.importance(x)
         mask = (soft.detach() >= self.threshold).to(x.dtype)
-        normed = _blend(x, mask, region_normalize(x, mask, self.eps))
-        gamma, beta = self._conv(self.gamma_conv, soft), self._conv(self.beta_conv, soft)
-        return torch.addcmul(beta, normed, 1.0 + gamma)
+        # gamma and beta convs as one conv with two output channels (one backward call).
+        both = self._conv_with(
+            torch.cat([self.gamma_conv.weight, self.beta_conv.weight]),
+            torch.cat([self.gamma_conv.bias, self.beta_conv.bias]),
+            soft,
+        )
+        gamma, beta = both[:, :1], both[:, 1:]
+        return region_normalize(
+            x, mask, self._unit_weight, self._zero_bias, self.eps, 1.0 + gamma, beta
+        )

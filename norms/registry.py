@@ -9,6 +9,7 @@ Each entry records which input layouts the layer accepts:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -99,7 +100,18 @@ def build_norm(name: str, num_features: int, **options) -> nn.Module:
         raise ValueError(
             f"norm {name!r}: num_features must be a positive int, got {num_features!r}"
         )
+    allowed = _option_names(spec.factory)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        choices = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(f"norm {name!r}: unknown option(s) {unknown}; allowed: {choices}")
     return spec.factory(num_features, **options)
+
+
+def _option_names(factory: Callable[..., nn.Module]) -> set[str]:
+    """Keyword options a factory accepts besides num_features."""
+    params = list(inspect.signature(factory).parameters.values())[1:]
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def check_layout(x: torch.Tensor, num_features: int, layout: str, layer: str) -> None:

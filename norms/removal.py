@@ -29,6 +29,28 @@ from norms.registry import check_layout, register_norm
 __all__ = ["FakeLayerNorm", "fold_norm_into_linear", "norm_affine"]
 
 
+class _FrozenLayerNorm(torch.autograd.Function):
+    """y = a (x - mean(x)) + b over the last dim, a = gamma / scale (one fresh buffer per pass)."""
+
+    @staticmethod
+    def forward(ctx, x, a, bias):
+        rows = x.contiguous().view(-1, x.shape[-1])
+        mean = rows.mean(1, keepdim=True)
+        ctx.save_for_backward(rows, mean, a)
+        return torch.sub(rows, mean).mul_(a).add_(bias).view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, mean, a = ctx.saved_tensors
+        dy2 = dy.contiguous().view_as(rows)
+        # sum over rows of dy * (x - mean) = sum dy * x - mean^T dy.
+        product = dy2 * rows
+        grad_a = product.sum(0) - torch.mv(dy2.t(), mean.view(-1))
+        grad_x = torch.mul(dy2, a, out=product)  # reuse the buffer (fresh ones are costly)
+        grad_x.sub_(grad_x.mean(1, keepdim=True))
+        return grad_x.view(dy.shape), grad_a, dy2.sum(0)
+
+
 @register_norm("fake_layernorm", layouts=("tokens",))
 class FakeLayerNorm(nn.Module):
     """LayerNorm whose divisor can be calibrated and frozen to a per-layer scalar. Tokens.
@@ -92,8 +114,7 @@ class FakeLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layout(x, self.num_features, "tokens", "fake_layernorm")
         if bool(self.frozen):
-            centred = x - x.mean(-1, keepdim=True)
-            return torch.addcmul(self.bias, centred, self.weight / self.scale)
+            return _FrozenLayerNorm.apply(x, self.weight / self.scale, self.bias)
         if self.calibrating:
             with torch.no_grad():
                 std = torch.sqrt(x.var(-1, correction=0) + self.eps).mean()

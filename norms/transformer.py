@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from norms.registry import available_norms, build_norm, norm_spec
+from norms.selu import init_selu_
 
 __all__ = [
     "ATTENTIONS",
@@ -203,9 +204,7 @@ class MLP(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
         if activation == "selu":
             # Klambauer et al. 2017 (arXiv:1706.02515): weights N(0, 1/fan_in), AlphaDropout.
-            for linear in (self.fc1, self.fc2):
-                nn.init.normal_(linear.weight, std=linear.in_features**-0.5)
-                nn.init.zeros_(linear.bias)
+            init_selu_(self)
             self.act, self.drop = nn.SELU(), nn.AlphaDropout(dropout)
         else:
             self.act, self.drop = nn.GELU(), nn.Dropout(dropout)

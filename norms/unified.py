@@ -12,7 +12,8 @@ t is kept in a window of the last W batches (default 4). After ``warmup_iters`` 
 times the variance of the recorded sqrt(sigma^2) values, the batch is treated as an outlier:
 its slot is refilled with the running statistic and the batch normalises with its own
 statistic. Gradient compensation in backward: with r = clamp(sqrt(var + eps) /
-sqrt(running + eps), 1/5, 5) (1 during the first max(1000, warmup) steps and for outliers),
+sqrt(running + eps), 1/5, 5) (1 during the first max(1000, warmup) steps and for outliers;
+``compensation_start`` sets the 1000),
 g = r * gamma * dL/dy, z = x / sqrt(var + eps):
 
     dL/dx = (g - ema_gz * z) / sqrt(var + eps),
@@ -28,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from norms.powernorm import flatten_tokens, masked_mean, mean_square
+from norms.powernorm import flatten_tokens, masked_mean
 from norms.registry import check_layout, register_norm
 
 __all__ = ["UnifiedNorm"]
@@ -36,11 +37,14 @@ __all__ = ["UnifiedNorm"]
 
 class _UnifiedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2d, weight, bias, var, ratio, keep, state, eps):
+    def forward(ctx, x2d, weight, bias, keep, choose, eps):
+        # x^2 goes into the buffer that then receives the output (fresh buffers are costly).
+        buffer = x2d * x2d
+        var, ratio, state = choose(masked_mean(buffer, keep))  # the layer updates its state
         inv = torch.rsqrt(var + eps)
         ctx.save_for_backward(x2d, weight, inv, ratio, keep)
         ctx.state = state
-        return torch.addcmul(bias, x2d, weight * inv)
+        return torch.addcmul(bias, x2d, weight * inv, out=buffer)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -51,7 +55,7 @@ class _UnifiedFunction(torch.autograd.Function):
         grad_w = gx.sum(0) * inv * ratio
         grad_b = grad_y.sum(0)
         gscale = weight * ratio  # g = gscale * dL/dy
-        mean_gz = gscale * inv * (masked_mean(gx, keep) if keep is not None else gx.mean(0))
+        mean_gz = gscale * inv * masked_mean(gx, keep)
         with torch.no_grad():
             window = layer.buffer_gz.shape[0]
             slot = step % window
@@ -59,7 +63,7 @@ class _UnifiedFunction(torch.autograd.Function):
             target = layer.buffer_gz.mean(0) if use_window else mean_gz
             layer.ema_gz.mul_(layer.momentum).add_((1.0 - layer.momentum) * target)
             corr = target if skipped else layer.ema_gz.clone()
-        grad_x = torch.mul(grad_y, gscale * inv)
+        grad_x = torch.mul(grad_y, gscale * inv, out=gx)  # reuse the dy * x buffer
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
@@ -77,6 +81,8 @@ class UnifiedNorm(nn.Module):
         outlier_filtration: adaptive outlier filtration (the paper suggests it for vision).
         eps: added to the variance.
         momentum: EMA factor of running_var and ema_gz.
+        compensation_start: gradient compensation (r != 1) starts after
+            max(compensation_start, warmup_iters) steps (1000 in the paper's code).
         affine: learn gamma and beta.
     """
 
@@ -88,6 +94,7 @@ class UnifiedNorm(nn.Module):
         outlier_filtration: bool = False,
         eps: float = 1e-5,
         momentum: float = 0.9,
+        compensation_start: int = 1000,
         affine: bool = True,
     ) -> None:
         super().__init__()
@@ -95,6 +102,7 @@ class UnifiedNorm(nn.Module):
             raise ValueError(f"unifiednorm: window_size must be >= 1; got {window_size}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.warmup_iters, self.outlier_filtration = warmup_iters, outlier_filtration
+        self.compensation_start = compensation_start
         self.weight = nn.Parameter(torch.ones(num_features), requires_grad=affine)
         self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=affine)
         self.register_buffer("running_var", torch.ones(num_features))
@@ -119,7 +127,10 @@ class UnifiedNorm(nn.Module):
         recorded = torch.sqrt(self.buffer_x2).var() if self.buffer_x2.numel() > 1 else None
         self.buffer_x2[slot] = batch_x2
         skipped = False
-        if self.outlier_filtration and step >= self.warmup_iters and recorded is not None:
+        # Filtration starts once the window holds real statistics (automatic in the paper's
+        # code, where warmup_iters >= W).
+        started = step > window and step >= self.warmup_iters
+        if self.outlier_filtration and started and recorded is not None:
             arithmetic = self.buffer_x2.mean(0)
             geometric = self.buffer_x2.log().mean(0).exp()
             if bool(((arithmetic - geometric) > recorded * window).any()):
@@ -136,18 +147,21 @@ class UnifiedNorm(nn.Module):
             scale, shift = self.fused_affine()
             return torch.addcmul(shift, x, scale)
         x2d, keep = flatten_tokens(x, pad_mask, "unifiednorm")
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            step = int(self.num_batches_tracked)
-            var, use_window, skipped = self._statistics(mean_square(x2d, keep), step)
-            if step <= max(1000, self.warmup_iters) or skipped:
-                ratio = torch.ones_like(var)
-            else:
-                ratio = torch.sqrt((var + self.eps) / (self.running_var + self.eps)).clamp(0.2, 5.0)
-            self.running_var.lerp_(var, 1.0 - self.momentum)
-        state = (self, step, use_window, skipped)
-        y = _UnifiedFunction.apply(x2d, self.weight, self.bias, var, ratio, keep, state, self.eps)
+        y = _UnifiedFunction.apply(x2d, self.weight, self.bias, keep, self._step, self.eps)
         return y.view(x.shape)
+
+    @torch.no_grad()
+    def _step(self, batch_x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """Variance to divide by, compensation ratio r, and the state backward needs."""
+        self.num_batches_tracked += 1
+        step = int(self.num_batches_tracked)
+        var, use_window, skipped = self._statistics(batch_x2, step)
+        if step <= max(self.compensation_start, self.warmup_iters) or skipped:
+            ratio = torch.ones_like(var)
+        else:
+            ratio = torch.sqrt((var + self.eps) / (self.running_var + self.eps)).clamp(0.2, 5.0)
+        self.running_var.lerp_(var, 1.0 - self.momentum)
+        return var, ratio, (self, step, use_window, skipped)
 
     def extra_repr(self) -> str:
         return (

@@ -268,13 +268,15 @@ def train(config: TrainConfig) -> TrainResult:
         ckpt.remove_stale_temporaries(output_dir)
         if tc.resume == "latest" and resume_from is None:
             print(f"no checkpoint in {output_dir}: starting from step 0", flush=True)
+        elif tc.resume is None and ckpt.find_checkpoints(output_dir):
+            print(f"warning: {output_dir} already holds checkpoints; starting from step 0 "
+                  "(trainer.resume=latest would continue them)", flush=True)
     accelerator.wait_for_everyone()
 
     # Same initial weights on every rank, then rank-specific randomness (noise, dropout).
     set_seed(tc.seed)
     model = get_model(config.model.name)(**config.model.kwargs)
     dataset = get_dataset(config.data.name)(**config.data.kwargs)
-    projector = _nap_projector_class()(model) if tc.nap else None
     sampler = EpochSampler(len(dataset), tc.seed, config.data.shuffle)
     loader = DataLoader(
         dataset, batch_size=config.data.batch_size, sampler=sampler, drop_last=tc.drop_last,
@@ -290,11 +292,15 @@ def train(config: TrainConfig) -> TrainResult:
     wrapper, optimizer, loader = accelerator.prepare(LossModule(model), optimizer, loader)
     model = accelerator.unwrap_model(wrapper).model
     ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
+    # NaP targets are the initial norms: the projector is built before any step (and its
+    # targets are restored on resume).
+    projector = _nap_projector_class()(model) if tc.nap else None
     # The scheduler is stepped by hand once per optimizer step (not prepared: Accelerate would
-    # step it once per process); it and the EMA travel in the Accelerate state.
+    # step it once per process); it, the EMA and the NaP targets travel in the Accelerate state.
     accelerator.register_for_checkpointing(scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    for extra_state in (ema, projector):
+        if extra_state is not None and hasattr(extra_state, "state_dict"):
+            accelerator.register_for_checkpointing(extra_state)
     set_seed(tc.seed, device_specific=True)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "nonfinite_total": 0,

@@ -1,0 +1,189 @@
+"""Speed of every registered norm on CPU, relative to torch's LayerNorm / GroupNorm.
+
+Token norms run at (32, 256, 512) against ``torch.nn.LayerNorm(512)``; map norms at
+(32, 128, 32, 32) against ``torch.nn.GroupNorm(32, 128)``. Each row is the median of
+forward+backward times, with all candidates of a table interleaved inside every repeat so that
+load from other processes hits them alike; only the ratios are meaningful on a shared machine.
+Times are the CPU time of the benchmarking thread (``time.thread_time``, torch on 1 thread by
+default), so time slices lost to other processes do not count; ``--wall`` uses wall-clock time.
+The min column is the fastest repeat, for reference.
+A last table times the eval-mode forward of PowerNorm / UnifiedNorm (a fused per-channel affine)
+against a plain ``torch.addcmul`` affine.
+
+Targets (from the issue): RMSNorm and CRMSNorm <= 1.2x LayerNorm, every other layer <= 3x,
+eval-mode PowerNorm / UN as fast as a plain affine (<= 1.1x here, to absorb timer noise).
+
+    PYTHONPATH=. python benchmarks/norms.py            # ~1-2 minutes on one core
+    PYTHONPATH=. python benchmarks/norms.py --quick    # fewer repeats, ~30 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the
+# norms package: put the repository root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+import norms  # noqa: E402
+
+TOKEN_SHAPE = (32, 256, 512)
+MAP_SHAPE = (32, 128, 32, 32)
+TIGHT = {"rmsnorm": 1.2, "crmsnorm": 1.2}
+
+
+def _fwd_bwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dy: torch.Tensor):
+    def run() -> None:
+        x.grad = None
+        layer(x).backward(dy)
+
+    return run
+
+
+def _fwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
+    def run() -> None:
+        with torch.no_grad():
+            layer(x)
+
+    return run
+
+
+CLOCK = time.thread_time
+
+
+def _time_interleaved(
+    cases: dict[str, Callable[[], None]], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """(median, min) seconds per case; every repeat runs all cases once, in a shuffled order
+    (whichever case runs first after the others' buffers are freed pays extra page faults)."""
+    for run in cases.values():  # warm-up (allocator, lazy init)
+        run()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    order = list(cases.items())
+    shuffler = random.Random(0)
+    for _ in range(repeats):
+        shuffler.shuffle(order)
+        for name, run in order:
+            start = CLOCK()
+            run()
+            times[name].append(CLOCK() - start)
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+
+
+def _token_layer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    layer = norms.build_norm(name, TOKEN_SHAPE[-1])
+    if name == "fake_layernorm":  # the state it is fine-tuned in
+        layer.start_calibration()
+        with torch.no_grad():
+            layer(torch.randn(8, TOKEN_SHAPE[-1]))
+        layer.freeze()
+    return layer
+
+
+def _map_layer(name: str, mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    layer = norms.build_norm(name, MAP_SHAPE[1])
+    if name == "regionnorm_b":
+        return lambda x: layer(x, mask=mask)
+    return layer
+
+
+def _rows(
+    title: str,
+    baseline: str,
+    stats: dict[str, tuple[float, float]],
+    target: Callable[[str], float],
+) -> list[str]:
+    base, base_min = stats[baseline]
+    head = f"{'layer':<28}{'median ms':>10}{'ratio':>7}{'min ms':>8}{'ratio':>7}{'target':>7}  ok"
+    lines = [f"\n{title}", head]
+    for name, (t, t_min) in stats.items():
+        row = (
+            f"{name:<28}{1e3 * t:>10.2f}{t / base:>7.2f}{1e3 * t_min:>8.2f}{t_min / base_min:>7.2f}"
+        )
+        if name == baseline:
+            lines.append(f"{row}{'-':>7}  (baseline)")
+            continue
+        goal = target(name)
+        verdict = "yes" if t / base <= goal else "NO"
+        lines.append(f"{row}{goal:>7.1f}  {verdict}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per layer")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
+    args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.perf_counter if args.wall else time.thread_time
+    repeats = args.repeats or (5 if args.quick else 21)
+    if repeats < 1 or args.threads < 1:
+        print(f"error: --repeats and --threads must be >= 1; got {repeats}, {args.threads}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    clock = "wall-clock" if args.wall else "thread CPU"
+    out = [
+        f"torch {torch.__version__}, {args.threads} thread(s), {clock} time, "
+        f"median of {repeats} interleaved repeats; ratio = median / baseline median"
+    ]
+
+    x = torch.randn(TOKEN_SHAPE, requires_grad=True)
+    dy = torch.randn(TOKEN_SHAPE)
+    cases = {"torch.nn.LayerNorm": _fwd_bwd(nn.LayerNorm(TOKEN_SHAPE[-1]), x, dy)}
+    for name in norms.available_norms("tokens"):
+        label = name + (" (frozen)" if name == "fake_layernorm" else "")
+        cases[label] = _fwd_bwd(_token_layer(name), x, dy)
+    medians = _time_interleaved(cases, repeats)
+    out += _rows(
+        f"token norms, forward+backward, x {TOKEN_SHAPE} (train mode)", "torch.nn.LayerNorm",
+        medians, lambda n: TIGHT.get(n, 3.0),
+    )  # fmt: skip
+    del cases
+
+    xm = torch.randn(MAP_SHAPE, requires_grad=True)
+    dym = torch.randn(MAP_SHAPE)
+    mask = (torch.rand(MAP_SHAPE[0], 1, *MAP_SHAPE[2:]) > 0.5).float()
+    cases = {"torch.nn.GroupNorm(32)": _fwd_bwd(nn.GroupNorm(32, MAP_SHAPE[1]), xm, dym)}
+    for name in norms.available_norms("maps"):
+        label = name + (" (random mask)" if name == "regionnorm_b" else "")
+        cases[label] = _fwd_bwd(_map_layer(name, mask), xm, dym)
+    medians = _time_interleaved(cases, repeats)
+    out += _rows(
+        f"map norms, forward+backward, x {MAP_SHAPE} (train mode)", "torch.nn.GroupNorm(32)",
+        medians, lambda n: 3.0,
+    )  # fmt: skip
+    del cases
+
+    weight, bias = torch.rand(TOKEN_SHAPE[-1]) + 0.5, torch.randn(TOKEN_SHAPE[-1])
+    cases = {"plain affine (addcmul)": _fwd(lambda t: torch.addcmul(bias, t, weight), x)}
+    for name in ("powernorm", "unifiednorm"):
+        layer = norms.build_norm(name, TOKEN_SHAPE[-1])
+        with torch.no_grad():
+            layer(torch.randn(64, TOKEN_SHAPE[-1]))  # some running statistics
+        cases[f"{name} (eval)"] = _fwd(layer.eval(), x)
+    cases["torch.nn.LayerNorm (eval)"] = _fwd(nn.LayerNorm(TOKEN_SHAPE[-1]), x)
+    medians = _time_interleaved(cases, 3 * repeats)
+    out += _rows(
+        f"eval-mode forward, x {TOKEN_SHAPE}", "plain affine (addcmul)", medians,
+        lambda n: 1.1 if "(eval)" in n and "LayerNorm" not in n else float("inf"),
+    )  # fmt: skip
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

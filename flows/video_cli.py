@@ -9,6 +9,9 @@ whose ``model.name`` is ``video_tarflow``; it also runs on its own::
     python -m flows.video_cli --checkpoint DIR --first-frame img.png --out video.gif
     python -m flows.video_cli --checkpoint DIR --video in.mp4 --frames 32 --out more.mp4
 
+For ``sample.py``: ``SAMPLERS["video_tarflow"] = "flows.video_cli:sample_video_flow"``, called
+as ``sample_video_flow(checkpoint, config, options)`` with the option names of :data:`DEFAULTS`.
+
 ``--frames`` is the length of the output video, given frames included (it may exceed the
 training length: the window slides). The output suffix picks the format: .mp4 (PyAV, libx264),
 .gif (Pillow) or .png (a filmstrip, one row per video); several videos are tiled side by side.
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["build_parser", "load_frames", "main", "sample_video"]
+__all__ = ["DEFAULTS", "build_parser", "load_frames", "load_model", "main", "sample_video_flow"]
 
 MODEL_NAME = "video_tarflow"
 
@@ -87,81 +90,156 @@ def load_frames(path: str, channels: int, size: int, first_only: bool = False) -
     return frames.clamp(0, 1) * 2 - 1
 
 
-def _check(args: argparse.Namespace) -> None:
-    if args.method not in ("auto", "jacobi", "sequential"):
-        raise ValueError(f"--method {args.method!r} is unknown; choose auto, jacobi or sequential")
-    if args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
-    if args.frames is not None and args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    if args.first_frame and args.video:
-        raise ValueError("give either --first-frame or --video, not both")
-    suffix = Path(args.out).suffix.lower()
-    if suffix not in (".mp4", ".gif", ".png"):
-        raise ValueError(f"--out {args.out!r} must end in .mp4, .gif or .png")
-    if args.scale < 1 or args.fps < 1:
-        raise ValueError(f"--scale and --fps must be >= 1, got {args.scale} and {args.fps}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device!r} asked for, but CUDA is not available")
-
-
-def sample_video(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Load the checkpoint and sample; returns (videos (num, F, C, H, W) in [0, 1], summary)."""
-    from trainers.checkpoint import (
-        load_checkpoint_config,
-        load_checkpoint_model,
-        resolve_checkpoint,
-    )
-
-    _check(args)
-    folder = resolve_checkpoint(args.checkpoint)
-    name = load_checkpoint_config(folder).model.name
-    if name != MODEL_NAME:
-        raise ValueError(f"checkpoint {str(folder)!r} holds a {name!r} model, not {MODEL_NAME!r}")
-    model, _ = load_checkpoint_model(folder, use_ema=not args.no_ema)
-    model = model.to(args.device)
-    cfg = model.config
-    y = text = given = None
-    if args.label is not None:
-        y = torch.full((args.num,), args.label, dtype=torch.long, device=model.device)
-    if args.prompt is not None:
-        text = model.encode_prompts([args.prompt] * args.num)
-    model.check_condition(y, text)
-    size = cfg.image_size
-    if args.first_frame or args.video:
-        frames = load_frames(
-            args.first_frame or args.video, cfg.in_channels, size, first_only=bool(args.first_frame)
+def _check(options: dict[str, Any]) -> None:
+    if options["method"] not in ("auto", "jacobi", "sequential"):
+        raise ValueError(
+            f"--method {options['method']!r} is unknown; choose auto, jacobi or sequential"
         )
-        given = frames[None].expand(args.num, -1, -1, -1, -1)
+    if options["num"] < 1:
+        raise ValueError(f"--num must be >= 1, got {options['num']}")
+    if options["frames"] is not None and options["frames"] < 1:
+        raise ValueError(f"--frames must be >= 1, got {options['frames']}")
+    if options["first_frame"] and options["video"]:
+        raise ValueError("give either --first-frame or --video, not both")
+    out = options["out"]
+    if Path(out).suffix.lower() not in (".mp4", ".gif", ".png"):
+        raise ValueError(f"--out {out!r} must end in .mp4, .gif or .png")
+    if options["scale"] < 1 or options["fps"] < 1:
+        raise ValueError(
+            f"--scale and --fps must be >= 1, got {options['scale']} and {options['fps']}"
+        )
+    if str(options["device"]).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {options['device']!r} asked for, but CUDA is not available")
+
+
+DEFAULTS: dict[str, Any] = {
+    "prompt": None,
+    "class_label": None,
+    "frames": None,
+    "num": 1,
+    "method": "auto",
+    "guidance": 0.0,
+    "guidance_rule": "tarflow",
+    "first_frame": None,
+    "video": None,
+    "context_frames": None,
+    "denoise": "learned",
+    "jacobi_threshold": 1e-3,
+    "jacobi_max_iter": 32,
+    "jacobi_chunk": None,
+    "seed": 0,
+    "out": "video.mp4",
+    "fps": 8,
+    "scale": 4,
+    "device": "cpu",
+    "use_ema": True,
+    "progress": True,
+}
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` when it holds a config.yaml, else its newest ``checkpoint-<step>`` child."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if (path / "config.yaml").is_file():
+        return path
+    steps = [
+        (int(child.name.split("-", 1)[1]), child)
+        for child in path.iterdir()
+        if child.name.startswith("checkpoint-")
+        and child.name.split("-", 1)[1].isdigit()
+        and (child / "config.yaml").is_file()
+    ]
+    if not steps:
+        raise FileNotFoundError(
+            f"{str(path)!r} is neither a checkpoint (no config.yaml) nor a run directory with "
+            "checkpoint-<step> folders"
+        )
+    return max(steps)[1]
+
+
+def load_model(checkpoint: Path, use_ema: bool = True) -> Any:
+    """The VideoTransformerFlow of a checkpoint folder (EMA weights when present and asked)."""
+    from flows.video import VideoTransformerFlow
+
+    weights = checkpoint / "ema" if use_ema and (checkpoint / "ema").is_dir() else None
+    weights = weights or checkpoint / "model"
+    if not (weights / "config.json").is_file():
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no model weights folder")
+    try:
+        model = VideoTransformerFlow.from_pretrained(str(weights))
+    except Exception as error:  # diffusers raises many kinds on a damaged folder
+        raise ValueError(f"cannot load the weights in {str(weights)!r}: {error}") from error
+    return model.eval()
+
+
+def sample_video_flow(checkpoint: Path, config: dict[str, Any], options: dict[str, Any]) -> dict:
+    """sample.py entry point for ``video_tarflow`` checkpoints: write the video, return a summary.
+
+    ``config`` is the checkpoint's config.yaml as a dict; ``options`` may hold any key of
+    :data:`DEFAULTS` (missing keys take the defaults).
+    """
+    options = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    _check(options)
+    name = config.get("model", {}).get("name")
+    if name != MODEL_NAME:
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} holds a {name!r} model, not {MODEL_NAME!r}"
+        )
+    model = load_model(checkpoint, options["use_ema"]).to(options["device"])
+    cfg = model.config
+    num = options["num"]
+    y = text = given = None
+    if options["class_label"] is not None:
+        y = torch.full((num,), options["class_label"], dtype=torch.long, device=model.device)
+    if options["prompt"] is not None:
+        text = model.encode_prompts([options["prompt"]] * num)
+    model.check_condition(y, text)
+    source = options["first_frame"] or options["video"]
+    if source:
+        frames = load_frames(
+            source, cfg.in_channels, cfg.image_size, first_only=bool(options["first_frame"])
+        )
+        given = frames[None].expand(num, -1, -1, -1, -1).to(model.device)
     n_given = 0 if given is None else given.shape[1]
-    total = args.frames if args.frames is not None else max(cfg.frames, n_given + 1)
+    total = options["frames"] if options["frames"] is not None else max(cfg.frames, n_given + 1)
     if total <= n_given:
         raise ValueError(
             f"--frames {total} must exceed the {n_given} given frames (it counts them too)"
         )
-    generator = torch.Generator(model.device).manual_seed(args.seed)
+    generator = torch.Generator(model.device).manual_seed(options["seed"])
     start = time.perf_counter()
     video, info = model.sample(
-        args.num,
+        num,
         total - n_given,
         y=y,
         text=text,
         given=given,
         generator=generator,
-        denoise=args.denoise,
-        method=args.method,
-        guidance=args.guidance,
-        guidance_rule=args.guidance_rule,
-        jacobi_threshold=args.jacobi_threshold,
-        jacobi_max_iter=args.jacobi_max_iter,
-        jacobi_chunk=args.jacobi_chunk,
-        context_frames=args.context_frames,
-        progress=not args.no_progress,
+        denoise=options["denoise"],
+        method=options["method"],
+        guidance=options["guidance"],
+        guidance_rule=options["guidance_rule"],
+        jacobi_threshold=options["jacobi_threshold"],
+        jacobi_max_iter=options["jacobi_max_iter"],
+        jacobi_chunk=options["jacobi_chunk"],
+        context_frames=options["context_frames"],
+        progress=options["progress"],
     )
     wall = time.perf_counter() - start
-    summary = {
+    from flows.video_io import write_filmstrip, write_video
+
+    videos, out = (video + 1) / 2, Path(options["out"])
+    if out.suffix.lower() == ".png":
+        write_filmstrip(out, videos, scale=options["scale"])
+    else:  # several videos side by side in one clip
+        write_video(
+            out, torch.cat(list(videos), dim=-1), fps=options["fps"], scale=options["scale"]
+        )
+    return {
         "model": MODEL_NAME,
-        "checkpoint": str(folder),
+        "checkpoint": str(checkpoint),
         "method": info["method"],
         "frames": total,
         "given_frames": n_given,
@@ -169,28 +247,33 @@ def sample_video(args: argparse.Namespace) -> tuple[torch.Tensor, dict[str, Any]
         "local_iterations": info["local_iterations"],
         "denoise": info["denoise"],
         "reverse_seconds": round(info["reverse_seconds"], 4),
-        "wall_seconds": round(wall, 4),
+        "wall_time_s": round(wall, 4),
+        "num": num,
         "sample_shape": list(video.shape[1:]),
+        "out": str(out),
     }
-    return (video + 1) / 2, summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from flows.video_io import write_filmstrip, write_video
-
+    options = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
+    options["class_label"] = args.label
+    options["use_ema"] = not args.no_ema
+    options["progress"] = not args.no_progress
     try:
-        videos, summary = sample_video(args)
-        out = Path(args.out)
-        if out.suffix.lower() == ".png":
-            write_filmstrip(out, videos, scale=args.scale)
-        else:
-            tiled = torch.cat(list(videos), dim=-1)  # videos side by side
-            write_video(out, tiled, fps=args.fps, scale=args.scale)
+        import yaml
+
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        try:
+            config = yaml.safe_load((checkpoint / "config.yaml").read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ValueError(f"cannot read {str(checkpoint / 'config.yaml')!r}: {error}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{str(checkpoint / 'config.yaml')!r} is not a config mapping")
+        summary = sample_video_flow(checkpoint, config, options)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    summary["out"] = str(out)
     print(json.dumps(summary))
     return 0
 

@@ -75,7 +75,7 @@ def test_text_to_video_writes_mp4(checkpoint, tmp_path, capsys) -> None:
     )
     assert code == 0
     assert len(summary["iterations_per_frame"]) == 5 and summary["frames"] == 5
-    assert summary["checkpoint"] == str(checkpoint) and summary["wall_seconds"] > 0
+    assert summary["checkpoint"] == str(checkpoint) and summary["wall_time_s"] > 0
     assert read_video(out).shape[:1] == (5,)
 
 
@@ -138,3 +138,20 @@ def test_bad_input_gives_one_line_error(checkpoint, capsys, args, message) -> No
 def test_missing_checkpoint(tmp_path, capsys) -> None:
     code, _, err = _run(capsys, "--checkpoint", str(tmp_path / "none"))
     assert code == 2 and "does not exist" in err
+
+
+def test_sample_py_entry_point(checkpoint, tmp_path) -> None:
+    from PIL import Image
+
+    from flows.video_cli import sample_video_flow
+
+    config = yaml.safe_load((checkpoint / "config.yaml").read_text())
+    out = tmp_path / "strip.png"
+    options = {"num": 2, "frames": 4, "out": str(out), "progress": False, "seed": 3}
+    summary = sample_video_flow(checkpoint, config, options)
+    assert summary["model"] == "video_tarflow" and summary["sample_shape"] == [4, 1, 8, 8]
+    assert Image.open(out).size == (4 * 8 * 4, 2 * 8 * 4)  # 2 rows of 4 frames, scale 4
+    again = sample_video_flow(checkpoint, config, {**options, "out": str(tmp_path / "b.png")})
+    assert again["iterations_per_frame"] == summary["iterations_per_frame"]
+    with pytest.raises(ValueError, match="not 'video_tarflow'"):
+        sample_video_flow(checkpoint, {"model": {"name": "tarflow"}}, options)

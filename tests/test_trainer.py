@@ -220,8 +220,12 @@ def test_two_rank_data_parallel_equals_single_process(tmp_path):
         "debug_launcher(test_trainer._two_rank_worker, args=(sys.argv[2],), num_processes=2)"
     )
     tests_dir = str(Path(__file__).resolve().parent)
-    result = subprocess.run([sys.executable, "-c", launch, tests_dir, str(tmp_path / "ddp")],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", launch, tests_dir, str(tmp_path / "ddp")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoint-6" / "accelerator" / "random_states_1.pkl").exists()
     single = train(
@@ -297,8 +301,15 @@ def test_bf16_tensorboard_and_running_stats_ema(tmp_path):
 
 def test_nap_projection_keeps_initial_weight_norms(tmp_path, capsys, monkeypatch):
     pytest.importorskip("norms.nap")
-    result = train(smoke(tmp_path, "trainer.nap=true", "trainer.max_steps=5",
-                         "trainer.sample_every=0", "optimizer.lr=0.05"))
+    result = train(
+        smoke(
+            tmp_path,
+            "trainer.nap=true",
+            "trainer.max_steps=5",
+            "trainer.sample_every=0",
+            "optimizer.lr=0.05",
+        )
+    )
     torch.manual_seed(0)
     initial = SmokeMLP(**load_config(SMOKE).model.kwargs).state_dict()
     trained = weights(result.checkpoint / "model")
@@ -307,8 +318,11 @@ def test_nap_projection_keeps_initial_weight_norms(tmp_path, capsys, monkeypatch
     for key in matrices:
         torch.testing.assert_close(trained[key].norm(), initial[key].norm(), rtol=1e-5, atol=0)
         assert not torch.equal(trained[key], initial[key])
-    assert any(not torch.isclose(trained[k].norm(), initial[k].norm(), rtol=1e-3)
-               for k in trained if k.endswith("bias"))  # biases are not projected
+    assert any(
+        not torch.isclose(trained[k].norm(), initial[k].norm(), rtol=1e-3)
+        for k in trained
+        if k.endswith("bias")
+    )  # biases are not projected
     # without the projector module the run refuses to start
     monkeypatch.setitem(sys.modules, "norms.nap", None)
     out = tmp_path / "no_nap"

@@ -1,4 +1,4 @@
-"""The learned denoiser's own optimizer stays in sync across data-parallel ranks (gloo, CPU)."""
+"""Two gloo ranks on CPU: the denoiser's own optimizer stays in sync; rank-0 sampling works."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def _rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
         model.loss({"x": torch.rand(2, 2, 1, 4, 4) * 2 - 1})
         model.after_optimizer_step()
     torch.save(model.denoiser.state_dict(), f"{out_dir}/rank{rank}.pt")
+    if rank == 0:  # the trainer samples on the main rank only: no collective may run here
+        videos = model.sample_for_logging(1, torch.Generator().manual_seed(0))
+        torch.save(videos, f"{out_dir}/samples.pt")
     dist.destroy_process_group()
 
 
@@ -44,3 +47,4 @@ def test_denoiser_updates_are_averaged_over_ranks(tmp_path) -> None:
     for name in first:
         torch.testing.assert_close(first[name], second[name], rtol=0, atol=0)
     assert first["out.weight"].abs().max() > 0  # the zero-initialised output moved
+    assert torch.load(tmp_path / "samples.pt").shape == (1, 2, 1, 4, 4)

@@ -29,7 +29,20 @@ chunks of ``jacobi_chunk`` tokens) iterates x <- mu(x) + sigma(x) z from the pre
 solution until mean((x' - x)^2) / mean(x'^2) < ``jacobi_threshold`` or ``jacobi_max_iter``
 passes (a chunk of c tokens is exact after c passes, so the loop stops there too). Beyond the
 training length the window slides: when the window is full the cache is rebuilt from the last
-``context_frames`` frames. The local blocks are then inverted for all frames at once.
+``context_frames`` frames. A ``jacobi_chunk`` that is a multiple of the frame size solves that
+many frames together (fewer, larger passes). The local blocks are then inverted for all frames
+at once. ``"auto"`` picks sequential or Jacobi per stage from measured pass times, then from
+the observed wall times once both have run for the same batch, length and options.
+
+Example:
+    >>> import torch
+    >>> model = VideoTransformerFlow(frames=2, image_size=4, patch_size=2, width=16,
+    ...     num_heads=2, local_blocks=1, local_depth=1, global_depth=1, denoiser_width=16)
+    >>> x = torch.randn(1, 2, 1, 4, 4)
+    >>> z, logdet = model(x)
+    >>> back, info = model.reverse(z, method="jacobi", jacobi_threshold=0.0)
+    >>> bool(torch.allclose(back, x, atol=1e-5)), info["iterations_per_frame"]
+    (True, [4, 4])
 
 Denoising (``denoise=``): ``"none"``; ``"tweedie"``, x + sigma^2 grad log p(x) with the flow's
 own score; ``"learned"``, x - sigma D(x) with the flow-score-matching denoiser of

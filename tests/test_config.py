@@ -17,39 +17,17 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
 def test_overrides_are_typed_yaml_values():
-    parsed = dict(
-        (".".join(k), v)
-        for k, v in parse_overrides(
-            [
-                "optimizer.lr=3e-4",
-                "trainer.max_steps=100",
-                "trainer.output_dir=runs/x",
-                "trainer.resume=latest",
-                "trainer.ema_decay=null",
-                "trainer.nap=true",
-            ]
-        )
-    )
-    assert parsed == {
-        "optimizer.lr": 3e-4,
-        "trainer.max_steps": 100,
-        "trainer.output_dir": "runs/x",
-        "trainer.resume": "latest",
-        "trainer.ema_decay": None,
-        "trainer.nap": True,
-    }
+    parsed = dict((".".join(k), v) for k, v in parse_overrides(
+        ["optimizer.lr=3e-4", "trainer.max_steps=100", "trainer.output_dir=runs/x",
+         "trainer.resume=latest", "trainer.ema_decay=null", "trainer.nap=true"]))
+    assert parsed == {"optimizer.lr": 3e-4, "trainer.max_steps": 100,
+                      "trainer.output_dir": "runs/x", "trainer.resume": "latest",
+                      "trainer.ema_decay": None, "trainer.nap": True}
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):
-    cfg = load_config(
-        SMOKE,
-        [
-            "optimizer.name=normuon",
-            "trainer.checkpoint_every=50",
-            "model.hidden=7",
-            "data.num_samples=64",
-        ],
-    )
+    cfg = load_config(SMOKE, ["optimizer.name=normuon", "trainer.checkpoint_every=50",
+                              "model.hidden=7", "data.num_samples=64"])
     assert cfg.optimizer.name == "normuon" and cfg.trainer.checkpoint_every == 50
     assert cfg.model.kwargs["hidden"] == 7 and cfg.data.kwargs == {"num_samples": 64}
     path = tmp_path / "config.yaml"
@@ -62,10 +40,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        (
-            "trainer.max_step=5",
-            "config key 'trainer.max_step' (value 5) is unknown; did you mean 'trainer.max_steps'?",
-        ),
+        ("trainer.max_step=5", "config key 'trainer.max_step' (value 5) is unknown; "
+                               "did you mean 'trainer.max_steps'?"),
         ("optimzer.lr=1", "did you mean 'optimizer'"),
         ("optimizer.lr=fast", "'optimizer.lr': value 'fast' is not of type float"),
         ("trainer.nap=1", "'trainer.nap': value 1 is not of type bool"),
@@ -97,17 +73,9 @@ def test_missing_file_and_missing_sections(tmp_path):
 
 def test_builtin_names_are_lazy_and_registration_works(monkeypatch):
     assert {"tarflow", "video_tarflow", "normal_adapted", "normal_aligned", "smoke_mlp"} <= set(
-        registry.available_models()
-    )
-    assert {
-        "digits",
-        "lfw_faces",
-        "image_folder",
-        "moving_digits",
-        "bouncing_shapes",
-        "normal_maps",
-        "smoke",
-    } <= set(registry.available_datasets())
+        registry.available_models())
+    assert {"digits", "lfw_faces", "image_folder", "moving_digits", "bouncing_shapes",
+            "normal_maps", "smoke"} <= set(registry.available_datasets())
     # resolving a built-in imports its module only then
     monkeypatch.delitem(sys.modules, "trainers.smoke", raising=False)
     monkeypatch.setattr(registry, "_MODELS", {})
@@ -120,20 +88,12 @@ def test_builtin_names_are_lazy_and_registration_works(monkeypatch):
             self.width = width
 
     assert get_model("tiny_test_model") is Tiny
-    cfg = config_from_dict(
-        {
-            "model": {"name": "tiny_test_model", "width": 5},
-            "data": {"name": "smoke", "batch_size": 2},
-        }
-    )
+    cfg = config_from_dict({"model": {"name": "tiny_test_model", "width": 5},
+                            "data": {"name": "smoke", "batch_size": 2}})
     assert cfg.model.kwargs == {"width": 5}
     with pytest.raises(ValueError, match="did you mean 'model.width'"):
-        config_from_dict(
-            {
-                "model": {"name": "tiny_test_model", "widht": 5},
-                "data": {"name": "smoke", "batch_size": 2},
-            }
-        )
+        config_from_dict({"model": {"name": "tiny_test_model", "widht": 5},
+                          "data": {"name": "smoke", "batch_size": 2}})
     with pytest.raises(ValueError, match="registered twice"):
         register_model("tiny_test_model")(type("Other", (), {}))
 
@@ -142,12 +102,8 @@ def test_builtin_names_are_lazy_and_registration_works(monkeypatch):
         return list(range(n))
 
     with pytest.raises(ValueError, match="misses required key"):
-        config_from_dict(
-            {
-                "model": {"name": "tiny_test_model"},
-                "data": {"name": "tiny_test_data", "batch_size": 2},
-            }
-        )
+        config_from_dict({"model": {"name": "tiny_test_model"},
+                          "data": {"name": "tiny_test_data", "batch_size": 2}})
 
 
 def test_builtin_whose_package_is_not_written_yet_fails_clearly(monkeypatch):
@@ -166,10 +122,8 @@ def test_launch_configs_parse_and_name_real_classes():
 
     import norms.transformer
 
-    loaded = {
-        Path(path).name: load_config_from_file(path)
-        for path in sorted(glob.glob(str(ROOT / "configs" / "accelerate" / "*.yaml")))
-    }
+    loaded = {Path(path).name: load_config_from_file(path)
+              for path in sorted(glob.glob(str(ROOT / "configs" / "accelerate" / "*.yaml")))}
     kinds = {str(c.distributed_type).split(".")[-1] for c in loaded.values()}
     assert kinds == {"MULTI_GPU", "FSDP"}
     assert any(c.num_machines == 2 for c in loaded.values())

@@ -30,15 +30,13 @@ SHAPES = [(6, 4), (4, 6), (3, 2, 2, 2)]  # tall, wide, conv weight (viewed as 3 
 def make_params(dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [nn.Parameter(torch.randn(*s, generator=g, dtype=dtype)) for s in SHAPES] + [
-        nn.Parameter(torch.randn(5, generator=g, dtype=dtype))
-    ]
+        nn.Parameter(torch.randn(5, generator=g, dtype=dtype))]
 
 
 def grad_sequence(params, steps, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return [
-        [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params] for _ in range(steps)
-    ]
+    return [[torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+            for _ in range(steps)]
 
 
 def run(optimizer, params, grads):
@@ -119,27 +117,13 @@ def test_muon_family_matches_written_formula(kind):
     start = [p.detach().clone() for p in params]
     grads = grad_sequence(params, 4)
     cls = Muon if kind == "muon" else NorMuon
-    opt = cls(
-        [
-            {"params": params[:3], "matrix": True},
-            {"params": params[3:], "matrix": False, "lr": 0.01},
-        ],
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=0.1,
-        adamw_betas=(0.8, 0.9),
-        adamw_eps=1e-8,
-    )
+    opt = cls([{"params": params[:3], "matrix": True},
+               {"params": params[3:], "matrix": False, "lr": 0.01}],
+              lr=0.05, momentum=0.9, weight_decay=0.1, adamw_betas=(0.8, 0.9), adamw_eps=1e-8)
     run(opt, params, grads)
     for i in range(3):
-        expected = muon_reference(
-            start[i],
-            [g[i] for g in grads],
-            0.05,
-            0.9,
-            0.1,
-            normuon_beta2=0.95 if kind == "normuon" else None,
-        )
+        expected = muon_reference(start[i], [g[i] for g in grads], 0.05, 0.9, 0.1,
+                                  normuon_beta2=0.95 if kind == "normuon" else None)
         torch.testing.assert_close(params[i].detach(), expected, rtol=1e-9, atol=1e-11)
     expected = adamw_reference(start[3], [g[3] for g in grads], 0.01, (0.8, 0.9), 1e-8, 0.1)
     torch.testing.assert_close(params[3].detach(), expected, rtol=1e-12, atol=1e-13)
@@ -151,14 +135,12 @@ def test_conda_matches_written_formula(period):
     params = make_params()[:3]
     start = [p.detach().clone() for p in params]
     grads = grad_sequence(params, 5)
-    opt = Conda(
-        params, lr=0.01, betas=(0.9, 0.99), eps=1e-8, update_period=period, weight_decay=0.05
-    )
+    opt = Conda(params, lr=0.01, betas=(0.9, 0.99), eps=1e-8, update_period=period,
+                weight_decay=0.05)
     run(opt, params, grads)
     for i in range(3):
-        expected = conda_reference(
-            start[i], [g[i] for g in grads], 0.01, (0.9, 0.99), 1e-8, period, 0.05
-        )
+        expected = conda_reference(start[i], [g[i] for g in grads], 0.01, (0.9, 0.99), 1e-8,
+                                   period, 0.05)
         torch.testing.assert_close(params[i].detach(), expected, rtol=1e-9, atol=1e-11)
 
 
@@ -184,9 +166,8 @@ def scale_invariant_grads(params, steps, seed=2):
         for p, t in zip(params, targets):
             q = p.detach().clone().requires_grad_(True)
             rows = q.reshape(q.shape[0], -1)
-            (
-                torch.sin(rows / rows.norm(dim=1, keepdim=True)) * t.reshape(rows.shape)
-            ).sum().backward()
+            (torch.sin(rows / rows.norm(dim=1, keepdim=True)) * t.reshape(rows.shape)).sum() \
+                .backward()
             out.append(q.grad)
         return out
 
@@ -210,9 +191,8 @@ def test_adamp_sgdp_match_adamp_package(name, nesterov):
     plain = grad_sequence(ours, 3)
     for step in range(6):
         for opt, params in ((a, ours), (b, theirs)):
-            grads = (
-                plain[step] if step < 3 else scale_invariant_grads(params[:3], 1)() + [plain[0][3]]
-            )
+            grads = plain[step] if step < 3 else scale_invariant_grads(params[:3], 1)() + [
+                plain[0][3]]
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             opt.step()
@@ -224,11 +204,8 @@ def _float64_newton_schulz(monkeypatch, module):
     # pytorch_optimizer iterates Newton-Schulz in bfloat16 by default; compare in float64.
     from pytorch_optimizer.optimizer.utils.matrix import zero_power_via_newton_schulz_5
 
-    monkeypatch.setattr(
-        module,
-        "zero_power_via_newton_schulz_5",
-        functools.partial(zero_power_via_newton_schulz_5, dtype=torch.float64),
-    )
+    monkeypatch.setattr(module, "zero_power_via_newton_schulz_5",
+                        functools.partial(zero_power_via_newton_schulz_5, dtype=torch.float64))
 
 
 @pytest.mark.float64
@@ -242,32 +219,18 @@ def test_muon_normuon_match_pytorch_optimizer(name, monkeypatch):
     _float64_newton_schulz(monkeypatch, normuon_module)
     ours, theirs = make_params(), make_params()
     common = dict(lr=0.02, momentum=0.95, weight_decay=0.01)
-    groups = [
-        dict(params=theirs[:3], use_muon=True),
-        dict(
-            params=theirs[3:],
-            use_muon=False,
-            lr=3e-3,
-            betas=(0.9, 0.95),
-            eps=1e-8,
-            weight_decay=0.0,
-        ),
-    ]
+    groups = [dict(params=theirs[:3], use_muon=True),
+              dict(params=theirs[3:], use_muon=False, lr=3e-3, betas=(0.9, 0.95), eps=1e-8,
+                   weight_decay=0.0)]
     if name == "muon":
         b = po.Muon(groups, foreach=False, **common)
         a_cls = Muon
     else:
         b = po.NorMuon(groups, foreach=False, beta2=0.95, eps=1e-10, **common)
         a_cls = NorMuon
-    a = a_cls(
-        [
-            {"params": ours[:3], "matrix": True},
-            {"params": ours[3:], "matrix": False, "lr": 3e-3, "weight_decay": 0.0},
-        ],
-        adamw_betas=(0.9, 0.95),
-        adamw_eps=1e-8,
-        **common,
-    )
+    a = a_cls([{"params": ours[:3], "matrix": True},
+               {"params": ours[3:], "matrix": False, "lr": 3e-3, "weight_decay": 0.0}],
+              adamw_betas=(0.9, 0.95), adamw_eps=1e-8, **common)
     grads = grad_sequence(ours, 5)
     run(a, ours, grads)
     run(b, theirs, grads)
@@ -285,9 +248,8 @@ def test_conda_matches_pytorch_optimizer(period):
     po = pytest.importorskip("pytorch_optimizer")
     ours, theirs = make_params()[:2], make_params()[:2]
     a = Conda(ours, lr=0.01, betas=(0.9, 0.99), eps=1e-8, update_period=period)
-    b = po.Conda(
-        theirs, lr=0.01, betas=(0.9, 0.99), eps=1e-8, update_proj_gap=period, foreach=False
-    )
+    b = po.Conda(theirs, lr=0.01, betas=(0.9, 0.99), eps=1e-8, update_proj_gap=period,
+                 foreach=False)
     grads = grad_sequence(ours, 6)
     run(a, ours, grads)
     run(b, theirs, grads)
@@ -359,9 +321,8 @@ def test_float32_tracks_float64_and_state_round_trips(name):
     results = {}
     for dtype in (torch.float32, torch.float64):
         torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Conv2d(2, 4, 3), nn.Flatten(), nn.LayerNorm(16), nn.Linear(16, 5)
-        ).to(dtype)
+        model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.LayerNorm(16),
+                              nn.Linear(16, 5)).to(dtype)
         data = torch.randn(8, 2, 4, 4, dtype=torch.float64).to(dtype)
         target = torch.randn(8, 5, dtype=torch.float64).to(dtype)
         opt = build_optimizer(model, config)
@@ -379,14 +340,12 @@ def test_float32_tracks_float64_and_state_round_trips(name):
         results[dtype] = continued
         assert all(p.dtype == dtype for p in model.parameters())
         for state in opt.state.values():
-            assert all(
-                v.dtype == dtype for k, v in state.items() if torch.is_tensor(v) and k != "step"
-            )
+            assert all(v.dtype == dtype for k, v in state.items() if torch.is_tensor(v)
+                       and k != "step")
         # a fresh optimizer loaded from the state dict continues identically
         torch.manual_seed(0)
-        clone = nn.Sequential(
-            nn.Conv2d(2, 4, 3), nn.Flatten(), nn.LayerNorm(16), nn.Linear(16, 5)
-        ).to(dtype)
+        clone = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.LayerNorm(16),
+                              nn.Linear(16, 5)).to(dtype)
         opt2 = build_optimizer(clone, config)
         for _ in range(3):
             opt2.zero_grad()
@@ -417,24 +376,13 @@ def test_parameter_split_rule():
 
     matrix, other = split_parameters(Net())
     assert sorted(n for n, _ in matrix) == ["block.weight", "conv.weight"]
-    assert sorted(n for n, _ in other) == sorted(
-        [
-            "embed.weight",
-            "pos_embedding",
-            "block.bias",
-            "conv.bias",
-            "norm.weight",
-            "norm.bias",
-            "head.weight",
-            "head.bias",
-        ]
-    )
-    opt = build_optimizer(
-        Net(), OptimizerConfig(name="muon", lr=0.02, adamw_lr=1e-3, weight_decay=0.1)
-    )
-    by_kind = {
-        (g["matrix"], g["weight_decay"], g["lr"]): len(g["params"]) for g in opt.param_groups
-    }
+    assert sorted(n for n, _ in other) == sorted([
+        "embed.weight", "pos_embedding", "block.bias", "conv.bias", "norm.weight", "norm.bias",
+        "head.weight", "head.bias"])
+    opt = build_optimizer(Net(), OptimizerConfig(name="muon", lr=0.02, adamw_lr=1e-3,
+                                                 weight_decay=0.1))
+    by_kind = {(g["matrix"], g["weight_decay"], g["lr"]): len(g["params"])
+               for g in opt.param_groups}
     assert by_kind == {(True, 0.1, 0.02): 2, (False, 0.1, 1e-3): 3, (False, 0.0, 1e-3): 5}
 
 

@@ -64,18 +64,11 @@ def test_smoke_run_writes_every_output(tmp_path, monkeypatch):
     assert sum(losses(run)[-5:]) < sum(losses(run)[:5])
     assert (run / "loss.png").stat().st_size > 0
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
-        "step-0000010.png",
-        "step-0000020.png",
-    ]
+        "step-0000010.png", "step-0000020.png"]
     assert [s for s, _ in ckpt.find_checkpoints(run)] == [20]  # keep_last=1
     folder = run / "checkpoint-20"
-    assert {p.name for p in folder.iterdir()} >= {
-        "config.yaml",
-        "model",
-        "ema",
-        "accelerator",
-        "trainer_state.json",
-    }
+    assert {p.name for p in folder.iterdir()} >= {"config.yaml", "model", "ema", "accelerator",
+                                                  "trainer_state.json"}
     model, cfg = load_checkpoint_model(run)  # a run dir resolves to its newest checkpoint
     assert isinstance(model, SmokeMLP) and not model.training
     assert cfg.model.name == cfg["model"]["name"] == "smoke_mlp"
@@ -115,21 +108,9 @@ def test_resume_after_hard_kill_mid_checkpoint_matches_uninterrupted(tmp_path):
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            KILLER,
-            "--config",
-            str(SMOKE),
-            f"trainer.output_dir={run}",
-            "trainer.progress=false",
-            *common,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", KILLER, "--config", str(SMOKE), f"trainer.output_dir={run}",
+         "trainer.progress=false", *common],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == -9, done.stderr[-2000:]
     assert (run / f"{ckpt.TMP_PREFIX}15" / "config.yaml").exists()
@@ -151,32 +132,16 @@ def test_resume_after_hard_kill_mid_checkpoint_matches_uninterrupted(tmp_path):
 
 
 def test_gradient_accumulation_equals_large_batch(tmp_path):
-    common = [
-        "trainer.max_steps=4",
-        "trainer.sample_every=0",
-        "trainer.checkpoint_every=0",
-        "model.noise_std=0.0",
-        "trainer.ema_decay=null",
-    ]
+    common = ["trainer.max_steps=4", "trainer.sample_every=0", "trainer.checkpoint_every=0",
+              "model.noise_std=0.0", "trainer.ema_decay=null"]
     big = train(smoke(tmp_path, *common, "data.batch_size=16", name="big"))
-    small = train(
-        smoke(
-            tmp_path,
-            *common,
-            "data.batch_size=4",
-            "trainer.gradient_accumulation_steps=4",
-            name="accum",
-        )
-    )
+    small = train(smoke(tmp_path, *common, "data.batch_size=4",
+                        "trainer.gradient_accumulation_steps=4", name="accum"))
     a, b = weights(big.checkpoint / "model"), weights(small.checkpoint / "model")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(
-        torch.tensor(losses(tmp_path / "big")),
-        torch.tensor(losses(tmp_path / "accum")),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "big")),
+                               torch.tensor(losses(tmp_path / "accum")), rtol=1e-5, atol=1e-6)
 
 
 # NorMuon: a data-parallel run also exercises the orthogonalised updates on all-reduced grads.
@@ -188,19 +153,10 @@ def _two_rank_worker(output_dir: str) -> None:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # forked from a used parent
-    config = load_config(
-        SMOKE,
-        [
-            f"trainer.output_dir={output_dir}",
-            "trainer.progress=false",
-            "data.batch_size=8",
-            "model.noise_std=0.0",
-            "trainer.max_steps=6",
-            "trainer.sample_every=0",
-            "trainer.checkpoint_every=3",
-            *DP_OPTIMIZER,
-        ],
-    )
+    config = load_config(SMOKE, [f"trainer.output_dir={output_dir}", "trainer.progress=false",
+                                 "data.batch_size=8", "model.noise_std=0.0",
+                                 "trainer.max_steps=6", "trainer.sample_every=0",
+                                 "trainer.checkpoint_every=3", *DP_OPTIMIZER])
     train(config)
     state = PartialState()
     assert state.num_processes == 2
@@ -220,25 +176,13 @@ def test_two_rank_data_parallel_equals_single_process(tmp_path):
         "debug_launcher(test_trainer._two_rank_worker, args=(sys.argv[2],), num_processes=2)"
     )
     tests_dir = str(Path(__file__).resolve().parent)
-    result = subprocess.run(
-        [sys.executable, "-c", launch, tests_dir, str(tmp_path / "ddp")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = subprocess.run([sys.executable, "-c", launch, tests_dir, str(tmp_path / "ddp")],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoint-6" / "accelerator" / "random_states_1.pkl").exists()
-    single = train(
-        smoke(
-            tmp_path,
-            "data.batch_size=16",
-            "model.noise_std=0.0",
-            "trainer.max_steps=6",
-            "trainer.sample_every=0",
-            *DP_OPTIMIZER,
-            name="single",
-        )
-    )
+    single = train(smoke(tmp_path, "data.batch_size=16", "model.noise_std=0.0",
+                         "trainer.max_steps=6", "trainer.sample_every=0", *DP_OPTIMIZER,
+                         name="single"))
     a = weights(tmp_path / "ddp" / "checkpoint-6" / "model")
     b = weights(single.checkpoint / "model")
     for key in a:
@@ -262,18 +206,8 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     run = tmp_path / "run"
     assert str(run / "checkpoint-10") in str(info.value)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["skipped"] for r in records] == [
-        False,
-        False,
-        True,
-        False,
-        False,
-        False,
-        False,
-        True,
-        True,
-        True,
-    ]
+    assert [r["skipped"] for r in records] == [False, False, True, False, False, False, False,
+                                               True, True, True]
     state = json.loads((run / "checkpoint-10" / "trainer_state.json").read_text())
     assert state["nonfinite_total"] == 4 and state["nonfinite_consecutive"] == 3
     model, _ = load_checkpoint_model(run, use_ema=False)
@@ -281,16 +215,9 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
 
 
 def test_bf16_tensorboard_and_running_stats_ema(tmp_path):
-    result = train(
-        smoke(
-            tmp_path,
-            "trainer.mixed_precision=bf16",
-            "model.batchnorm=true",
-            "trainer.max_steps=6",
-            "trainer.sample_every=0",
-            "trainer.tensorboard=true",
-        )
-    )
+    result = train(smoke(tmp_path, "trainer.mixed_precision=bf16", "model.batchnorm=true",
+                         "trainer.max_steps=6", "trainer.sample_every=0",
+                         "trainer.tensorboard=true"))
     assert all(math.isfinite(x) for x in losses(tmp_path / "run"))
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     ema, raw = weights(result.checkpoint / "ema"), weights(result.checkpoint / "model")
@@ -301,15 +228,8 @@ def test_bf16_tensorboard_and_running_stats_ema(tmp_path):
 
 def test_nap_projection_keeps_initial_weight_norms(tmp_path, capsys, monkeypatch):
     pytest.importorskip("norms.nap")
-    result = train(
-        smoke(
-            tmp_path,
-            "trainer.nap=true",
-            "trainer.max_steps=5",
-            "trainer.sample_every=0",
-            "optimizer.lr=0.05",
-        )
-    )
+    result = train(smoke(tmp_path, "trainer.nap=true", "trainer.max_steps=5",
+                         "trainer.sample_every=0", "optimizer.lr=0.05"))
     torch.manual_seed(0)
     initial = SmokeMLP(**load_config(SMOKE).model.kwargs).state_dict()
     trained = weights(result.checkpoint / "model")
@@ -318,11 +238,8 @@ def test_nap_projection_keeps_initial_weight_norms(tmp_path, capsys, monkeypatch
     for key in matrices:
         torch.testing.assert_close(trained[key].norm(), initial[key].norm(), rtol=1e-5, atol=0)
         assert not torch.equal(trained[key], initial[key])
-    assert any(
-        not torch.isclose(trained[k].norm(), initial[k].norm(), rtol=1e-3)
-        for k in trained
-        if k.endswith("bias")
-    )  # biases are not projected
+    assert any(not torch.isclose(trained[k].norm(), initial[k].norm(), rtol=1e-3)
+               for k in trained if k.endswith("bias"))  # biases are not projected
     # without the projector module the run refuses to start
     monkeypatch.setitem(sys.modules, "norms.nap", None)
     out = tmp_path / "no_nap"
@@ -350,9 +267,8 @@ def test_ema_update_formula_and_buffers():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    tc = load_config(
-        SMOKE, ["trainer.max_steps=110", "trainer.warmup_steps=10", "trainer.min_lr_ratio=0.1"]
-    ).trainer
+    tc = load_config(SMOKE, ["trainer.max_steps=110", "trainer.warmup_steps=10",
+                             "trainer.min_lr_ratio=0.1"]).trainer
     assert lr_factor(0, tc) == pytest.approx(0.1) and lr_factor(9, tc) == pytest.approx(1.0)
     assert lr_factor(10, tc) == pytest.approx(1.0)
     assert lr_factor(60, tc) == pytest.approx(0.1 + 0.9 * 0.5)
@@ -388,19 +304,9 @@ def test_config_errors_are_one_line_exit_2_and_write_nothing(
 def test_missing_config_file_through_the_real_cli(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainers.train",
-            "--config",
-            str(tmp_path / "nope.yaml"),
-            f"trainer.output_dir={tmp_path / 'out'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-m", "trainers.train", "--config", str(tmp_path / "nope.yaml"),
+         f"trainer.output_dir={tmp_path / 'out'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "nope.yaml" in done.stderr

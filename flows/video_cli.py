@@ -95,6 +95,10 @@ def _check(options: dict[str, Any]) -> None:
         raise ValueError(
             f"--method {options['method']!r} is unknown; choose auto, jacobi or sequential"
         )
+    if options["denoise"] not in ("none", "tweedie", "learned"):
+        raise ValueError(
+            f"--denoise {options['denoise']!r} is unknown; choose none, tweedie or learned"
+        )
     if options["num"] < 1:
         raise ValueError(f"--num must be >= 1, got {options['num']}")
     if options["frames"] is not None and options["frames"] < 1:

@@ -127,6 +127,8 @@ def test_image_and_video_conditioning(checkpoint, tmp_path, capsys) -> None:
         (["--method", "fast"], "--method"),
         (["--first-frame", "missing.png"], "does not exist"),
         (["--out", "v.avi"], "--out"),
+        (["--denoise", "strong"], "--denoise"),
+        (["--guidance", "2"], "guidance needs"),
     ],
 )
 def test_bad_input_gives_one_line_error(checkpoint, capsys, args, message) -> None:

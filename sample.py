@@ -89,7 +89,13 @@ def sampler_for(model_name: str) -> Any:
         known = ", ".join(sorted(SAMPLERS))
         raise ValueError(f"model kind {model_name!r} has no sampler; sample.py knows: {known}")
     module, function = SAMPLERS[model_name].split(":")
-    return getattr(importlib.import_module(module), function)
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"the sampler {SAMPLERS[model_name]!r} of model kind {model_name!r} is unavailable: "
+            f"{error}"
+        ) from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jacobi-threshold",
         type=float,
-        default=1e-6,
-        help="Jacobi stop: relative change below this (default 1e-6)",
+        default=None,
+        help="Jacobi stop: relative change per pass below this (default: the model's, 5e-8)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.num < 1:
             raise ValueError(f"--num must be a positive number of samples, got {args.num}")
-        if args.jacobi_threshold < 0:
+        if args.jacobi_threshold is not None and args.jacobi_threshold < 0:
             raise ValueError(f"--jacobi-threshold must be >= 0, got {args.jacobi_threshold}")
         checkpoint = resolve_checkpoint(args.checkpoint or _default_checkpoint())
         config = read_config(checkpoint)

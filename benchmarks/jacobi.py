@@ -31,8 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.autoregressive import AutoregressiveBlock  # noqa: E402
-from flows.image import TransformerFlow, patchify, unpatchify  # noqa: E402
-from flows.sampling import DEFAULT_JACOBI_THRESHOLD  # noqa: E402
+from flows.image import (  # noqa: E402
+    DEFAULT_JACOBI_THRESHOLD,
+    TransformerFlow,
+    patchify,
+    unpatchify,  # noqa: E402
+)
 
 
 def load(checkpoint: Path) -> TransformerFlow:

@@ -171,9 +171,9 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _stop_everywhere(converged: bool, device: torch.device) -> bool:
+def _stop_everywhere(converged: bool, device: torch.device, distributed: bool) -> bool:
     """All ranks stop together: all-reduce the flag only when a process group exists."""
-    if not _distributed():
+    if not distributed:
         return converged
     flag = torch.tensor([1.0 if converged else 0.0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -466,27 +466,36 @@ class AutoregressiveBlock(nn.Module):
         if chunk < 1:
             raise ValueError(f"jacobi chunk_size must be >= 1, got {chunk_size}")
         passes = token_passes = 0
-        shrink = not _distributed()  # ranks would accept different counts of tokens
+        distributed = _distributed()
+        shrink = not distributed  # ranks would accept different counts of tokens
         s = first
         while s < self.num_tokens:
             e = min(s + chunk, self.num_tokens)
             a, base = s, cache.length  # a: first token not yet accepted
             for k in range(max_iter):
-                guess = self._embed(xp[:, a : e - 1], ctx_len + a)
-                if guided:
-                    guess = torch.cat([guess, guess])
-                h = self.transformer(torch.cat([last, guess], dim=1), cache=cache)
+                if a == 0:  # the input before token 0 is the last context token
+                    inputs = self._embed(xp[:, : e - 1], ctx_len)
+                    if guided:
+                        inputs = torch.cat([inputs, inputs])
+                    inputs = torch.cat([last, inputs], dim=1)
+                else:  # token a - 1 is solved: embed it with the guesses in one call
+                    inputs = self._embed(xp[:, a - 1 : e - 1], ctx_len + a - 1)
+                    if guided:
+                        inputs = torch.cat([inputs, inputs])
+                h = self.transformer(inputs, cache=cache)
                 log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
                 new = mu + torch.exp(log_sigma) * zp[:, a:e]
-                # relative change per token; their mean is the reference's stopping statistic
-                scale = new.pow(2).mean().clamp_min(torch.finfo(new.dtype).tiny)
-                per_token = (new - xp[:, a:e]).pow(2).mean(dim=(0, 2)) / scale
+                # The reference's statistic mean((x_new - x_old)^2) / mean(x_new^2), taken per
+                # sample (a batch mean would hide a slow sample) and per token (for acceptance).
+                scale = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
+                per_sample_token = (new - xp[:, a:e]).pow(2).mean(dim=2) / scale[:, None]
                 xp[:, a:e] = new
                 passes += 1
                 token_passes += e - a
-                small = (per_token < threshold).cumprod(0)
-                change, n_small = torch.stack([per_token.mean(), small.sum()]).tolist()
-                converged = _stop_everywhere(change < threshold, z.device)
+                small = (per_sample_token.amax(dim=0) < threshold).cumprod(0)
+                worst = per_sample_token.mean(dim=1).amax()
+                change, n_small = torch.stack([worst, small.sum()]).tolist()
+                converged = _stop_everywhere(change < threshold, z.device, distributed)
                 if converged or k == max_iter - 1:
                     break  # the cache keeps this pass: it is the solved prefix
                 # Accept token a (exact: its inputs are all accepted) and the tokens after it
@@ -494,16 +503,10 @@ class AutoregressiveBlock(nn.Module):
                 accept = min(1 + int(n_small), e - a) if shrink else 0
                 if a + accept == e:
                     break
-                # keep `last` and the accepted inputs computed from their (unchanged) values
+                # keep the input before token a and the accepted tokens' inputs, which were
+                # computed from their (unchanged) values
                 cache.truncate(base + accept)
-                if accept:
-                    last = self._embed(xp[:, a + accept - 1 : a + accept], ctx_len + a + accept - 1)
-                    if guided:
-                        last = torch.cat([last, last])
                 a, base = a + accept, base + accept
-            last = self._embed(xp[:, e - 1 : e], ctx_len + e - 1)
-            if guided:
-                last = torch.cat([last, last])
             s = e
         if stats is not None:
             stats.update(passes=passes, token_passes=token_passes)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from norms.basic import _largest_divisor_at_most
+from norms.functional import batch_norm_train
 from norms.registry import check_layout, register_norm
 
 __all__ = [
@@ -59,17 +60,17 @@ class BatchChannelNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layout(x, self.num_features, "maps", "batchchannelnorm")
         if self.training:
-            self.num_batches_tracked += 1
-        y = F.batch_norm(
-            x,
-            self.running_mean,
-            self.running_var,
-            self.bn_weight,
-            self.bn_bias,
-            self.training,
-            self.momentum,
-            self.eps,
-        )
+            y, mean, var = batch_norm_train(x.contiguous(), self.bn_weight, self.bn_bias, self.eps)
+            n = x.numel() // self.num_features
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * (n / max(n - 1, 1)), self.momentum)
+        else:
+            y = F.batch_norm(
+                x, self.running_mean, self.running_var, self.bn_weight, self.bn_bias, False,
+                self.momentum, self.eps,
+            )  # fmt: skip
         # A per-group affine is a per-channel affine with each group's value repeated.
         per_channel = self.num_features // self.num_groups
         return F.group_norm(

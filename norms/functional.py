@@ -1,4 +1,4 @@
-"""Fast CPU/GPU kernels for the uncentred token norms: RMSNorm and CRMSNorm.
+"""Fast CPU/GPU kernels for RMSNorm, CRMSNorm and training-mode BatchNorm.
 
 References:
     Zhang, Sennrich. Root Mean Square Layer Normalization. NeurIPS 2019, arXiv:1910.07467.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["crms_norm", "rms_norm"]
+__all__ = ["batch_norm_train", "crms_norm", "rms_norm"]
 
 
 def _layer_norm_stats(x2d: torch.Tensor, weight: torch.Tensor | None, eps: float):
@@ -104,6 +104,8 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """weight * x / sqrt(mean(x^2, -1) + eps) over the last dim, in x's dtype."""
+    if x.is_cuda:  # CUDA has a fused RMSNorm forward and backward; only CPU needs the detour
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
     if weight is None:
         weight = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
     return _RMSNormFunction.apply(_as_rows(x), weight, eps).view(x.shape)
@@ -114,3 +116,50 @@ def crms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch
     if weight is None:
         weight = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
     return _CRMSNormFunction.apply(_as_rows(x), weight, eps).view(x.shape)
+
+
+class _TrainBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm whose statistics come from the fused GroupNorm kernel.
+
+    torch's CPU BatchNorm forward on (B, C, *) is ~3x slower than its GroupNorm; with one group
+    per channel GroupNorm gives every (sample, channel) mean and variance, the law of total
+    variance turns them into the batch statistics, and its normalised output is rescaled in
+    place into the BatchNorm output. The backward is torch's fused BatchNorm backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        b, c = x.shape[:2]
+        spatial = x.numel() // (b * c)
+        xhat, mean_bc, rstd_bc = torch.ops.aten.native_group_norm(
+            x, None, None, b, c, spatial, c, eps
+        )
+        mean_bc, var_bc = mean_bc.view(b, c), rstd_bc.view(b, c).pow(-2) - eps
+        mean = mean_bc.mean(0)
+        var = (var_bc + mean_bc * mean_bc).mean(0) - mean * mean
+        invstd = torch.rsqrt(var.clamp_min(0.0) + eps)
+        scale = weight * invstd
+        # z = scale (x - mean) + bias with x = xhat / rstd_bc + mean_bc.
+        shape = (b, c) + (1,) * (x.dim() - 2)
+        z = xhat.mul_((scale / rstd_bc.view(b, c)).view(shape))
+        z.add_((scale * (mean_bc - mean) + bias).view(shape))
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+        return z, mean, var
+
+    @staticmethod
+    def backward(ctx, dz, _dmean, _dvar):
+        x, weight, mean, invstd = ctx.saved_tensors
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            dz.contiguous(), x, weight, None, None, mean, invstd, True, ctx.eps,
+            [True, ctx.needs_input_grad[1], ctx.needs_input_grad[2]],
+        )  # fmt: skip
+        return grad_x, grad_w, grad_b, None
+
+
+def batch_norm_train(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-mode BatchNorm of (B, C, *) maps: (output, batch mean, biased batch variance)."""
+    return _TrainBatchNorm.apply(x.contiguous(), weight, bias, eps)

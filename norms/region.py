@@ -21,7 +21,8 @@ pixel of that region in the whole batch, and
   image constant along a second axis (kernel summed over that axis), on (B, C, T, H, W) inputs
   frame by frame.
 
-No running statistics: train and eval compute the same function.
+No running statistics: train and eval compute the same function. The statistics are sums
+(variance = E[x^2] - mu^2), so float32 loses precision when |mean| >> std; use float64 there.
 """
 
 from __future__ import annotations
@@ -238,7 +239,8 @@ class RegionNormL(nn.Module):
 
     def importance(self, x: torch.Tensor) -> torch.Tensor:
         """Soft mask (B, 1, *) in (0, 1) from the channel mean and max of x."""
-        features = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        # max (not amax): its backward scatters by index instead of comparing every element.
+        features = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True).values], dim=1)
         return torch.sigmoid(self._conv(self.mask_conv, features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

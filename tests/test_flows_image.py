@@ -233,3 +233,17 @@ def test_latent_mode_with_a_local_autoencoder(tiny_vae_dir, tmp_path) -> None:
     torch.testing.assert_close(loaded(latents)[0], z, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         TransformerFlow(**TINY, vae=str(tmp_path / "missing"))
+
+
+def test_auto_rule_follows_the_recorded_jacobi_work() -> None:
+    from flows.sampling import choose_method, predicted_costs, record_jacobi_work
+
+    flow = _flow()
+    t, blocks = flow.num_tokens, len(flow.blocks)
+    record_jacobi_work(flow, [t] * blocks, [t * t] * blocks)  # Jacobi no better than T passes
+    costs = predicted_costs(flow, 2, "cpu")
+    assert costs["jacobi"] >= costs["sequential"] > 0
+    assert choose_method(flow, 2, "cpu") == "sequential"
+    record_jacobi_work(flow, [1] * blocks, [t] * blocks)  # one pass: always cheaper
+    assert choose_method(flow, 2, "cpu") == "jacobi"
+    assert choose_method(flow, 2, "cuda") == "jacobi"  # decided without timing anything

@@ -536,3 +536,54 @@ def test_evonorm_s0_gradcheck():
     w = (torch.rand(4) + 0.5).requires_grad_()
     b = torch.randn(4).requires_grad_()
     assert torch.autograd.gradcheck(lambda *a: _EvoS0Function.apply(*a, 2, 1e-3), (x, v, w, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", norms.available_norms())
+def test_cuda_matches_cpu(name):
+    layout = norms.norm_spec(name).layouts[0]
+    shape = (2, 5, 8) if layout == "tokens" else (2, 8, 4, 4)
+    cpu = norms.build_norm(name, 8)
+    gpu = norms.build_norm(name, 8).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(shape)
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-7, atol=1e-9)
+
+
+def test_batchchannelnorm_matches_torch_batchnorm_then_groupnorm():
+    layer = norms.build_norm("batchchannelnorm", 8, num_groups=4)
+    bn = torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        layer.bn_weight.uniform_(0.5, 1.5), layer.bn_bias.normal_()
+        bn.weight.copy_(layer.bn_weight), bn.bias.copy_(layer.bn_bias)
+    x = (torch.randn(3, 8, 5, 5) * 2 + 1).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    dy = torch.randn(3, 8, 5, 5)
+    layer(x).backward(dy)
+    torch.nn.functional.group_norm(bn(x_ref), 4, eps=1e-5).backward(dy)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(layer.bn_weight.grad, bn.weight.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(layer.running_mean, bn.running_mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.running_var, bn.running_var, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5, 5), (3, 6, 7)])
+def test_batchnorm_matches_torch_train_and_eval(shape):
+    ours = norms.build_norm("batchnorm", 6)
+    ref = torch.nn.BatchNorm1d(6)
+    with torch.no_grad():
+        ours.norm.weight.uniform_(0.5, 1.5), ours.norm.bias.normal_()
+        ref.weight.copy_(ours.norm.weight), ref.bias.copy_(ours.norm.bias)
+    for _ in range(2):
+        x = (torch.randn(shape) * 2 + 1).requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        dy = torch.randn(shape)
+        y, y_ref = ours(x), ref(x_ref.flatten(2)).view(shape)
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+        y.backward(dy), y_ref.backward(dy)
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ours.norm.running_var, ref.running_var, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours.norm.weight.grad, ref.weight.grad, rtol=0, atol=1e-10)
+    ours.eval(), ref.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), ref(x.flatten(2)).view(shape), rtol=0, atol=1e-12)

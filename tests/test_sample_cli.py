@@ -100,6 +100,12 @@ def test_bad_checkpoints_exit_2(tiny_checkpoint, tmp_path, capsys) -> None:
     (other / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "normal_adapted"}}))
     code, _, err = _run(["--checkpoint", str(other)], capsys)
     assert code == 2 and "model kind 'normal_adapted' has no sampler" in err
+    sample.SAMPLERS["normal_adapted"] = "diffusion.no_such_module:sample"
+    try:
+        code, _, err = _run(["--checkpoint", str(other)], capsys)
+    finally:
+        del sample.SAMPLERS["normal_adapted"]
+    assert code == 2 and "is unavailable" in err and err.count("\n") == 1
 
     broken = tmp_path / "broken"
     source = tiny_checkpoint / "checkpoint-7"

@@ -1,0 +1,180 @@
+"""Video flow benchmark: sequential vs video-aware Jacobi sampling, bits/dim, denoisers.
+
+STARFlow-V (Apple 2025) samples the deep block frame by frame with Jacobi iteration started
+from the previous frame; GS-Jacobi (Zhang et al., arXiv:2505.12849) reports the speed-ups of
+parallel inversion on image TARFlows. This script measures, side by side in one run:
+
+1. Wall time (median of ``--repeats``) of sequential and video-aware Jacobi inversion of the
+   same noise, for batch 1 and 8, with Jacobi passes per frame, the max |difference| of the
+   outputs, and ``method="auto"`` (what it picked and how long it took).
+2. With ``--checkpoint`` (a trained ``video_tarflow`` run, e.g. from
+   configs/moving_digits_video.yaml): bits/dim on held-out moving digits, and the mean squared
+   distance of sampled frames to their nearest real frame with no / Tweedie / learned denoising.
+
+    python benchmarks/video.py --checkpoint runs/moving_digits_video
+    python benchmarks/video.py            # random weights, timing only
+
+Without a checkpoint, a randomly initialised model of the config's size (8 frames of 16 tokens)
+is timed. Prints a markdown table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows.video import VideoTransformerFlow  # noqa: E402
+
+
+def load_model(checkpoint: str | None) -> VideoTransformerFlow:
+    if checkpoint:
+        from trainers.checkpoint import load_checkpoint_model
+
+        model, _ = load_checkpoint_model(checkpoint)
+        return model.eval()
+    import yaml
+
+    config = yaml.safe_load(Path("configs/moving_digits_video.yaml").read_text())["model"]
+    config.pop("name")
+    model = VideoTransformerFlow(**config).eval()
+    with torch.no_grad():  # random, non-trivial output projections
+        for block in [*model.local, model.global_block]:
+            block.out.weight.normal_(std=0.02)
+    return model
+
+
+def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> list[dict]:
+    """Rows: sequential, Jacobi variants and auto on the same noise, timed interleaved.
+
+    Every repeat runs each method once in turn, so a busy shared machine slows all of them
+    alike; the table reports medians over repeats.
+    """
+    generator = torch.Generator().manual_seed(batch)
+    z = torch.randn((batch, model.config.frames, *model.frame_shape), generator=generator)
+    y = text = None
+    if model.config.text_tokens:
+        text = model.encode_prompts(["a 3 and a 7 moving apart"] * batch)
+    n, frames = model.tokens_per_frame, model.config.frames
+    common = dict(jacobi_threshold=args.threshold, jacobi_max_iter=args.max_iter)
+    methods = {
+        "sequential": dict(method="sequential", **common),
+        "jacobi, frame chunks, previous-frame init": dict(method="jacobi", **common),
+        "jacobi, frame chunks, noise init": dict(method="jacobi", jacobi_init="noise", **common),
+        f"jacobi, {frames}-frame chunk": dict(method="jacobi", jacobi_chunk=n * frames, **common),
+        "auto": dict(method="auto", **common),
+    }
+    # Warm up; auto calibrates its pass times and learns the passes of the default Jacobi.
+    model.__dict__.pop("_auto_timings", None)
+    outputs = {name: model.reverse(z, y, text, **options) for name, options in methods.items()}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.repeats):
+        for name, options in methods.items():
+            start = time.perf_counter()
+            model.reverse(z, y, text, **options)
+            times[name].append(time.perf_counter() - start)
+    t_seq = statistics.median(times["sequential"])
+    best = min(t_seq, statistics.median(times["jacobi, frame chunks, previous-frame init"]))
+    x_seq = outputs["sequential"][0]
+    rows = []
+    for name in methods:
+        x, info = outputs[name]
+        t = statistics.median(times[name])
+        passes = info["iterations_per_frame"]
+        label = name
+        if name == "auto":
+            label = f"auto -> {info['method']['global']}/{info['method']['local']}"
+        row = {
+            "batch": batch,
+            "method": label,
+            "seconds": t,
+            "speedup": t_seq / t,
+            "passes_per_frame": sum(passes) / len(passes),
+            "local_passes": info["local_iterations"],
+            "max_abs_diff": float((x_seq - x).abs().max()),
+        }
+        if name == "auto":
+            row["auto_vs_best"] = t / best
+        rows.append(row)
+    return rows
+
+
+def quality(model: VideoTransformerFlow, args: argparse.Namespace) -> dict:
+    from flows.video_data import moving_digits
+
+    cfg = model.config
+    options = dict(frames=cfg.frames, image_size=cfg.image_size, digit_size=8, speed=1.0)
+    options["text_tokens"] = cfg.text_tokens
+    held_out = moving_digits(split="test", num_videos=args.eval_videos, **options)
+    batch = torch.utils.data.default_collate([held_out[i] for i in range(len(held_out))])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        bpd = float(model.loss(batch)["bits_per_dim"])
+    real = batch["x"].flatten(0, 1).flatten(1)  # a bank of real frames
+    generator = torch.Generator().manual_seed(0)
+    text = batch["text"][: args.samples] if cfg.text_tokens else None
+    result = {"bits_per_dim": bpd, "eval_videos": len(held_out), "samples": args.samples}
+    for how in ("none", "tweedie", "learned"):
+        generator.manual_seed(0)
+        video, _ = model.sample(
+            args.samples,
+            text=text,
+            generator=generator,
+            denoise=how,
+            method="jacobi",
+            jacobi_threshold=args.threshold,
+        )
+        frames = video.flatten(0, 1).flatten(1)
+        nearest = torch.cdist(frames, real).pow(2).min(dim=1).values / frames.shape[1]
+        result[f"nearest_frame_mse_{how}"] = float(nearest.mean())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="trained video_tarflow run or checkpoint folder")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threshold", type=float, default=1e-9)
+    parser.add_argument("--max-iter", type=int, default=64)
+    parser.add_argument("--eval-videos", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = load_model(args.checkpoint)
+    rows = [row for b in args.batches for row in speed(model, b, args)]
+    print(
+        f"threshold {args.threshold}, max_iter {args.max_iter}, "
+        f"{model.config.frames} frames x {model.tokens_per_frame} tokens, "
+        f"{'trained ' + args.checkpoint if args.checkpoint else 'random weights'}"
+    )
+    print(
+        "| batch | method | seconds | speed-up vs sequential | deep passes/frame "
+        "| local passes/block | max abs diff |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        extra = f" (auto/best {r['auto_vs_best']:.2f})" if "auto_vs_best" in r else ""
+        print(
+            f"| {r['batch']} | {r['method']} | {r['seconds']:.4f} | {r['speedup']:.2f}x{extra} | "
+            f"{r['passes_per_frame']:.1f} | {r['local_passes']} | {r['max_abs_diff']:.1e} |"
+        )
+    summary = {"speed": rows, "device": "cpu", "threads": torch.get_num_threads()}
+    if args.checkpoint:
+        summary["quality"] = quality(model, args)
+        q = summary["quality"]
+        print(f"\nheld-out bits/dim ({q['eval_videos']} videos): {q['bits_per_dim']:.3f}")
+        for how in ("none", "tweedie", "learned"):
+            print(f"nearest-real-frame MSE, denoise={how}: {q[f'nearest_frame_mse_{how}']:.5f}")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,10 @@ from typing import Any
 # model name (config.yaml: model.name) -> "module:function" sampling entry point
 SAMPLERS: dict[str, str] = {
     "tarflow": "flows.sampling:sample_image_flow",
+    "video_tarflow": "flows.video_cli:sample_video_flow",
 }
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "flows" / "pretrained" / "digits_tarflow"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _default_checkpoint() -> Path:
@@ -47,25 +46,6 @@ def _default_checkpoint() -> Path:
     if spec is not None and spec.origin is not None:
         return Path(spec.origin).parent / "pretrained" / "digits_tarflow"
     return DEFAULT_CHECKPOINT
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """``path`` when it holds a config.yaml, else its newest ``checkpoint-<step>`` child."""
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if (path / "config.yaml").is_file():
-        return path
-    found = [
-        (int(m.group(1)), child)
-        for child in (path.iterdir() if path.is_dir() else [])
-        if (m := _CHECKPOINT.match(child.name)) and (child / "config.yaml").is_file()
-    ]
-    if not found:
-        raise FileNotFoundError(
-            f"{str(path)!r} is neither a checkpoint (no config.yaml) nor a run directory with "
-            "checkpoint-<step> folders"
-        )
-    return max(found)[1]
 
 
 def read_config(checkpoint: Path) -> dict[str, Any]:
@@ -100,70 +80,62 @@ def sampler_for(model_name: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Sample a trained normkit model and write a PNG grid plus a JSON summary."
+        description="Sample a trained normkit model: images, videos or normal maps, plus a JSON "
+        "summary. Options a model kind does not use are ignored by its sampler."
     )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="checkpoint or run folder (default: the shipped digits TARFlow)",
-    )
-    parser.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    parser.add_argument(
-        "--method",
-        choices=("auto", "jacobi", "sequential"),
-        default="auto",
-        help="inversion: auto picks per call (default), jacobi or sequential",
-    )
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=0.0,
-        help="classifier-free guidance weight w (0 = the conditional model)",
-    )
-    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow")
-    parser.add_argument(
-        "--class",
-        dest="class_label",
-        type=int,
-        default=None,
-        help="class of every sample (default: cycle through the classes)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="samples.png", help="output PNG (default samples.png)")
-    parser.add_argument(
-        "--jacobi-threshold",
-        type=float,
-        default=None,
-        help="Jacobi stop: relative change per pass below this (default: the model's, 5e-8)",
-    )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add = parser.add_argument
+    add("--checkpoint", type=Path, default=None,
+        help="checkpoint or run folder (default: the shipped digits TARFlow)")
+    add("--num", type=int, default=None, help="number of samples (default: 64 images, 1 video)")
+    add("--method", choices=("auto", "jacobi", "sequential"), default=None,
+        help="flow inversion: auto picks per call (default), jacobi or sequential")
+    add("--guidance", type=float, default=None,
+        help="classifier-free guidance weight w (flows: 0 = the conditional model)")
+    add("--guidance-rule", choices=("tarflow", "starflow"), default=None)
+    add("--class", dest="class_label", type=int, default=None,
+        help="class of every sample (default: cycle through the classes)")
+    add("--seed", type=int, default=None)
+    add("--out", default=None,
+        help="output file (default: samples.png; video.mp4 for video models)")
+    add("--jacobi-threshold", type=float, default=None,
+        help="Jacobi stop: relative change per pass below this (default: the model's)")
+    add("--jacobi-max-iter", type=int, default=None, help="Jacobi passes per chunk at most")
+    add("--device", choices=("cpu", "cuda"), default=None)
+    add("--no-progress", dest="progress", action="store_false", default=None,
+        help="hide the progress bar")
+    add("--no-ema", dest="use_ema", action="store_false", default=None,
+        help="sample the raw weights, not the EMA")
+    video = parser.add_argument_group("video flows (video_tarflow)")
+    video.add_argument("--prompt", default=None,
+                       help="text prompt (video flows; normal-map diffusion: view/part words)")
+    video.add_argument("--frames", type=int, default=None, help="output length in frames")
+    video.add_argument("--first-frame", default=None, help="image file: image-to-video")
+    video.add_argument("--video", default=None, help="video file (.mp4/.gif) to continue")
+    video.add_argument("--context-frames", type=int, default=None,
+                       help="frames kept when the window slides past the training length")
+    video.add_argument("--denoise", choices=("none", "tweedie", "learned"), default=None)
+    video.add_argument("--jacobi-chunk", type=int, default=None, help="tokens per Jacobi chunk")
+    video.add_argument("--fps", type=int, default=None)
+    video.add_argument("--scale", type=int, default=None, help="integer upscaling of the output")
     return parser  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Only what the user gave travels: each sampler fills in its own defaults.
+    options = {k: v for k, v in vars(args).items() if v is not None and k != "checkpoint"}
     try:
-        if args.num < 1:
-            raise ValueError(f"--num must be a positive number of samples, got {args.num}")
-        if args.jacobi_threshold is not None and args.jacobi_threshold < 0:
-            raise ValueError(f"--jacobi-threshold must be >= 0, got {args.jacobi_threshold}")
-        checkpoint = resolve_checkpoint(args.checkpoint or _default_checkpoint())
+        if options.get("num", 1) < 1:
+            raise ValueError(f"--num must be a positive number of samples, got {options['num']}")
+        if options.get("jacobi_threshold", 0.0) < 0:
+            raise ValueError(f"--jacobi-threshold must be >= 0, got {options['jacobi_threshold']}")
+        from trainers.checkpoint import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(
+            args.checkpoint or _default_checkpoint(), require_trainer_state=False
+        )
         config = read_config(checkpoint)
         sample = sampler_for(config["model"]["name"])
-        options = {
-            "num": args.num,
-            "method": args.method,
-            "guidance": args.guidance,
-            "guidance_rule": args.guidance_rule,
-            "class_label": args.class_label,
-            "seed": args.seed,
-            "out": args.out,
-            "jacobi_threshold": args.jacobi_threshold,
-            "device": args.device,
-            "progress": not args.no_progress,
-        }
         summary = sample(checkpoint, config, options)
     except (ValueError, FileNotFoundError, NotADirectoryError) as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line

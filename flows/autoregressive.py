@@ -39,8 +39,8 @@ otherwise every token is transformed (the last context token predicts token 0).
   (default ``z``; video passes the previous frame's solution). A chunk stops when
   mean((x_new - x_old)^2) / mean(x_new^2) < threshold or after ``max_iter`` passes; the KV cache
   holds the solved prefix and is rewound before every re-iteration of the chunk. ``iterations``
-  is the number of parallel passes summed over chunks. The stop flag is all-reduced only when
-  ``torch.distributed`` is initialised.
+  is the number of parallel passes summed over chunks. With ``sync_ranks=True`` (and an
+  initialised process group) the stop flag is all-reduced so all ranks iterate together.
 - Guidance: give ``uncond`` (the prefix of the unconditional model, same shape as ``cond``);
   ``guidance_rule="tarflow"`` extrapolates (log_sigma, mu), ``"starflow"`` samples the Gaussian
   p_c^{1+w} / p_u^w. With ``uncond`` given the unconditional pass always runs, so w = 0 returns
@@ -442,6 +442,7 @@ class AutoregressiveBlock(nn.Module):
         init: torch.Tensor | None = None,
         given: torch.Tensor | None = None,
         stats: dict | None = None,
+        sync_ranks: bool = False,
     ) -> tuple[torch.Tensor, int]:
         """Inverse by chunked Jacobi fixed-point iteration; returns (x, parallel passes used).
 
@@ -450,7 +451,10 @@ class AutoregressiveBlock(nn.Module):
         of the chunk. With ``threshold=0`` and ``max_iter >= chunk_size`` the result equals the
         sequential inverse to rounding: token k of a chunk is exact after k + 1 passes.
         ``stats``, when given, receives "passes" and "token_passes" (tokens recomputed, summed
-        over passes: the arithmetic spent).
+        over passes: the arithmetic spent). ``sync_ranks=True`` all-reduces the stop flag so
+        every rank of an initialised process group runs the same passes (needed only when the
+        forward pass itself communicates, e.g. sharded weights); by default each rank samples
+        on its own, so sampling on one rank (the trainer's sample hook) cannot deadlock.
         """
         if max_iter < 1:
             raise ValueError(f"jacobi max_iter must be >= 1, got {max_iter}")
@@ -466,7 +470,7 @@ class AutoregressiveBlock(nn.Module):
         if chunk < 1:
             raise ValueError(f"jacobi chunk_size must be >= 1, got {chunk_size}")
         passes = token_passes = 0
-        distributed = _distributed()
+        distributed = sync_ranks and _distributed()
         shrink = not distributed  # ranks would accept different counts of tokens
         s = first
         while s < self.num_tokens:

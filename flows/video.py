@@ -737,15 +737,9 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         y = None
         if self.config.num_classes:
             y = torch.arange(num, device=self.device) % self.config.num_classes
-        import torch.distributed as dist
-
-        # The trainer samples on the main rank only, and the meta-block's Jacobi all-reduces its
-        # stop flag whenever a process group exists: sequential avoids that deadlock.
-        distributed = dist.is_available() and dist.is_initialized()
         was_training = self.training
         self.eval()
-        method = "sequential" if distributed else "auto"
-        video, _ = self.sample(num, y=y, generator=generator, method=method)
+        video, _ = self.sample(num, y=y, generator=generator, method="auto")
         self.train(was_training)
         return (video + 1) / 2
 

@@ -141,28 +141,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """``path`` when it holds a config.yaml, else its newest ``checkpoint-<step>`` child."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if (path / "config.yaml").is_file():
-        return path
-    steps = [
-        (int(child.name.split("-", 1)[1]), child)
-        for child in path.iterdir()
-        if child.name.startswith("checkpoint-")
-        and child.name.split("-", 1)[1].isdigit()
-        and (child / "config.yaml").is_file()
-    ]
-    if not steps:
-        raise FileNotFoundError(
-            f"{str(path)!r} is neither a checkpoint (no config.yaml) nor a run directory with "
-            "checkpoint-<step> folders"
-        )
-    return max(steps)[1]
-
-
 def load_model(checkpoint: Path, use_ema: bool = True) -> Any:
     """The VideoTransformerFlow of a checkpoint folder (EMA weights when present and asked)."""
     from flows.video import VideoTransformerFlow
@@ -267,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import yaml
 
-        checkpoint = resolve_checkpoint(args.checkpoint)
+        from trainers.checkpoint import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(args.checkpoint, require_trainer_state=False)
         try:
             config = yaml.safe_load((checkpoint / "config.yaml").read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:

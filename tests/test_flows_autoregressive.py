@@ -236,3 +236,34 @@ def test_bad_arguments() -> None:
         block(torch.randn(1, T, D), torch.randn(1, 3, W))
     with pytest.raises(ValueError, match="expected tokens"):
         block(torch.randn(1, T + 1, D), torch.randn(1, 2, W))
+
+
+@pytest.mark.float64
+def test_jacobi_syncs_ranks_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        block = _block()
+        z = torch.randn(2, T, D)
+        calls = {"n": 0}
+        all_reduce = dist.all_reduce
+
+        def counting_all_reduce(*args, **kwargs):
+            calls["n"] += 1
+            return all_reduce(*args, **kwargs)
+
+        monkeypatch.setattr(dist, "all_reduce", counting_all_reduce)
+        # Sampling on one rank (the trainer's sample hook) must not wait on the others.
+        alone, _ = block.reverse_jacobi(z, threshold=0.0, max_iter=T)
+        assert calls["n"] == 0
+        synced, _ = block.reverse_jacobi(z, threshold=0.0, max_iter=T, sync_ranks=True)
+        assert calls["n"] > 0
+        torch.testing.assert_close(synced, alone, rtol=0, atol=1e-12)
+    finally:
+        dist.destroy_process_group()

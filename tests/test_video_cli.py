@@ -157,3 +157,18 @@ def test_sample_py_entry_point(checkpoint, tmp_path) -> None:
     assert again["iterations_per_frame"] == summary["iterations_per_frame"]
     with pytest.raises(ValueError, match="not 'video_tarflow'"):
         sample_video_flow(checkpoint, {"model": {"name": "tarflow"}}, options)
+
+
+def test_sample_py_dispatches_video_checkpoints(checkpoint, tmp_path, capsys) -> None:
+    import sample
+
+    out = tmp_path / "through_sample_py.gif"
+    code = sample.main(["--checkpoint", str(checkpoint), "--prompt", "a 1 and 4",
+                        "--frames", "4", "--method", "jacobi", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert summary["num"] == 1  # the video default, not the image grid's 64
+    assert len(read_video(out)) == 4
+    code = sample.main(["--checkpoint", str(checkpoint), "--frames", "0", "--out", str(out)])
+    assert code == 2 and "--frames must be >= 1" in capsys.readouterr().err

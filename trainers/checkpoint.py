@@ -41,11 +41,14 @@ TMP_PREFIX = ".tmp-checkpoint-"
 STATE_FILE = "trainer_state.json"
 
 
-def _is_complete(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / STATE_FILE).is_file()
+def _is_complete(folder: Path, require_trainer_state: bool = True) -> bool:
+    has_state = (folder / STATE_FILE).is_file() or not require_trainer_state
+    return (folder / "config.yaml").is_file() and has_state
 
 
-def find_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+def find_checkpoints(
+    run_dir: str | Path, require_trainer_state: bool = True
+) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run directory as ``(step, path)``, oldest first."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -53,7 +56,7 @@ def find_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     found = []
     for child in run_dir.iterdir():
         match = CHECKPOINT_PATTERN.match(child.name)
-        if match and child.is_dir() and _is_complete(child):
+        if match and child.is_dir() and _is_complete(child, require_trainer_state):
             found.append((int(match.group(1)), child))
     return sorted(found)
 
@@ -64,20 +67,25 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """``path`` itself when it is a checkpoint folder, else the newest checkpoint inside it."""
+def resolve_checkpoint(path: str | Path, require_trainer_state: bool = True) -> Path:
+    """``path`` itself when it is a checkpoint folder, else the newest checkpoint inside it.
+
+    Sampling needs only ``config.yaml`` and the weights, so ``require_trainer_state=False``
+    also accepts a hand-assembled folder without ``trainer_state.json`` (e.g. a shipped model).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint path {str(path)!r} does not exist")
-    if _is_complete(path):
+    if _is_complete(path, require_trainer_state):
         return path
-    newest = latest_checkpoint(path)
-    if newest is None:
+    found = find_checkpoints(path, require_trainer_state)
+    if not found:
+        needed = f"config.yaml and {STATE_FILE}" if require_trainer_state else "config.yaml"
         raise FileNotFoundError(
-            f"no complete checkpoint-<step> folder (with config.yaml and {STATE_FILE}) "
-            f"in {str(path)!r}"
+            f"{str(path)!r} is neither a checkpoint folder nor a run directory with complete "
+            f"checkpoint-<step> folders (each needs {needed})"
         )
-    return newest
+    return found[-1][1]
 
 
 def load_checkpoint_config(path: str | Path) -> TrainConfig:

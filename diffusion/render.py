@@ -388,9 +388,10 @@ class NormalMapRenderer:
                 close = d < eps
                 hit[idx[close]] = True
                 active[idx[close | (t[idx] > t_max)]] = False
-        points = (origins + t[:, None] * direction)[hit].detach().requires_grad_(True)
-        d, nearest = _scene_sdf(points, prims)
-        (grad,) = torch.autograd.grad(d.sum(), points)
+        with torch.enable_grad():  # callers may render inside no_grad (e.g. sampling hooks)
+            points = (origins + t[:, None] * direction)[hit].detach().requires_grad_(True)
+            d, nearest = _scene_sdf(points, prims)
+            (grad,) = torch.autograd.grad(d.sum(), points)
         world_n = grad / grad.norm(dim=-1, keepdim=True)
         cam_n = world_n @ axes.T
         # Rays that only graze a silhouette stop on its rim with n_z ~ 0: count them as misses.

@@ -26,6 +26,7 @@ __all__ = [
     "motorcycle_normals",
     "normal_quality",
     "resize_normals",
+    "shading_correlation",
 ]
 
 
@@ -169,3 +170,26 @@ def motorcycle_normals(
     depth = depth / depth[mask].median()  # unit median depth
     normals, valid = depth_to_normals(depth, mask, scale=side / 4.0)
     return resize_normals(normals, valid, size)
+
+
+def shading_correlation(
+    images: torch.Tensor, normals: torch.Tensor, mask: torch.Tensor, light: torch.Tensor
+) -> float:
+    """Pearson correlation of image luminance with Lambertian shading max(n.l, 0), on the mask.
+
+    ``images`` in [-1, 1] ``(B, 3, H, W)``; ``normals`` unit ``(B, 3, H, W)``; ``light`` (3,).
+    Computed per image and averaged over images with at least 8 foreground pixels (NaN if none).
+    """
+    _check_maps(images, "images")
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+    luminance = torch.einsum("bchw,c->bhw", (images + 1.0) / 2.0, weights)
+    shading = torch.einsum("bchw,c->bhw", normals.to(images.dtype),
+                           light.to(images.dtype)).clamp_min(0.0)
+    values = []
+    for lum, sh, m in zip(luminance, shading, mask, strict=True):
+        if int(m.sum()) < 8:
+            continue
+        a, b = lum[m] - lum[m].mean(), sh[m] - sh[m].mean()
+        denom = (a.norm() * b.norm()).clamp_min(1e-12)
+        values.append(float((a * b).sum() / denom))
+    return float(sum(values) / len(values)) if values else float("nan")

@@ -132,3 +132,13 @@ def test_dataset_items_and_prompts() -> None:
     assert prompt_to_label("left side view, only head") == 2 * 3 + 2
     with pytest.raises(ValueError, match="exactly one view"):
         prompt_to_label("a cat")
+
+
+def test_motorcycle_normals_from_real_disparity() -> None:
+    from diffusion.normal_maps import motorcycle_normals
+
+    normals, mask = motorcycle_normals(24)
+    assert normals.shape == (3, 24, 24) and mask.float().mean() > 0.5
+    assert torch.allclose(normals.norm(dim=0)[mask], torch.ones(int(mask.sum())), atol=1e-5)
+    assert (normals[2][mask] > 0).all()
+    assert normals[:2, mask].std(dim=1).min() > 0.02  # real geometry, not a flat plane

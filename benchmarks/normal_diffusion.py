@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             "foreground": quality["foreground"], "view_accuracy": acc,
         })
 
+    reference = normal_quality(test.data["x"][:num_samples], test.data["mask"][:num_samples])
+
     aligned = models["aligned"]
     cond = test.data["x"][:num_samples]
     mask = test.data["mask"][:num_samples]
@@ -166,13 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nnormal-adapted, {steps} steps, batch {args.batch_size}, {res}x{res}, "
           f"{num_samples} samples ({sample_steps} DDIM steps, guidance 2)")
     print("| norm | final loss | time/step vs GroupNorm | mean abs(norm-1) | back-facing | "
-          "view acc. |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "foreground | view acc. |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['norm']} | {r['final_loss']:.4f} | {r['time_vs_groupnorm']:.2f}x "
               f"({1000 * r['time_per_step_s']:.0f} ms) | {r['norm_error']:.3f} | "
-              f"{r['back_facing']:.3f} | {r['view_accuracy']:.3f} |")
-    print(f"(view classifier on held-out renders: {clf_acc_renders:.3f}; chance 0.25)")
+              f"{r['back_facing']:.3f} | {r['foreground']:.3f} | {r['view_accuracy']:.3f} |")
+    print(f"| rendered maps (reference) | - | - | {reference['norm_error']:.3f} | "
+          f"{reference['back_facing']:.3f} | {reference['foreground']:.3f} | "
+          f"{clf_acc_renders:.3f} |")
     print(f"\nnormal-aligned (concat), final loss {alignment['final_loss']:.4f}: "
           f"corr(luminance, n.l) conditioned {alignment['corr_conditioned']:.3f}, "
           f"unconditioned {alignment['corr_unconditioned']:.3f}, "
@@ -183,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps, "batch_size": args.batch_size, "resolution": res,
         "num_samples": num_samples, "sample_steps": sample_steps,
         "classifier_accuracy_renders": clf_acc_renders, "adapted": rows,
+        "rendered_reference": reference,
         "aligned": alignment, "render_seconds": render_s,
     }, indent=2))
     print(f"wrote {out}")

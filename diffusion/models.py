@@ -1,0 +1,258 @@
+"""Normal-adapted and normal-aligned diffusion models (pixel space, diffusers UNets).
+
+References:
+    Huang, Huang, Chen, Xu, Guo. HumanNorm: Learning Normal Diffusion Model for High-quality and
+        Realistic 3D Human Generation. CVPR 2024, arXiv:2310.01406 (normal-adapted and
+        normal-aligned diffusion).
+    Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. NeurIPS 2020, arXiv:2006.11239.
+    Ho, Salimans. Classifier-Free Diffusion Guidance. arXiv:2207.12598 (label / condition
+        dropout, guided sampling).
+    Zhang, Rao, Agrawala. Adding Conditional Control to Text-to-Image Diffusion Models.
+        ICCV 2023, arXiv:2302.05543 (ControlNet).
+
+Both models follow ``trainers.protocol``: ``loss(batch)`` is the DDPM epsilon loss (linear betas
+1e-4..0.02, 1000 steps) and ``sample_for_logging`` draws a few samples with DDIM. Data live in
+[-1, 1]. ``norm`` swaps every GroupNorm of the networks for that map norm of ``norms/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from trainers.registry import register_model
+
+from .data import NUM_LABELS
+from .norm_swap import swap_norms
+
+__all__ = ["NormalAdaptedDiffusion", "NormalAlignedDiffusion", "training_scheduler"]
+
+
+def training_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
+    """The DDPM noise schedule both models train with (linear betas, epsilon prediction)."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps, beta_start=1e-4, beta_end=0.02,
+        beta_schedule="linear", prediction_type="epsilon", clip_sample=True,
+    )
+
+
+def _check_sizes(resolution: int, block_out_channels: tuple[int, ...], groups: int) -> None:
+    levels = len(block_out_channels)
+    if resolution % (2 ** (levels - 1)):
+        raise ValueError(
+            f"resolution {resolution} must be divisible by 2^(levels - 1) = {2 ** (levels - 1)} "
+            f"for block_out_channels {list(block_out_channels)}"
+        )
+    bad = [c for c in block_out_channels if c % groups]
+    if bad:
+        raise ValueError(
+            f"norm_num_groups {groups} must divide every channel count; {bad} are not divisible"
+        )
+
+
+def _block_types(levels: int, attention_levels: int, cross: bool) -> tuple[list, list]:
+    attn_down = "CrossAttnDownBlock2D" if cross else "AttnDownBlock2D"
+    attn_up = "CrossAttnUpBlock2D" if cross else "AttnUpBlock2D"
+    down = ["DownBlock2D" if i < levels - attention_levels else attn_down for i in range(levels)]
+    up = [attn_up if i < attention_levels else "UpBlock2D" for i in range(levels)]
+    return down, up
+
+
+def _ddpm_loss(scheduler: DDPMScheduler, x0: torch.Tensor, predict) -> torch.Tensor:
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    return F.mse_loss(predict(noisy, t), noise)
+
+
+def _drop(keep_prob: float, batch: int, device: torch.device, training: bool) -> torch.Tensor:
+    if not training or keep_prob >= 1.0:
+        return torch.ones(batch, dtype=torch.bool, device=device)
+    return torch.rand(batch, device=device) < keep_prob
+
+
+@register_model("normal_adapted")
+class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
+    """Pixel-space UNet2DModel generating normal maps from (view, framing) labels.
+
+    Labels (``batch["y"]``, see ``diffusion.data``) enter through the UNet's class embedding;
+    label ``num_labels`` is the null label that label dropout (``label_dropout``) trains for
+    classifier-free guidance.
+
+    Arguments:
+        resolution: image side; divisible by 2^(len(block_out_channels) - 1).
+        block_out_channels: UNet widths per level.
+        layers_per_block: resnets per level.
+        attention_levels: how many of the deepest levels carry self-attention.
+        norm_num_groups: GroupNorm groups (passed on to norms with groups).
+        norm: map norm replacing every GroupNorm (``norms.available_norms("maps")``).
+        num_labels: number of conditioning labels (12 = 4 views x 3 framings).
+        label_dropout: probability of the null label during training.
+        num_train_timesteps: DDPM steps.
+        guidance_scale, sample_steps: defaults of ``sample_for_logging``.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        resolution: int = 32,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
+        layers_per_block: int = 1,
+        attention_levels: int = 1,
+        norm_num_groups: int = 8,
+        norm: str = "groupnorm",
+        num_labels: int = NUM_LABELS,
+        label_dropout: float = 0.1,
+        num_train_timesteps: int = 1000,
+        guidance_scale: float = 2.0,
+        sample_steps: int = 25,
+    ) -> None:
+        super().__init__()
+        block_out_channels = tuple(block_out_channels)
+        _check_sizes(resolution, block_out_channels, norm_num_groups)
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        down, up = _block_types(len(block_out_channels), attention_levels, cross=False)
+        self.unet = UNet2DModel(
+            sample_size=resolution, in_channels=3, out_channels=3,
+            block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+            down_block_types=down, up_block_types=up, norm_num_groups=norm_num_groups,
+            attention_head_dim=min(32, block_out_channels[-1]),
+            num_class_embeds=num_labels + 1,
+        )
+        swap_norms(self.unet, norm)
+        self.scheduler = training_scheduler(num_train_timesteps)
+
+    @property
+    def null_label(self) -> int:
+        return self.config.num_labels
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for noisy maps ``x`` at timesteps ``t`` given ``labels``."""
+        return self.unet(x, t, class_labels=labels).sample
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x0 = batch["x"]
+        labels = batch.get("y")
+        if labels is None:
+            labels = torch.full((x0.shape[0],), self.null_label, device=x0.device)
+        keep = _drop(1.0 - self.config.label_dropout, x0.shape[0], x0.device, self.training)
+        labels = torch.where(keep, labels.to(x0.device), torch.full_like(labels, self.null_label))
+        loss = _ddpm_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, labels))
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def sample_for_logging(self, num: int, generator: torch.Generator) -> torch.Tensor:
+        from .pipelines import sample_normal_maps
+
+        labels = torch.arange(num) % self.config.num_labels
+        x = sample_normal_maps(
+            self, labels, generator=generator, steps=self.config.sample_steps,
+            guidance_scale=self.config.guidance_scale,
+        )
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+@register_model("normal_aligned")
+class NormalAlignedDiffusion(ModelMixin, ConfigMixin):
+    """Image diffusion conditioned on a normal map (channel concatenation and/or ControlNet).
+
+    The base network is a UNet2DConditionModel whose cross-attention reads one learned token
+    (no text encoder: CLIP would need hub weights). ``conditioning``:
+
+    - ``"concat"``: the normal map is concatenated to the noisy image (in_channels = 6);
+    - ``"controlnet"``: a ``ControlNetModel.from_unet`` copy reads the normal map through a
+      conditioning embedding that keeps the full resolution (one level, no 8x downsampling);
+    - ``"both"``.
+
+    With probability ``condition_dropout`` the normal map is replaced by zeros (the null
+    condition) so sampling can guide on it. ``batch["x"]`` is the normal map in [-1, 1] (the
+    background at -1), ``batch["color"]`` the target image in [-1, 1].
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        resolution: int = 32,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
+        layers_per_block: int = 1,
+        attention_levels: int = 1,
+        norm_num_groups: int = 8,
+        norm: str = "groupnorm",
+        conditioning: str = "concat",
+        cross_attention_dim: int = 32,
+        conditioning_channels: tuple[int, ...] = (16,),
+        condition_dropout: float = 0.1,
+        num_train_timesteps: int = 1000,
+        guidance_scale: float = 2.0,
+        sample_steps: int = 25,
+    ) -> None:
+        super().__init__()
+        block_out_channels = tuple(block_out_channels)
+        _check_sizes(resolution, block_out_channels, norm_num_groups)
+        if conditioning not in ("concat", "controlnet", "both"):
+            raise ValueError(
+                f"conditioning {conditioning!r} is unknown; choose one of: concat, controlnet, both"
+            )
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+        down, up = _block_types(len(block_out_channels), attention_levels, cross=True)
+        self.concat = conditioning in ("concat", "both")
+        self.unet = UNet2DConditionModel(
+            sample_size=resolution, in_channels=6 if self.concat else 3, out_channels=3,
+            block_out_channels=block_out_channels, layers_per_block=layers_per_block,
+            down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+            norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
+            attention_head_dim=min(32, block_out_channels[-1]),
+        )
+        self.controlnet: ControlNetModel | None = None
+        if conditioning in ("controlnet", "both"):
+            self.controlnet = ControlNetModel.from_unet(
+                self.unet, conditioning_embedding_out_channels=tuple(conditioning_channels),
+                load_weights_from_unet=True,
+            )
+            swap_norms(self.controlnet, norm)
+        swap_norms(self.unet, norm)
+        self.token = nn.Parameter(torch.randn(1, 1, cross_attention_dim) * 0.02)
+        self.scheduler = training_scheduler(num_train_timesteps)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for noisy images ``x`` given normal maps (zeros = no condition)."""
+        tokens = self.token.to(x.dtype).expand(x.shape[0], -1, -1)
+        inp = torch.cat([x, normals], dim=1) if self.concat else x
+        extra: dict[str, Any] = {}
+        if self.controlnet is not None:
+            down_res, mid_res = self.controlnet(
+                inp, t, encoder_hidden_states=tokens, controlnet_cond=normals,
+                return_dict=False,
+            )
+            extra = {"down_block_additional_residuals": down_res,
+                     "mid_block_additional_residual": mid_res}
+        return self.unet(inp, t, encoder_hidden_states=tokens, **extra).sample
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x0, normals = batch["color"], batch["x"]
+        keep = _drop(1.0 - self.config.condition_dropout, x0.shape[0], x0.device, self.training)
+        normals = normals * keep.to(normals.dtype)[:, None, None, None]
+        loss = _ddpm_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, normals))
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def sample_for_logging(self, num: int, generator: torch.Generator) -> torch.Tensor:
+        """Samples for a fixed grid of rendered normal maps (normal map left, image right)."""
+        from .data import NormalMapDataset
+        from .pipelines import sample_aligned_images
+
+        data = NormalMapDataset(self.config.resolution, num_samples=num, seed=12345, flip=False)
+        normals = data.data["x"].to(self.device, self.dtype)
+        x = sample_aligned_images(
+            self, normals, generator=generator, steps=self.config.sample_steps,
+            guidance_scale=self.config.guidance_scale,
+        )
+        return ((torch.cat([normals, x], dim=-1) + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -31,6 +31,8 @@ from typing import Any
 SAMPLERS: dict[str, str] = {
     "tarflow": "flows.sampling:sample_image_flow",
     "video_tarflow": "flows.video_cli:sample_video_flow",
+    "normal_adapted": "diffusion.cli:sample_adapted_checkpoint",
+    "normal_aligned": "diffusion.cli:sample_aligned_checkpoint",
 }
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "flows" / "pretrained" / "digits_tarflow"
@@ -95,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--class", dest="class_label", type=int, default=None,
         help="class of every sample (default: cycle through the classes)")
     add("--seed", type=int, default=None)
-    add("--out", default=None,
-        help="output file (default: samples.png; video.mp4 for video models)")
+    add("--out", default=None, help="output file (default: samples.png; video.mp4 for video "
+        "models; normals.png / color.png for normal-map diffusion)")
     add("--jacobi-threshold", type=float, default=None,
         help="Jacobi stop: relative change per pass below this (default: the model's)")
     add("--jacobi-max-iter", type=int, default=None, help="Jacobi passes per chunk at most")
@@ -117,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--jacobi-chunk", type=int, default=None, help="tokens per Jacobi chunk")
     video.add_argument("--fps", type=int, default=None)
     video.add_argument("--scale", type=int, default=None, help="integer upscaling of the output")
+    normals = parser.add_argument_group("normal-map diffusion (normal_adapted, normal_aligned)")
+    normals.add_argument("--normal-map", default=None,
+                         help="normal_aligned: PNG of a normal map (or a grid of maps)")
+    normals.add_argument("--steps", type=int, default=None, help="denoising steps (default 25)")
+    normals.add_argument("--sampler", choices=("ddim", "dpm"), default=None)
     return parser  # fmt: skip
 
 

@@ -30,7 +30,14 @@ from .normal_maps import (
 )
 from .render import light_direction
 
-__all__ = ["load_normal_map_png", "sample_aligned", "sample_normals", "save_grid"]
+__all__ = [
+    "load_normal_map_png",
+    "sample_adapted_checkpoint",
+    "sample_aligned",
+    "sample_aligned_checkpoint",
+    "sample_normals",
+    "save_grid",
+]
 
 
 def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> Path:
@@ -157,3 +164,40 @@ def sample_aligned(
     pairs = torch.cat([encode_normals(unit, cmask).to(images.dtype), (images + 1.0) / 2.0], -1)
     path = save_grid(pairs, out, columns=4)
     return {"out": str(path), "num": num, "maps": len(maps), "shading_correlation": corr}
+
+
+_SAMPLE_PY_KEYS = ("num", "seed", "out", "steps", "guidance", "device", "sampler", "use_ema")
+
+
+def _sample_py_options(options: dict[str, Any], out: str) -> dict[str, Any]:
+    """sample.py's options (only those the user gave) as keyword arguments of the samplers."""
+    kwargs = {key: options[key] for key in _SAMPLE_PY_KEYS if key in options}
+    kwargs.setdefault("out", out)
+    return kwargs
+
+
+def sample_adapted_checkpoint(
+    checkpoint: Path, config: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    """sample.py entry point for ``normal_adapted``: ``--prompt`` -> a grid of normal maps."""
+    summary = sample_normals(
+        checkpoint,
+        options.get("prompt", "front view, full body"),
+        **_sample_py_options(options, "normals.png"),
+    )
+    return {"model": "normal_adapted", "checkpoint": str(checkpoint), **summary}
+
+
+def sample_aligned_checkpoint(
+    checkpoint: Path, config: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    """sample.py entry point for ``normal_aligned``: ``--normal-map`` PNG -> aligned images."""
+    if "normal_map" not in options:
+        raise ValueError(
+            "a normal_aligned checkpoint needs --normal-map PNG (e.g. the output of a "
+            "normal_adapted checkpoint)"
+        )
+    summary = sample_aligned(
+        checkpoint, options["normal_map"], **_sample_py_options(options, "color.png")
+    )
+    return {"model": "normal_aligned", "checkpoint": str(checkpoint), **summary}

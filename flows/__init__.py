@@ -19,6 +19,8 @@ _LAZY = {
     "VideoTransformerFlow": ("flows.video", "VideoTransformerFlow"),
     "MovingDigitsDataset": ("flows.video_data", "moving_digits"),
     "BouncingShapesDataset": ("flows.video_data", "bouncing_shapes"),
+    "TinyClipDataset": ("flows.video_data", "tiny_clip"),
+    "VideoFolderDataset": ("flows.video_data", "video_folder"),
 }
 
 __all__ = sorted(name for name, (module, _) in _LAZY.items() if "video" not in module)

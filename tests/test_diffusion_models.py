@@ -145,6 +145,19 @@ def test_configs_train_and_checkpoints_sample(tmp_path, capsys) -> None:
     assert sample_main(["--checkpoint", str(aligned), "--normal-map",
                         str(tmp_path / "missing.png"), "--out", str(tmp_path / "x.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # The top-level sample.py dispatches both kinds on the checkpoint's model.name.
+    import sample
+
+    normals = tmp_path / "top_normals.png"
+    assert sample.main(["--checkpoint", str(adapted), "--prompt", "back view, full body",
+                        "--num", "2", "--steps", "1", "--out", str(normals)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"] == "normal_adapted" and summary["num"] == 2 and normals.is_file()
+    assert sample.main(["--checkpoint", str(aligned), "--normal-map", str(normals),
+                        "--num", "2", "--steps", "1", "--out", str(tmp_path / "top.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "normal_aligned"
+    assert sample.main(["--checkpoint", str(aligned), "--out", str(tmp_path / "y.png")]) == 2
+    assert "needs --normal-map" in capsys.readouterr().err
 
 
 @pytest.mark.float64

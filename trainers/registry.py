@@ -56,6 +56,8 @@ BUILTIN_DATASETS: dict[str, str] = {
     "image_folder": "flows:ImageFolderDataset",
     "moving_digits": "flows:MovingDigitsDataset",
     "bouncing_shapes": "flows:BouncingShapesDataset",
+    "tiny_clip": "flows:TinyClipDataset",
+    "video_folder": "flows:VideoFolderDataset",
     "normal_maps": "diffusion:NormalMapDataset",
     "smoke": "trainers.smoke:SmokeDataset",
 }

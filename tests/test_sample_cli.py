@@ -97,14 +97,14 @@ def test_bad_checkpoints_exit_2(tiny_checkpoint, tmp_path, capsys) -> None:
 
     other = tmp_path / "other"
     other.mkdir()
-    (other / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "normal_adapted"}}))
+    (other / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "no_such_model"}}))
     code, _, err = _run(["--checkpoint", str(other)], capsys)
-    assert code == 2 and "model kind 'normal_adapted' has no sampler" in err
-    sample.SAMPLERS["normal_adapted"] = "diffusion.no_such_module:sample"
+    assert code == 2 and "model kind 'no_such_model' has no sampler" in err
+    sample.SAMPLERS["no_such_model"] = "diffusion.no_such_module:sample"
     try:
         code, _, err = _run(["--checkpoint", str(other)], capsys)
     finally:
-        del sample.SAMPLERS["normal_adapted"]
+        del sample.SAMPLERS["no_such_model"]
     assert code == 2 and "is unavailable" in err and err.count("\n") == 1
 
     broken = tmp_path / "broken"

@@ -90,7 +90,7 @@ def resolve_checkpoint(path: str | Path, require_trainer_state: bool = True) -> 
 
 def load_checkpoint_config(path: str | Path) -> TrainConfig:
     """The resolved config saved in a checkpoint (``path`` may be a run dir: newest one)."""
-    folder = resolve_checkpoint(path)
+    folder = resolve_checkpoint(path, require_trainer_state=False)
     with open(folder / "config.yaml") as handle:
         raw = _yaml_load(handle)
     return config_from_dict(raw, check_model=False)
@@ -103,7 +103,7 @@ def load_checkpoint_model(path: str | Path, use_ema: bool = True) -> tuple[Any, 
     ``use_ema`` picks the EMA weights when the checkpoint has them. ``config.model.name`` (or
     ``config["model"]["name"]``) is the registered model name.
     """
-    folder = resolve_checkpoint(path)
+    folder = resolve_checkpoint(path, require_trainer_state=False)  # inference needs no state
     config = load_checkpoint_config(folder)
     model_cls = registry.get_model(config.model.name)
     weights = folder / "ema" if use_ema and (folder / "ema").is_dir() else folder / "model"

@@ -6,6 +6,9 @@ import os
 import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny test models gain nothing from intra-op threads, and OpenMP worker threads spinning on a
+# busy 2-core machine slowed the suite several-fold; subprocess tests inherit this too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

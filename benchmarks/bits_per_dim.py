@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import sample  # noqa: E402
 from flows import data as flow_data  # noqa: E402
 from flows.image import TransformerFlow  # noqa: E402
+from trainers.checkpoint import resolve_checkpoint  # noqa: E402
 
 DATASETS = {"digits": flow_data.digits, "lfw_faces": flow_data.lfw_faces,
             "image_folder": flow_data.image_folder}  # fmt: skip
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dequant-samples", type=int, default=4)
     args = parser.parse_args(argv)  # fmt: skip
 
-    folder = sample.resolve_checkpoint(args.checkpoint)
+    folder = resolve_checkpoint(args.checkpoint, require_trainer_state=False)
     config = sample.read_config(folder)
     weights = folder / "ema" if (folder / "ema").is_dir() else folder / "model"
     model = TransformerFlow.from_pretrained(str(weights)).eval()

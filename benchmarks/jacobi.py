@@ -40,9 +40,9 @@ from flows.image import (  # noqa: E402
 
 
 def load(checkpoint: Path) -> TransformerFlow:
-    import sample
+    from trainers.checkpoint import resolve_checkpoint
 
-    folder = sample.resolve_checkpoint(checkpoint)
+    folder = resolve_checkpoint(checkpoint, require_trainer_state=False)
     weights = folder / "ema" if (folder / "ema").is_dir() else folder / "model"
     return TransformerFlow.from_pretrained(str(weights)).eval()
 

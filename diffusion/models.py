@@ -1,4 +1,4 @@
-"""Normal-adapted and normal-aligned diffusion models (pixel space, diffusers UNets).
+"""Normal-adapted and normal-aligned diffusion models (diffusers UNets, pixels or latents).
 
 References:
     Huang, Huang, Chen, Xu, Guo. HumanNorm: Learning Normal Diffusion Model for High-quality and
@@ -9,14 +9,20 @@ References:
         dropout, guided sampling).
     Zhang, Rao, Agrawala. Adding Conditional Control to Text-to-Image Diffusion Models.
         ICCV 2023, arXiv:2302.05543 (ControlNet).
+    Rombach, Blattmann, Lorenz, Esser, Ommer. High-Resolution Image Synthesis with Latent
+        Diffusion Models. CVPR 2022, arXiv:2112.10752 (latent space of a frozen autoencoder,
+        latents scaled by the autoencoder's scaling factor).
 
 Both models follow ``trainers.protocol``: ``loss(batch)`` is the DDPM epsilon loss (linear betas
 1e-4..0.02, 1000 steps) and ``sample_for_logging`` draws a few samples with DDIM. Data live in
 [-1, 1]. ``norm`` swaps every GroupNorm of the networks for that map norm of ``norms/``.
+``NormalAdaptedDiffusion(vae="path/to/folder")`` works in the latent space of a local, frozen
+diffusers ``AutoencoderKL`` (loaded offline; kept out of the state dict and the optimizer).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,12 +40,31 @@ from .norm_swap import swap_norms
 __all__ = ["NormalAdaptedDiffusion", "NormalAlignedDiffusion", "training_scheduler"]
 
 
-def training_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """The DDPM noise schedule both models train with (linear betas, epsilon prediction)."""
+def training_scheduler(num_train_timesteps: int = 1000, clip_sample: bool = True) -> DDPMScheduler:
+    """The DDPM noise schedule both models train with (linear betas, epsilon prediction).
+
+    ``clip_sample`` clips predicted clean samples to [-1, 1] when sampling (pixels); latents are
+    not bounded, so latent models turn it off.
+    """
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps, beta_start=1e-4, beta_end=0.02,
-        beta_schedule="linear", prediction_type="epsilon", clip_sample=True,
+        beta_schedule="linear", prediction_type="epsilon", clip_sample=clip_sample,
     )
+
+
+def load_local_vae(path: str | Path) -> Any:
+    """A frozen (``requires_grad`` False, eval mode) diffusers AutoencoderKL from a local folder."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"vae folder {str(path)!r} has no config.json; give the folder of a local "
+            "diffusers AutoencoderKL (saved with save_pretrained)"
+        )
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    vae.requires_grad_(False)
+    return vae.eval()
 
 
 def _check_sizes(resolution: int, block_out_channels: tuple[int, ...], groups: int) -> None:
@@ -96,6 +121,11 @@ class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
         label_dropout: probability of the null label during training.
         num_train_timesteps: DDPM steps.
         guidance_scale, sample_steps: defaults of ``sample_for_logging``.
+        vae: folder of a local diffusers AutoencoderKL (latent mode) or None (pixels). The UNet
+            then works on latents of side ``resolution / 2^(len(vae block_out_channels) - 1)``
+            with the autoencoder's latent channels; the autoencoder is frozen and stays out of
+            the state dict (the config keeps its absolute path and loading reads it again).
+        latent_scale: multiplies the latents (default: the autoencoder's ``scaling_factor``).
     """
 
     @register_to_config
@@ -112,33 +142,80 @@ class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         guidance_scale: float = 2.0,
         sample_steps: int = 25,
+        vae: str | None = None,
+        latent_scale: float | None = None,
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
-        _check_sizes(resolution, block_out_channels, norm_num_groups)
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        # The autoencoder stays out of the state dict and parameters (object.__setattr__ skips
+        # nn.Module registration): frozen, loaded from its own folder, never optimized.
+        object.__setattr__(self, "_vae", load_local_vae(vae) if vae is not None else None)
+        size, channels = resolution, 3
+        self.latent_scale = 1.0
+        if self._vae is not None:
+            self.register_to_config(vae=str(Path(vae).resolve()))
+            vae_config = self._vae.config
+            factor = 2 ** (len(vae_config.block_out_channels) - 1)
+            if resolution % factor:
+                raise ValueError(
+                    f"resolution {resolution} must be divisible by the autoencoder's "
+                    f"downsampling factor {factor}"
+                )
+            if vae_config.in_channels != 3:
+                raise ValueError(
+                    f"the autoencoder must take 3-channel images (normal maps), "
+                    f"got in_channels={vae_config.in_channels}"
+                )
+            size, channels = resolution // factor, vae_config.latent_channels
+            self.latent_scale = float(
+                latent_scale if latent_scale is not None else vae_config.scaling_factor
+            )
+        _check_sizes(size, block_out_channels, norm_num_groups)
+        self.sample_shape = (channels, size, size)
         down, up = _block_types(len(block_out_channels), attention_levels, cross=False)
         self.unet = UNet2DModel(
-            sample_size=resolution, in_channels=3, out_channels=3,
+            sample_size=size, in_channels=channels, out_channels=channels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, norm_num_groups=norm_num_groups,
             attention_head_dim=min(32, block_out_channels[-1]),
             num_class_embeds=num_labels + 1,
         )
         swap_norms(self.unet, norm)
-        self.scheduler = training_scheduler(num_train_timesteps)
+        self.scheduler = training_scheduler(num_train_timesteps, clip_sample=self._vae is None)
 
     @property
     def null_label(self) -> int:
         return self.config.num_labels
+
+    @property
+    def vae(self) -> Any:
+        """The frozen AutoencoderKL (latent mode) or None (pixels)."""
+        return self._vae
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Normal maps in [-1, 1] -> the UNet's space (scaled latent means; identity in pixels)."""
+        if self._vae is None:
+            return images
+        vae = self._vae.to(images.device, images.dtype)
+        with torch.no_grad():
+            return vae.encode(images).latent_dist.mean * self.latent_scale
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The UNet's space -> normal maps (RGB in about [-1, 1]; identity in pixels)."""
+        if self._vae is None:
+            return x
+        vae = self._vae.to(x.device, x.dtype)
+        with torch.no_grad():
+            return vae.decode(x / self.latent_scale).sample
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Predicted noise for noisy maps ``x`` at timesteps ``t`` given ``labels``."""
         return self.unet(x, t, class_labels=labels).sample
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x0 = batch["x"]
+        x0 = self.encode(batch["x"])
         labels = batch.get("y")
         if labels is None:
             labels = torch.full((x0.shape[0],), self.null_label, device=x0.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.data import default_collate
@@ -141,3 +143,32 @@ def test_missing_or_bad_vae_folder_is_one_clear_line(vae_dir, tmp_path) -> None:
     config_path.write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match="gone.*has no config.json"):
         NormalAdaptedDiffusion.from_pretrained(tmp_path / "model")
+
+
+def test_latent_config_trains_with_the_trainer_and_samples(vae_dir, tmp_path) -> None:
+    from accelerate.state import AcceleratorState
+
+    from diffusion.cli import sample_normals
+    from trainers import load_checkpoint_model, load_config
+    from trainers.train import train
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    overrides = [
+        f"trainer.output_dir={out}", "trainer.progress=false", "trainer.max_steps=2",
+        "trainer.checkpoint_every=0", "trainer.sample_every=0", "trainer.warmup_steps=0",
+        "trainer.log_every=1", "trainer.plot=false", "data.cache=null", "data.resolution=16",
+        "data.num_samples=8", "data.batch_size=4", "model.resolution=16",
+        "model.block_out_channels=[8,16]", "model.norm_num_groups=4", f"model.vae={vae_dir}",
+    ]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        result = train(load_config(root / "configs" / "normal_adapted.yaml", overrides))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert result.step == 2
+    model, _ = load_checkpoint_model(out)
+    assert model.vae is not None and model.sample_shape == (4, 8, 8)
+    summary = sample_normals(out, "front view, full body", num=2, seed=0,
+                             out=tmp_path / "n.png", steps=2, guidance=2.0, device="cpu")
+    assert Path(summary["out"]).is_file() and summary["norm_error"] >= 0.0

@@ -102,8 +102,65 @@ def _drop(keep_prob: float, batch: int, device: torch.device, training: bool) ->
     return torch.rand(batch, device=device) < keep_prob
 
 
+class _LatentSpace:
+    """Pixels, or the latent space of a local frozen AutoencoderKL (shared by both models).
+
+    The autoencoder stays out of the state dict and the parameters (``object.__setattr__`` skips
+    nn.Module registration): frozen, loaded from its own folder, never optimized. The config
+    keeps the folder's absolute path, so ``from_pretrained`` loads it again.
+    """
+
+    def _init_latent(
+        self, vae: str | None, latent_scale: float | None, resolution: int
+    ) -> tuple[int, int]:
+        object.__setattr__(self, "_vae", load_local_vae(vae) if vae is not None else None)
+        size, channels = resolution, 3
+        self.latent_scale = 1.0
+        if self._vae is not None:
+            self.register_to_config(vae=str(Path(vae).resolve()))
+            vae_config = self._vae.config
+            factor = 2 ** (len(vae_config.block_out_channels) - 1)
+            if resolution % factor:
+                raise ValueError(
+                    f"resolution {resolution} must be divisible by the autoencoder's "
+                    f"downsampling factor {factor}"
+                )
+            if vae_config.in_channels != 3:
+                raise ValueError(
+                    f"the autoencoder must take 3-channel images, "
+                    f"got in_channels={vae_config.in_channels}"
+                )
+            size, channels = resolution // factor, vae_config.latent_channels
+            self.latent_scale = float(
+                latent_scale if latent_scale is not None else vae_config.scaling_factor
+            )
+        self.sample_shape = (channels, size, size)
+        return size, channels
+
+    @property
+    def vae(self) -> Any:
+        """The frozen AutoencoderKL (latent mode) or None (pixels)."""
+        return self._vae
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the UNet's space (scaled latent means; identity in pixels)."""
+        if self._vae is None:
+            return images
+        vae = self._vae.to(images.device, images.dtype)
+        with torch.no_grad():
+            return vae.encode(images).latent_dist.mean * self.latent_scale
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The UNet's space -> images (about [-1, 1]; identity in pixels)."""
+        if self._vae is None:
+            return x
+        vae = self._vae.to(x.device, x.dtype)
+        with torch.no_grad():
+            return vae.decode(x / self.latent_scale).sample
+
+
 @register_model("normal_adapted")
-class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
+class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     """Pixel-space UNet2DModel generating normal maps from (view, framing) labels.
 
     Labels (``batch["y"]``, see ``diffusion.data``) enter through the UNet's class embedding;
@@ -149,31 +206,8 @@ class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
         block_out_channels = tuple(block_out_channels)
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
-        # The autoencoder stays out of the state dict and parameters (object.__setattr__ skips
-        # nn.Module registration): frozen, loaded from its own folder, never optimized.
-        object.__setattr__(self, "_vae", load_local_vae(vae) if vae is not None else None)
-        size, channels = resolution, 3
-        self.latent_scale = 1.0
-        if self._vae is not None:
-            self.register_to_config(vae=str(Path(vae).resolve()))
-            vae_config = self._vae.config
-            factor = 2 ** (len(vae_config.block_out_channels) - 1)
-            if resolution % factor:
-                raise ValueError(
-                    f"resolution {resolution} must be divisible by the autoencoder's "
-                    f"downsampling factor {factor}"
-                )
-            if vae_config.in_channels != 3:
-                raise ValueError(
-                    f"the autoencoder must take 3-channel images (normal maps), "
-                    f"got in_channels={vae_config.in_channels}"
-                )
-            size, channels = resolution // factor, vae_config.latent_channels
-            self.latent_scale = float(
-                latent_scale if latent_scale is not None else vae_config.scaling_factor
-            )
+        size, channels = self._init_latent(vae, latent_scale, resolution)
         _check_sizes(size, block_out_channels, norm_num_groups)
-        self.sample_shape = (channels, size, size)
         down, up = _block_types(len(block_out_channels), attention_levels, cross=False)
         self.unet = UNet2DModel(
             sample_size=size, in_channels=channels, out_channels=channels,
@@ -189,26 +223,6 @@ class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
     def null_label(self) -> int:
         return self.config.num_labels
 
-    @property
-    def vae(self) -> Any:
-        """The frozen AutoencoderKL (latent mode) or None (pixels)."""
-        return self._vae
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Normal maps in [-1, 1] -> the UNet's space (scaled latent means; identity in pixels)."""
-        if self._vae is None:
-            return images
-        vae = self._vae.to(images.device, images.dtype)
-        with torch.no_grad():
-            return vae.encode(images).latent_dist.mean * self.latent_scale
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """The UNet's space -> normal maps (RGB in about [-1, 1]; identity in pixels)."""
-        if self._vae is None:
-            return x
-        vae = self._vae.to(x.device, x.dtype)
-        with torch.no_grad():
-            return vae.decode(x / self.latent_scale).sample
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Predicted noise for noisy maps ``x`` at timesteps ``t`` given ``labels``."""
@@ -237,7 +251,7 @@ class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
 
 
 @register_model("normal_aligned")
-class NormalAlignedDiffusion(ModelMixin, ConfigMixin):
+class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     """Image diffusion conditioned on a normal map (channel concatenation and/or ControlNet).
 
     The base network is a UNet2DConditionModel whose cross-attention reads one learned token

@@ -265,6 +265,11 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     With probability ``condition_dropout`` the normal map is replaced by zeros (the null
     condition) so sampling can guide on it. ``batch["x"]`` is the normal map in [-1, 1] (the
     background at -1), ``batch["color"]`` the target image in [-1, 1].
+
+    With ``vae`` (a local AutoencoderKL folder; ``latent_scale`` as for the normal-adapted model)
+    the UNet denoises latents of the image, and the normal map enters through the same frozen
+    encoder (its scaled latents, like InstructPix2Pix's image condition), both for concatenation
+    and as the ControlNet condition; the null condition is the encoding of the all-zero map.
     """
 
     @register_to_config
@@ -283,10 +288,13 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         guidance_scale: float = 2.0,
         sample_steps: int = 25,
+        vae: str | None = None,
+        latent_scale: float | None = None,
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
-        _check_sizes(resolution, block_out_channels, norm_num_groups)
+        size, channels = self._init_latent(vae, latent_scale, resolution)
+        _check_sizes(size, block_out_channels, norm_num_groups)
         if conditioning not in ("concat", "controlnet", "both"):
             raise ValueError(
                 f"conditioning {conditioning!r} is unknown; choose one of: concat, controlnet, both"
@@ -296,7 +304,8 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         down, up = _block_types(len(block_out_channels), attention_levels, cross=True)
         self.concat = conditioning in ("concat", "both")
         self.unet = UNet2DConditionModel(
-            sample_size=resolution, in_channels=6 if self.concat else 3, out_channels=3,
+            sample_size=size, in_channels=2 * channels if self.concat else channels,
+            out_channels=channels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
             norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
@@ -306,15 +315,25 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         if conditioning in ("controlnet", "both"):
             self.controlnet = ControlNetModel.from_unet(
                 self.unet, conditioning_embedding_out_channels=tuple(conditioning_channels),
-                load_weights_from_unet=True,
+                load_weights_from_unet=True, conditioning_channels=channels,
             )
             swap_norms(self.controlnet, norm)
         swap_norms(self.unet, norm)
         self.token = nn.Parameter(torch.randn(1, 1, cross_attention_dim) * 0.02)
-        self.scheduler = training_scheduler(num_train_timesteps)
+        self.scheduler = training_scheduler(num_train_timesteps, clip_sample=self._vae is None)
+
+    def condition(self, normals: torch.Tensor) -> torch.Tensor:
+        """Normal maps in [-1, 1] -> the condition the networks read (latents in latent mode)."""
+        return self.encode(normals)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
         """Predicted noise for noisy images ``x`` given normal maps (zeros = no condition)."""
+        return self.denoise_condition(x, t, self.condition(normals))
+
+    def denoise_condition(
+        self, x: torch.Tensor, t: torch.Tensor, normals: torch.Tensor
+    ) -> torch.Tensor:
+        """``denoise`` with the condition already mapped by ``condition`` (sampling reuses it)."""
         tokens = self.token.to(x.dtype).expand(x.shape[0], -1, -1)
         inp = torch.cat([x, normals], dim=1) if self.concat else x
         extra: dict[str, Any] = {}
@@ -328,7 +347,7 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         return self.unet(inp, t, encoder_hidden_states=tokens, **extra).sample
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x0, normals = batch["color"], batch["x"]
+        x0, normals = self.encode(batch["color"]), batch["x"]
         keep = _drop(1.0 - self.config.condition_dropout, x0.shape[0], x0.device, self.training)
         normals = normals * keep.to(normals.dtype)[:, None, None, None]
         loss = _ddpm_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, normals))

@@ -106,17 +106,21 @@ def sample_aligned_images(
 ) -> torch.Tensor:
     """Images in [-1, 1] from a NormalAlignedDiffusion, one per normal map ``(B, 3, H, W)``.
 
-    ``normals`` in [-1, 1] (background -1); all-zero maps give unconditioned samples.
+    ``normals`` in [-1, 1] (background -1); all-zero maps give unconditioned samples. In latent
+    mode the sampled latents are decoded by the model's autoencoder.
     """
     was_training = model.training
     model.eval()
     normals = normals.to(model.device, model.dtype)
-    null = torch.zeros_like(normals)
+    cond, null = model.condition(normals), model.condition(torch.zeros_like(normals))
+    latent = model.vae is not None
     out = guided_sample(
-        lambda x, t, cond: model.denoise(x, t, normals if cond else null),
-        model.scheduler, tuple(normals.shape), generator, steps, guidance_scale,
-        sampler, model.device, model.dtype,
+        lambda x, t, c: model.denoise_condition(x, t, cond if c else null),
+        model.scheduler, (len(normals), *model.sample_shape), generator, steps,
+        guidance_scale, sampler, model.device, model.dtype, clip=not latent,
     )
+    if latent:
+        out = model.decode(out).clamp(-1.0, 1.0)
     model.train(was_training)
     return out
 

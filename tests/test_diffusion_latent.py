@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import default_collate
 
 from diffusion.data import NormalMapDataset
-from diffusion.models import NormalAdaptedDiffusion
+from diffusion.models import NormalAdaptedDiffusion, NormalAlignedDiffusion
 from diffusion.pipelines import NormalAdaptedPipeline
 from trainers.optim import build_optimizer
 
@@ -172,3 +172,39 @@ def test_latent_config_trains_with_the_trainer_and_samples(vae_dir, tmp_path) ->
     summary = sample_normals(out, "front view, full body", num=2, seed=0,
                              out=tmp_path / "n.png", steps=2, guidance=2.0, device="cpu")
     assert Path(summary["out"]).is_file() and summary["norm_error"] >= 0.0
+
+
+@pytest.mark.parametrize("conditioning", ["concat", "both"])
+def test_latent_aligned_model_trains_samples_and_round_trips(
+    conditioning: str, vae_dir, batch, tmp_path
+) -> None:
+    from diffusion.pipelines import NormalAlignedPipeline
+
+    model = NormalAlignedDiffusion(**TINY, conditioning=conditioning, vae=str(vae_dir))
+    assert model.sample_shape == (4, 8, 8)
+    assert model.unet.config.in_channels == 8  # image latents + normal-map latents
+    if model.controlnet is not None:
+        assert model.controlnet.config.conditioning_channels == 4
+    torch.testing.assert_close(model.condition(batch["x"]), model.encode(batch["x"]))
+    vae_ids = {id(p) for p in model.vae.parameters()}
+    assert not vae_ids & {id(p) for p in model.parameters()}
+    before = fixed_loss(model, batch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(15):
+        torch.manual_seed(step)
+        loss = model.loss(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(p.grad is None for p in model.vae.parameters())
+    assert fixed_loss(model, batch) < 0.8 * before
+    pipe = NormalAlignedPipeline(model=model)
+    normals = batch["x"][:2]
+    samples = pipe(normals, generator=torch.Generator().manual_seed(2), steps=2)
+    assert samples.shape == (2, 3, 16, 16) and samples.abs().max() <= 1.0
+    pipe.save_pretrained(tmp_path / "aligned")
+    loaded = NormalAlignedPipeline.from_pretrained(tmp_path / "aligned")
+    again = loaded(normals, generator=torch.Generator().manual_seed(2), steps=2)
+    torch.testing.assert_close(again, samples, rtol=0, atol=0)
+    logged = model.sample_for_logging(2, torch.Generator().manual_seed(0))
+    assert logged.shape == (2, 3, 16, 32) and 0.0 <= logged.min() and logged.max() <= 1.0

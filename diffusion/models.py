@@ -142,11 +142,18 @@ class _LatentSpace:
         """The frozen AutoencoderKL (latent mode) or None (pixels)."""
         return self._vae
 
+    def _vae_like(self, x: torch.Tensor) -> Any:
+        # Move the autoencoder only when needed (diffusers warns on every dtype cast).
+        p = next(self._vae.parameters())
+        if p.device != x.device or p.dtype != x.dtype:
+            self._vae.to(x.device, x.dtype)
+        return self._vae
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the UNet's space (scaled latent means; identity in pixels)."""
         if self._vae is None:
             return images
-        vae = self._vae.to(images.device, images.dtype)
+        vae = self._vae_like(images)
         with torch.no_grad():
             return vae.encode(images).latent_dist.mean * self.latent_scale
 
@@ -154,7 +161,7 @@ class _LatentSpace:
         """The UNet's space -> images (about [-1, 1]; identity in pixels)."""
         if self._vae is None:
             return x
-        vae = self._vae.to(x.device, x.dtype)
+        vae = self._vae_like(x)
         with torch.no_grad():
             return vae.decode(x / self.latent_scale).sample
 

@@ -168,7 +168,8 @@ class _LatentSpace:
 
 @register_model("normal_adapted")
 class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
-    """Pixel-space UNet2DModel generating normal maps from (view, framing) labels.
+    """UNet2DModel (pixels, or latents with ``vae``) generating normal maps from (view, framing)
+    labels.
 
     Labels (``batch["y"]``, see ``diffusion.data``) enter through the UNet's class embedding;
     label ``num_labels`` is the null label that label dropout (``label_dropout``) trains for

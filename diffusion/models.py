@@ -1,4 +1,4 @@
-"""Normal-adapted and normal-aligned diffusion models (pixel space, diffusers UNets).
+"""Normal-adapted and normal-aligned diffusion models (diffusers UNets, pixels or latents).
 
 References:
     Huang, Huang, Chen, Xu, Guo. HumanNorm: Learning Normal Diffusion Model for High-quality and
@@ -9,14 +9,20 @@ References:
         dropout, guided sampling).
     Zhang, Rao, Agrawala. Adding Conditional Control to Text-to-Image Diffusion Models.
         ICCV 2023, arXiv:2302.05543 (ControlNet).
+    Rombach, Blattmann, Lorenz, Esser, Ommer. High-Resolution Image Synthesis with Latent
+        Diffusion Models. CVPR 2022, arXiv:2112.10752 (latent space of a frozen autoencoder,
+        latents scaled by the autoencoder's scaling factor).
 
 Both models follow ``trainers.protocol``: ``loss(batch)`` is the DDPM epsilon loss (linear betas
 1e-4..0.02, 1000 steps) and ``sample_for_logging`` draws a few samples with DDIM. Data live in
 [-1, 1]. ``norm`` swaps every GroupNorm of the networks for that map norm of ``norms/``.
+``NormalAdaptedDiffusion(vae="path/to/folder")`` works in the latent space of a local, frozen
+diffusers ``AutoencoderKL`` (loaded offline; kept out of the state dict and the optimizer).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,12 +40,31 @@ from .norm_swap import swap_norms
 __all__ = ["NormalAdaptedDiffusion", "NormalAlignedDiffusion", "training_scheduler"]
 
 
-def training_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """The DDPM noise schedule both models train with (linear betas, epsilon prediction)."""
+def training_scheduler(num_train_timesteps: int = 1000, clip_sample: bool = True) -> DDPMScheduler:
+    """The DDPM noise schedule both models train with (linear betas, epsilon prediction).
+
+    ``clip_sample`` clips predicted clean samples to [-1, 1] when sampling (pixels); latents are
+    not bounded, so latent models turn it off.
+    """
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps, beta_start=1e-4, beta_end=0.02,
-        beta_schedule="linear", prediction_type="epsilon", clip_sample=True,
+        beta_schedule="linear", prediction_type="epsilon", clip_sample=clip_sample,
     )
+
+
+def load_local_vae(path: str | Path) -> Any:
+    """A frozen (``requires_grad`` False, eval mode) diffusers AutoencoderKL from a local folder."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"vae folder {str(path)!r} has no config.json; give the folder of a local "
+            "diffusers AutoencoderKL (saved with save_pretrained)"
+        )
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    vae.requires_grad_(False)
+    return vae.eval()
 
 
 def _check_sizes(resolution: int, block_out_channels: tuple[int, ...], groups: int) -> None:
@@ -77,9 +102,74 @@ def _drop(keep_prob: float, batch: int, device: torch.device, training: bool) ->
     return torch.rand(batch, device=device) < keep_prob
 
 
+class _LatentSpace:
+    """Pixels, or the latent space of a local frozen AutoencoderKL (shared by both models).
+
+    The autoencoder stays out of the state dict and the parameters (``object.__setattr__`` skips
+    nn.Module registration): frozen, loaded from its own folder, never optimized. The config
+    keeps the folder's absolute path, so ``from_pretrained`` loads it again.
+    """
+
+    def _init_latent(
+        self, vae: str | None, latent_scale: float | None, resolution: int
+    ) -> tuple[int, int]:
+        object.__setattr__(self, "_vae", load_local_vae(vae) if vae is not None else None)
+        size, channels = resolution, 3
+        self.latent_scale = 1.0
+        if self._vae is not None:
+            self.register_to_config(vae=str(Path(vae).resolve()))
+            vae_config = self._vae.config
+            factor = 2 ** (len(vae_config.block_out_channels) - 1)
+            if resolution % factor:
+                raise ValueError(
+                    f"resolution {resolution} must be divisible by the autoencoder's "
+                    f"downsampling factor {factor}"
+                )
+            if vae_config.in_channels != 3:
+                raise ValueError(
+                    f"the autoencoder must take 3-channel images, "
+                    f"got in_channels={vae_config.in_channels}"
+                )
+            size, channels = resolution // factor, vae_config.latent_channels
+            self.latent_scale = float(
+                latent_scale if latent_scale is not None else vae_config.scaling_factor
+            )
+        self.sample_shape = (channels, size, size)
+        return size, channels
+
+    @property
+    def vae(self) -> Any:
+        """The frozen AutoencoderKL (latent mode) or None (pixels)."""
+        return self._vae
+
+    def _vae_like(self, x: torch.Tensor) -> Any:
+        # Move the autoencoder only when needed (diffusers warns on every dtype cast).
+        p = next(self._vae.parameters())
+        if p.device != x.device or p.dtype != x.dtype:
+            self._vae.to(x.device, x.dtype)
+        return self._vae
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the UNet's space (scaled latent means; identity in pixels)."""
+        if self._vae is None:
+            return images
+        vae = self._vae_like(images)
+        with torch.no_grad():
+            return vae.encode(images).latent_dist.mean * self.latent_scale
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The UNet's space -> images (about [-1, 1]; identity in pixels)."""
+        if self._vae is None:
+            return x
+        vae = self._vae_like(x)
+        with torch.no_grad():
+            return vae.decode(x / self.latent_scale).sample
+
+
 @register_model("normal_adapted")
-class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
-    """Pixel-space UNet2DModel generating normal maps from (view, framing) labels.
+class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
+    """UNet2DModel (pixels, or latents with ``vae``) generating normal maps from (view, framing)
+    labels.
 
     Labels (``batch["y"]``, see ``diffusion.data``) enter through the UNet's class embedding;
     label ``num_labels`` is the null label that label dropout (``label_dropout``) trains for
@@ -96,6 +186,11 @@ class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
         label_dropout: probability of the null label during training.
         num_train_timesteps: DDPM steps.
         guidance_scale, sample_steps: defaults of ``sample_for_logging``.
+        vae: folder of a local diffusers AutoencoderKL (latent mode) or None (pixels). The UNet
+            then works on latents of side ``resolution / 2^(len(vae block_out_channels) - 1)``
+            with the autoencoder's latent channels; the autoencoder is frozen and stays out of
+            the state dict (the config keeps its absolute path and loading reads it again).
+        latent_scale: multiplies the latents (default: the autoencoder's ``scaling_factor``).
     """
 
     @register_to_config
@@ -112,33 +207,37 @@ class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         guidance_scale: float = 2.0,
         sample_steps: int = 25,
+        vae: str | None = None,
+        latent_scale: float | None = None,
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
-        _check_sizes(resolution, block_out_channels, norm_num_groups)
         if not 0.0 <= label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        size, channels = self._init_latent(vae, latent_scale, resolution)
+        _check_sizes(size, block_out_channels, norm_num_groups)
         down, up = _block_types(len(block_out_channels), attention_levels, cross=False)
         self.unet = UNet2DModel(
-            sample_size=resolution, in_channels=3, out_channels=3,
+            sample_size=size, in_channels=channels, out_channels=channels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, norm_num_groups=norm_num_groups,
             attention_head_dim=min(32, block_out_channels[-1]),
             num_class_embeds=num_labels + 1,
         )
         swap_norms(self.unet, norm)
-        self.scheduler = training_scheduler(num_train_timesteps)
+        self.scheduler = training_scheduler(num_train_timesteps, clip_sample=self._vae is None)
 
     @property
     def null_label(self) -> int:
         return self.config.num_labels
+
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Predicted noise for noisy maps ``x`` at timesteps ``t`` given ``labels``."""
         return self.unet(x, t, class_labels=labels).sample
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x0 = batch["x"]
+        x0 = self.encode(batch["x"])
         labels = batch.get("y")
         if labels is None:
             labels = torch.full((x0.shape[0],), self.null_label, device=x0.device)
@@ -160,7 +259,7 @@ class NormalAdaptedDiffusion(ModelMixin, ConfigMixin):
 
 
 @register_model("normal_aligned")
-class NormalAlignedDiffusion(ModelMixin, ConfigMixin):
+class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     """Image diffusion conditioned on a normal map (channel concatenation and/or ControlNet).
 
     The base network is a UNet2DConditionModel whose cross-attention reads one learned token
@@ -174,6 +273,11 @@ class NormalAlignedDiffusion(ModelMixin, ConfigMixin):
     With probability ``condition_dropout`` the normal map is replaced by zeros (the null
     condition) so sampling can guide on it. ``batch["x"]`` is the normal map in [-1, 1] (the
     background at -1), ``batch["color"]`` the target image in [-1, 1].
+
+    With ``vae`` (a local AutoencoderKL folder; ``latent_scale`` as for the normal-adapted model)
+    the UNet denoises latents of the image, and the normal map enters through the same frozen
+    encoder (its scaled latents, like InstructPix2Pix's image condition), both for concatenation
+    and as the ControlNet condition; the null condition is the encoding of the all-zero map.
     """
 
     @register_to_config
@@ -192,10 +296,13 @@ class NormalAlignedDiffusion(ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         guidance_scale: float = 2.0,
         sample_steps: int = 25,
+        vae: str | None = None,
+        latent_scale: float | None = None,
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
-        _check_sizes(resolution, block_out_channels, norm_num_groups)
+        size, channels = self._init_latent(vae, latent_scale, resolution)
+        _check_sizes(size, block_out_channels, norm_num_groups)
         if conditioning not in ("concat", "controlnet", "both"):
             raise ValueError(
                 f"conditioning {conditioning!r} is unknown; choose one of: concat, controlnet, both"
@@ -205,7 +312,8 @@ class NormalAlignedDiffusion(ModelMixin, ConfigMixin):
         down, up = _block_types(len(block_out_channels), attention_levels, cross=True)
         self.concat = conditioning in ("concat", "both")
         self.unet = UNet2DConditionModel(
-            sample_size=resolution, in_channels=6 if self.concat else 3, out_channels=3,
+            sample_size=size, in_channels=2 * channels if self.concat else channels,
+            out_channels=channels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
             norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
@@ -215,15 +323,25 @@ class NormalAlignedDiffusion(ModelMixin, ConfigMixin):
         if conditioning in ("controlnet", "both"):
             self.controlnet = ControlNetModel.from_unet(
                 self.unet, conditioning_embedding_out_channels=tuple(conditioning_channels),
-                load_weights_from_unet=True,
+                load_weights_from_unet=True, conditioning_channels=channels,
             )
             swap_norms(self.controlnet, norm)
         swap_norms(self.unet, norm)
         self.token = nn.Parameter(torch.randn(1, 1, cross_attention_dim) * 0.02)
-        self.scheduler = training_scheduler(num_train_timesteps)
+        self.scheduler = training_scheduler(num_train_timesteps, clip_sample=self._vae is None)
+
+    def condition(self, normals: torch.Tensor) -> torch.Tensor:
+        """Normal maps in [-1, 1] -> the condition the networks read (latents in latent mode)."""
+        return self.encode(normals)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
         """Predicted noise for noisy images ``x`` given normal maps (zeros = no condition)."""
+        return self.denoise_condition(x, t, self.condition(normals))
+
+    def denoise_condition(
+        self, x: torch.Tensor, t: torch.Tensor, normals: torch.Tensor
+    ) -> torch.Tensor:
+        """``denoise`` with the condition already mapped by ``condition`` (sampling reuses it)."""
         tokens = self.token.to(x.dtype).expand(x.shape[0], -1, -1)
         inp = torch.cat([x, normals], dim=1) if self.concat else x
         extra: dict[str, Any] = {}
@@ -237,7 +355,7 @@ class NormalAlignedDiffusion(ModelMixin, ConfigMixin):
         return self.unet(inp, t, encoder_hidden_states=tokens, **extra).sample
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x0, normals = batch["color"], batch["x"]
+        x0, normals = self.encode(batch["color"]), batch["x"]
         keep = _drop(1.0 - self.config.condition_dropout, x0.shape[0], x0.device, self.training)
         normals = normals * keep.to(normals.dtype)[:, None, None, None]
         loss = _ddpm_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, normals))

@@ -51,12 +51,13 @@ def guided_sample(
     sampler: str = "ddim",
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    clip: bool = True,
 ) -> torch.Tensor:
     """Generic guided sampling: ``denoise(x, t, conditional)`` returns predicted noise.
 
     The guided noise is ``uncond + w (cond - uncond)``; ``w = 1`` skips the unconditional pass.
     The start noise is drawn on the CPU from ``generator`` so a seed gives the same samples on
-    every device.
+    every device. ``clip`` clamps the result to [-1, 1] (pixels; latents are left as they are).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -72,24 +73,29 @@ def guided_sample(
             uncond = denoise(inp, tt, False)
             eps = uncond + guidance_scale * (eps - uncond)
         x = scheduler.step(eps, t, x).prev_sample
-    return x.clamp(-1.0, 1.0)
+    return x.clamp(-1.0, 1.0) if clip else x
 
 
 def sample_normal_maps(
     model, labels: torch.Tensor, generator: torch.Generator | None = None, steps: int = 25,
     guidance_scale: float = 2.0, sampler: str = "ddim",
 ) -> torch.Tensor:
-    """Normal maps in [-1, 1] ``(B, 3, H, W)`` from a NormalAdaptedDiffusion, one per label."""
+    """Normal maps in [-1, 1] ``(B, 3, H, W)`` from a NormalAdaptedDiffusion, one per label.
+
+    In latent mode the sampled latents are decoded by the model's autoencoder.
+    """
     was_training = model.training
     model.eval()
     labels = torch.as_tensor(labels, device=model.device)
     null = torch.full_like(labels, model.null_label)
-    res = model.config.resolution
+    latent = model.vae is not None
     out = guided_sample(
         lambda x, t, cond: model.denoise(x, t, labels if cond else null),
-        model.scheduler, (len(labels), 3, res, res), generator, steps, guidance_scale,
-        sampler, model.device, model.dtype,
+        model.scheduler, (len(labels), *model.sample_shape), generator, steps, guidance_scale,
+        sampler, model.device, model.dtype, clip=not latent,
     )
+    if latent:
+        out = model.decode(out).clamp(-1.0, 1.0)
     model.train(was_training)
     return out
 
@@ -100,17 +106,21 @@ def sample_aligned_images(
 ) -> torch.Tensor:
     """Images in [-1, 1] from a NormalAlignedDiffusion, one per normal map ``(B, 3, H, W)``.
 
-    ``normals`` in [-1, 1] (background -1); all-zero maps give unconditioned samples.
+    ``normals`` in [-1, 1] (background -1); all-zero maps give unconditioned samples. In latent
+    mode the sampled latents are decoded by the model's autoencoder.
     """
     was_training = model.training
     model.eval()
     normals = normals.to(model.device, model.dtype)
-    null = torch.zeros_like(normals)
+    cond, null = model.condition(normals), model.condition(torch.zeros_like(normals))
+    latent = model.vae is not None
     out = guided_sample(
-        lambda x, t, cond: model.denoise(x, t, normals if cond else null),
-        model.scheduler, tuple(normals.shape), generator, steps, guidance_scale,
-        sampler, model.device, model.dtype,
+        lambda x, t, c: model.denoise_condition(x, t, cond if c else null),
+        model.scheduler, (len(normals), *model.sample_shape), generator, steps,
+        guidance_scale, sampler, model.device, model.dtype, clip=not latent,
     )
+    if latent:
+        out = model.decode(out).clamp(-1.0, 1.0)
     model.train(was_training)
     return out
 

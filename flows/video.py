@@ -615,10 +615,16 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             u_given, _ = self.local_forward(self._tokens(given))
         cond = self.prefix(b, y, text)
         uncond = self.prefix(b) if guidance else None
+        n = self.tokens_per_frame
         methods = {"global": method, "local": method}
-        key = (b, f, str(z.device), self.dtype, bool(guidance), jacobi_chunk, jacobi_threshold)
+        chunks = {"global": jacobi_chunk, "local": None}
+        # The chunk is part of the method label, not of the key: every explicit run of a
+        # (method, chunk) pair is an observation that "auto" can reuse.
+        key = (b, f, str(z.device), self.dtype, bool(guidance), jacobi_threshold, jacobi_init)
         if method == "auto":
-            methods = choose_methods(self, key)
+            methods, chunks = choose_methods(self, key, jacobi_chunk)
+        if chunks["local"] is None and jacobi_chunk is not None:
+            chunks["local"] = min(jacobi_chunk, n)
         start = time.perf_counter()
         u, passes = self.global_block.reverse_video(
             tokens,
@@ -630,28 +636,34 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             method=methods["global"],
             threshold=jacobi_threshold,
             max_iter=jacobi_max_iter,
-            chunk_size=jacobi_chunk,
+            chunk_size=chunks["global"],
             window=self.config.frames,
             context_frames=context_frames,
             init=jacobi_init,
             progress=progress,
         )
         middle = time.perf_counter()
-        local_chunk = None if jacobi_chunk is None else min(jacobi_chunk, self.tokens_per_frame)
         x, local_passes = self._local_reverse(
-            u, methods["local"], jacobi_threshold, jacobi_max_iter, local_chunk
+            u, methods["local"], jacobi_threshold, jacobi_max_iter, chunks["local"]
         )
         seconds = {"global": middle - start, "local": time.perf_counter() - middle}
         observed = self.__dict__.setdefault("_stage_seconds", {}).setdefault(key, {})
         for stage, used in methods.items():
-            best = observed.setdefault(stage, {}).get(used, math.inf)
-            observed[stage][used] = min(best, seconds[stage])
+            label = method_label(used, chunks[stage], n)
+            best = observed.setdefault(stage, {}).get(label, math.inf)
+            observed[stage][label] = min(best, seconds[stage])
         seen = self.__dict__.setdefault("_jacobi_passes_seen", {})
         if methods["global"] == "jacobi" and passes:
-            seen["global"] = sum(passes) / len(passes)
+            label = method_label("jacobi", chunks["global"], n)
+            seen[("global", label)] = sum(passes) / len(passes)
         if methods["local"] == "jacobi" and local_passes:
-            seen["local"] = sum(local_passes) / len(local_passes)
-        info = {"method": methods, "iterations_per_frame": passes, "local_iterations": local_passes}
+            seen[("local", "jacobi")] = sum(local_passes) / len(local_passes)
+        info = {
+            "method": methods,
+            "jacobi_chunk": chunks,
+            "iterations_per_frame": passes,
+            "local_iterations": local_passes,
+        }
         return self._video(x), info
 
     # ------------------------------------------------------------------ denoising
@@ -848,20 +860,21 @@ def flow_score(
 # ---------------------------------------------------------------------------- method choice
 def _pass_times(
     model: VideoTransformerFlow, batch: int, frames: int, device: torch.device, guided: bool
-) -> dict[str, tuple[float, float]]:
-    """Seconds of (one-token cached pass, one-frame pass) for the deep and the local blocks."""
+) -> dict[str, tuple[float, float, float]]:
+    """Seconds of (one-token, one-frame, one-window) cached passes for the deep / local blocks."""
     from flows.sampling import timed_pass
 
     n, dtype = model.tokens_per_frame, next(model.parameters()).dtype
+    g = min(frames, model.config.frames)
     stages = {
-        "global": ([model.global_block], batch * (2 if guided else 1), n * min(frames, 4)),
-        "local": (list(model.local), batch * frames, n // 2),
+        "global": ([model.global_block], batch * (2 if guided else 1), n * min(frames, 4), g),
+        "local": (list(model.local), batch * frames, n // 2, 1),
     }
     result = {}
-    for stage, (blocks, rows, context) in stages.items():
-        t_token = t_frame = 0.0
+    for stage, (blocks, rows, context, group) in stages.items():
+        t_token = t_frame = t_window = 0.0
         for block in blocks:
-            h = torch.randn(rows, context + n, block.width, device=device, dtype=dtype)
+            h = torch.randn(rows, context + n * group, block.width, device=device, dtype=dtype)
             cache = KVCache()
             if context:
                 block.transformer(h[:, :context], cache=cache)
@@ -873,36 +886,72 @@ def _pass_times(
 
             t_token += timed_pass(lambda run=run: run(1), repeats=3)
             t_frame += timed_pass(lambda run=run: run(n), repeats=1)
-        result[stage] = (t_token, t_frame)
+            if group > 1:
+                t_window += timed_pass(lambda run=run, group=group: run(n * group), repeats=1)
+        result[stage] = (t_token, t_frame, t_window or t_frame)
     return result
 
 
-def choose_methods(model: VideoTransformerFlow, key: tuple) -> dict[str, str]:
-    """Pick "sequential" or "jacobi" separately for the deep and the local stage.
+def method_label(method: str, chunk: int | None, tokens_per_frame: int) -> str:
+    """"sequential", "jacobi" (one-frame chunks) or "jacobi@C" (chunks of C tokens)."""
+    if method == "sequential" or chunk in (None, tokens_per_frame):
+        return method
+    return f"jacobi@{chunk}"
 
-    ``key`` = (batch, frames, device, dtype, guided, jacobi_chunk, jacobi_threshold). Once both
-    methods of a stage have run for this key, the faster observed one (best wall time) wins.
-    Before that the choice is predicted: sequential costs N one-token passes per frame (per
-    block), Jacobi K frame-sized passes; both pass times are measured once on the model itself
-    and K is the mean passes of the model's previous Jacobi call of that stage (N / 4 before
-    any).
+
+def choose_methods(
+    model: VideoTransformerFlow, key: tuple, jacobi_chunk: int | None = None
+) -> tuple[dict[str, str], dict[str, int | None]]:
+    """Pick the method and the Jacobi chunk separately for the deep and the local stage.
+
+    ``key`` = (batch, frames, device, dtype, guided, jacobi_threshold, jacobi_init). The deep
+    stage's candidates are sequential, Jacobi in one-frame chunks and Jacobi over the whole
+    window (chunk = frames x tokens, several frames solved at once); with an explicit
+    ``jacobi_chunk`` only sequential and that chunk. The local stage picks sequential or
+    Jacobi. Once every candidate of a stage has run for this key (by "auto" or explicitly), the
+    fastest observed one (best wall time) wins. Before that the choice is predicted:
+    sequential costs N one-token passes per frame (per block), Jacobi K chunk-sized passes per
+    chunk; pass times are measured once on the model itself and K is the mean passes of the
+    model's previous Jacobi call with that chunk (a quarter of the chunk before any).
+    Returns ({stage: method}, {stage: chunk or None}).
     """
     batch, frames, device, dtype, guided = key[:5]
+    n = model.tokens_per_frame
+    group = min(frames, model.config.frames)
     timings = model.__dict__.setdefault("_auto_timings", {})
     if key[:5] not in timings:
         timings[key[:5]] = _pass_times(model, batch, frames, torch.device(device), guided)
-    n = model.tokens_per_frame
     seen = model.__dict__.get("_jacobi_passes_seen", {})
     observed = model.__dict__.get("_stage_seconds", {}).get(key, {})
-    methods = {}
-    for stage, (t_token, t_frame) in timings[key[:5]].items():
+    if jacobi_chunk is None:
+        global_chunks = [None] + ([n * group] if group > 1 else [])
+    else:
+        global_chunks = [jacobi_chunk]
+    local_chunk = None if jacobi_chunk is None else min(jacobi_chunk, n)
+    candidates = {
+        "global": [("sequential", None)] + [("jacobi", c) for c in global_chunks],
+        "local": [("sequential", None), ("jacobi", local_chunk)],
+    }
+    methods, chunks = {}, {}
+    for stage, options in candidates.items():
+        t_token, t_frame, t_window = timings[key[:5]][stage]
         times = observed.get(stage, {})
-        if "sequential" in times and "jacobi" in times:
-            methods[stage] = min(("sequential", "jacobi"), key=times.__getitem__)
-            continue
-        passes = seen.get(stage, n / 4)
-        methods[stage] = "jacobi" if passes * t_frame < n * t_token else "sequential"
-    return methods
+        labels = [method_label(m, c, n) for m, c in options]
+        if all(label in times for label in labels):
+            best = min(range(len(options)), key=lambda i: times[labels[i]])
+        else:
+            costs = []
+            for (how, chunk), label in zip(options, labels):
+                if how == "sequential":
+                    costs.append(n * group * t_token)
+                    continue
+                size = chunk or n
+                passes = seen.get((stage, label), min(size, max(1.0, size / 4)))
+                pass_time = t_window if size > n else t_frame * size / n
+                costs.append(passes * pass_time * n * group / size)
+            best = min(range(len(options)), key=costs.__getitem__)
+        methods[stage], chunks[stage] = options[best]
+    return methods, chunks
 
 
 def _load_vae(path: str) -> Any:

@@ -338,12 +338,24 @@ def test_latent_mode_with_a_local_autoencoder(tmp_path) -> None:
 def test_auto_uses_observed_wall_times() -> None:
     model = _model()
     z = _video()
+    n, frames = model.tokens_per_frame, z.shape[1]
+    window = f"jacobi@{n * frames}"
     x_seq, _ = model.reverse(z, method="sequential")
     model.reverse(z, method="jacobi")
+    x_window, _ = model.reverse(z, method="jacobi", jacobi_chunk=n * frames)
     (observed,) = model._stage_seconds.values()
-    assert set(observed["global"]) == {"sequential", "jacobi"}
-    observed["global"].update(sequential=1.0, jacobi=0.5)
+    assert set(observed["global"]) == {"sequential", "jacobi", window}
+    observed["global"].update({"sequential": 1.0, "jacobi": 0.5, window: 0.75})
     observed["local"].update(sequential=0.5, jacobi=1.0)
     x_auto, info = model.reverse(z, method="auto")
     assert info["method"] == {"global": "jacobi", "local": "sequential"}
+    assert info["jacobi_chunk"]["global"] is None
     torch.testing.assert_close(x_auto, x_seq, rtol=0, atol=1e-3)
+    # The whole-window chunk wins once it is the fastest observed setting.
+    observed["global"].update({"sequential": 1.0, "jacobi": 0.5, window: 0.25})
+    observed["local"].update(sequential=1.0, jacobi=0.5)
+    x_auto, info = model.reverse(z, method="auto")
+    assert info["method"]["global"] == "jacobi"
+    assert info["jacobi_chunk"]["global"] == n * frames
+    assert sum(info["iterations_per_frame"][1:]) == 0  # one group: passes booked on frame 0
+    torch.testing.assert_close(x_auto, x_window, rtol=0, atol=0)

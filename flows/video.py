@@ -72,7 +72,6 @@ from flows.autoregressive import (
     GUIDANCE_RULES,
     AutoregressiveBlock,
     Permutation,
-    relative_change,
 )
 from flows.denoiser import FlowScoreDenoiser
 from flows.image import patchify, unpatchify
@@ -256,21 +255,36 @@ class GlobalVideoBlock(AutoregressiveBlock):
                 e = min(s + step, g * n)
                 # A chunk of c tokens is exact after c passes, so never iterate longer.
                 budget = min(max_iter, e - s)
-                base = cache.length
+                a, base = s, cache.length  # a: first token of the chunk not yet accepted
                 for k in range(budget):
-                    inputs = torch.cat([last, doubled(self._embed(x[:, s : e - 1], 0))], dim=1)
+                    if a == s:  # the input before token s is the last solved token
+                        inputs = torch.cat([last, doubled(self._embed(x[:, s : e - 1], 0))], 1)
+                    else:  # token a - 1 is accepted: only the rest of the chunk is recomputed
+                        inputs = doubled(self._embed(x[:, a - 1 : e - 1], 0))
                     h = self.transformer(inputs, cache=cache)
                     log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
-                    new = mu + torch.exp(log_sigma) * target[:, s:e]
+                    new = mu + torch.exp(log_sigma) * target[:, a:e]
                     used += 1
                     if k == budget - 1:
-                        x[:, s:e] = new
+                        x[:, a:e] = new
                         break
-                    change = relative_change(new, x[:, s:e])
-                    x[:, s:e] = new
-                    if bool(change < threshold):
+                    # mean((new - old)^2) / mean(new^2) per sample (the worst one decides) and
+                    # per token (a prefix of unmoved tokens is accepted), as reverse_jacobi.
+                    scale = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
+                    per_token = (new - x[:, a:e]).pow(2).mean(dim=2) / scale[:, None]
+                    x[:, a:e] = new
+                    small = (per_token.amax(dim=0) < threshold).cumprod(0)
+                    worst = per_token.mean(dim=1).amax()
+                    change, n_small = torch.stack([worst, small.sum()]).tolist()
+                    if change < threshold:
                         break  # the cache keeps this pass: it is the solved prefix
-                    cache.truncate(base)
+                    # Token a is exact (its inputs are accepted); so are, to the threshold, the
+                    # tokens after it that no longer move. Keep their inputs in the cache.
+                    accept = min(1 + int(n_small), e - a)
+                    if a + accept == e:
+                        break
+                    cache.truncate(base + accept)
+                    a, base = a + accept, base + accept
                 last = doubled(self._embed(x[:, e - 1 : e], 0))
             frames = list(x.reshape(b, g, n, d).unbind(1))
             history += frames

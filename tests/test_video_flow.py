@@ -146,6 +146,23 @@ def test_video_jacobi_equals_sequential_with_guidance(chunk: int | None, init: s
 
 
 @pytest.mark.float64
+def test_window_jacobi_accepts_unmoved_tokens() -> None:
+    # With a small positive threshold the deep block accepts the prefix of tokens that no
+    # longer move, so later passes recompute less; the result stays close to sequential.
+    model = _model(**COND)
+    y, text = _cond(model)
+    z = _video()
+    n = model.tokens_per_frame
+    seq, _ = model.reverse(z, y, text, method="sequential")
+    for chunk in (None, n * T):
+        jac, info = model.reverse(
+            z, y, text, method="jacobi", jacobi_threshold=1e-14, jacobi_chunk=chunk
+        )
+        torch.testing.assert_close(jac, seq, rtol=0, atol=1e-5)
+        assert sum(info["iterations_per_frame"]) <= T * n
+
+
+@pytest.mark.float64
 def test_generation_beyond_training_length_keeps_context() -> None:
     model = _model(**COND)
     y, text = _cond(model)

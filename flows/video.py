@@ -31,8 +31,10 @@ passes (a chunk of c tokens is exact after c passes, so the loop stops there too
 training length the window slides: when the window is full the cache is rebuilt from the last
 ``context_frames`` frames. A ``jacobi_chunk`` that is a multiple of the frame size solves that
 many frames together (fewer, larger passes). The local blocks are then inverted for all frames
-at once. ``"auto"`` picks sequential or Jacobi per stage from measured pass times, then from
-the observed wall times once both have run for the same batch, length and options.
+at once. ``"auto"`` picks sequential or Jacobi per stage, and for the deep block also the
+chunk (one frame or the whole window), from measured pass times, then from the observed wall
+times once every candidate has run for the same batch, length and options
+(:func:`choose_methods`).
 
 Example:
     >>> import torch

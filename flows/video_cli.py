@@ -223,6 +223,7 @@ def sample_video_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
         "model": MODEL_NAME,
         "checkpoint": str(checkpoint),
         "method": info["method"],
+        "jacobi_chunk": info["jacobi_chunk"],
         "frames": total,
         "given_frames": n_given,
         "iterations_per_frame": info["iterations_per_frame"],

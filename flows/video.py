@@ -909,7 +909,7 @@ def _pass_times(
 
 
 def method_label(method: str, chunk: int | None, tokens_per_frame: int) -> str:
-    """"sequential", "jacobi" (one-frame chunks) or "jacobi@C" (chunks of C tokens)."""
+    """Label of a setting: "sequential", "jacobi" (frame chunks) or "jacobi@C" (C tokens)."""
     if method == "sequential" or chunk in (None, tokens_per_frame):
         return method
     return f"jacobi@{chunk}"
@@ -925,7 +925,8 @@ def choose_methods(
     window (chunk = frames x tokens, several frames solved at once); with an explicit
     ``jacobi_chunk`` only sequential and that chunk. The local stage picks sequential or
     Jacobi. Once every candidate of a stage has run for this key (by "auto" or explicitly), the
-    fastest observed one (best wall time) wins. Before that the choice is predicted:
+    fastest observed one (best wall time) wins; until then each call runs an untried candidate
+    (so at most one call per candidate is spent exploring). The first choice is predicted:
     sequential costs N one-token passes per frame (per block), Jacobi K chunk-sized passes per
     chunk; pass times are measured once on the model itself and K is the mean passes of the
     model's previous Jacobi call with that chunk (a quarter of the chunk before any).
@@ -965,7 +966,11 @@ def choose_methods(
                 passes = seen.get((stage, label), min(size, max(1.0, size / 4)))
                 pass_time = t_window if size > n else t_frame * size / n
                 costs.append(passes * pass_time * n * group / size)
-            best = min(range(len(options)), key=costs.__getitem__)
+            # Explore: once some candidate has run, try the untried ones (cheapest predicted
+            # first), so a wrong prediction costs one call per candidate, never more.
+            untried = [i for i, label in enumerate(labels) if label not in times]
+            pool = untried if len(untried) < len(labels) else range(len(options))
+            best = min(pool, key=costs.__getitem__)
         methods[stage], chunks[stage] = options[best]
     return methods, chunks
 

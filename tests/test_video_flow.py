@@ -376,3 +376,18 @@ def test_auto_uses_observed_wall_times() -> None:
     assert info["jacobi_chunk"]["global"] == n * frames
     assert sum(info["iterations_per_frame"][1:]) == 0  # one group: passes booked on frame 0
     torch.testing.assert_close(x_auto, x_window, rtol=0, atol=0)
+
+
+def test_auto_tries_every_candidate_once() -> None:
+    # A wrong first prediction cannot stick: auto runs each untried (method, chunk) once.
+    model = _model()
+    z = _video()
+    window = f"jacobi@{model.tokens_per_frame * T}"
+    picks = []
+    for _ in range(3):
+        _, info = model.reverse(z, method="auto")
+        picks.append((info["method"]["global"], info["jacobi_chunk"]["global"]))
+    (observed,) = model._stage_seconds.values()
+    assert set(observed["global"]) == {"sequential", "jacobi", window}
+    assert set(observed["local"]) == {"sequential", "jacobi"}
+    assert len(set(picks)) == 3

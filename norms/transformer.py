@@ -103,15 +103,46 @@ class KVCache:
         return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate (B, H, n, d) queries/keys by their positions (RoPE on pairs of the head dim)."""
-    half = x.shape[-1] // 2
-    freqs = base ** (-torch.arange(half, dtype=x.dtype, device=x.device) / half)
-    angles = positions.to(x.dtype)[:, None] * freqs[None, :]
-    cos, sin = angles.cos(), angles.sin()
+_ROPE_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def rope_table(
+    length: int, half: int, dtype: torch.dtype, device: torch.device, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position x frequency for positions 0..length-1 (at least), cached.
+
+    Decoding and Jacobi passes rotate a few positions at a time; recomputing the table on every
+    pass cost about a quarter of Jacobi time, so it is built once per (width, dtype, device)
+    and grown by doubling. Entries equal ``cos(p * base**(-i / half))`` computed in ``dtype``.
+    """
+    key = (half, base, dtype, device)
+    cos, sin = _ROPE_TABLES.get(key, (None, None))
+    if cos is None or cos.shape[0] < length:
+        size = max(length, 2 * (cos.shape[0] if cos is not None else 0), 64)
+        # Ordinary tensors even when the first call happens under inference_mode, so a later
+        # training step may save them for backward.
+        with torch.inference_mode(False):
+            freqs = base ** (-torch.arange(half, dtype=dtype, device=device) / half)
+            angles = torch.arange(size, dtype=dtype, device=device)[:, None] * freqs[None, :]
+            cos, sin = angles.cos(), angles.sin()
+        _ROPE_TABLES[key] = (cos, sin)
+    return cos, sin
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (..., n, d) features by per-position (n, d // 2) cos/sin (pairs (i, i + d/2))."""
+    half = cos.shape[-1]
     x1, x2 = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1) if x.shape[-1] % 2 else rotated
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotate (B, H, n, d) queries/keys by their positions (RoPE on pairs of the head dim)."""
+    half = x.shape[-1] // 2
+    length = int(positions.max()) + 1 if positions.numel() else 0
+    cos, sin = rope_table(length, half, x.dtype, x.device, base)
+    return apply_rotary(x, cos[positions], sin[positions])
 
 
 class Attention(nn.Module):
@@ -133,8 +164,9 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.rope:
-            positions = torch.arange(start, start + n, device=x.device)
-            q, k = rotary(q, positions), rotary(k, positions)
+            cos, sin = rope_table(start + n, self.head_dim // 2, q.dtype, q.device)
+            cos, sin = cos[start : start + n], sin[start : start + n]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
     def attend(

@@ -99,3 +99,20 @@ def test_selu_mlp_keeps_unit_variance() -> None:
     h = torch.randn(4096, 64)
     out = mlp.act(mlp.fc1(h))
     assert abs(out.mean().item()) < 0.1 and abs(out.var().item() - 1) < 0.15
+
+
+@pytest.mark.float64
+def test_rope_table_matches_formula_and_survives_inference_mode() -> None:
+    from norms import transformer
+
+    transformer._ROPE_TABLES.clear()
+    stack = TransformerStack(8, depth=1, num_heads=2, rope=True).eval()
+    with torch.inference_mode():  # the first use is often sampling
+        stack(torch.randn(1, 3, 8))
+    cos, sin = transformer.rope_table(100, 2, torch.float64, torch.device("cpu"))
+    angles = torch.arange(100, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(2) / 2)
+    torch.testing.assert_close(cos[:100], angles.cos(), rtol=0, atol=0)
+    torch.testing.assert_close(sin[:100], angles.sin(), rtol=0, atol=0)
+    stack.train()
+    stack(torch.randn(2, 5, 8)).square().sum().backward()  # tables are saved for backward
+    assert stack.blocks[0].attn.qkv.weight.grad is not None

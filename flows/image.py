@@ -417,14 +417,21 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         self, num: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Images (num, C, H, W) in [0, 1] for the trainer's periodic sampling hook."""
-        y = None
-        if self.config.num_classes:
-            y = torch.arange(num, device=self.device) % self.config.num_classes
-        was_training = self.training
-        self.eval()
-        images, _ = self.sample(num, y, generator=generator, method="auto")
-        self.train(was_training)
-        return (images + 1) / 2
+        return samples_for_logging(self, num, generator)
+
+
+def samples_for_logging(
+    model: nn.Module, num: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``model.sample`` in eval mode, classes cycled when conditional, mapped to [0, 1]."""
+    y = None
+    if model.config.num_classes:
+        y = torch.arange(num, device=model.device) % model.config.num_classes
+    was_training = model.training
+    model.eval()
+    samples, _ = model.sample(num, y=y, generator=generator, method="auto")
+    model.train(was_training)
+    return (samples + 1) / 2
 
 
 def _load_vae(path: str) -> Any:

@@ -76,7 +76,7 @@ from flows.autoregressive import (
     Permutation,
 )
 from flows.denoiser import FlowScoreDenoiser
-from flows.image import patchify, unpatchify
+from flows.image import patchify, samples_for_logging, unpatchify
 from flows.text import TextEmbedding, TextTokenizer
 from norms.transformer import KVCache
 
@@ -762,14 +762,7 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         self, num: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Videos (num, T, C, H, W) in [0, 1] for the trainer's periodic sampling hook."""
-        y = None
-        if self.config.num_classes:
-            y = torch.arange(num, device=self.device) % self.config.num_classes
-        was_training = self.training
-        self.eval()
-        video, _ = self.sample(num, y=y, generator=generator, method="auto")
-        self.train(was_training)
-        return (video + 1) / 2
+        return samples_for_logging(self, num, generator)
 
     # ------------------------------------------------------------------ training
     def _dequantise(self, video: torch.Tensor) -> torch.Tensor:

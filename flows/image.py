@@ -124,7 +124,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         # The autoencoder stays out of the state dict (object.__setattr__ skips nn.Module's
         # registration): it is frozen and loaded from its own folder.
-        object.__setattr__(self, "_vae", _load_vae(vae) if vae is not None else None)
+        object.__setattr__(self, "_vae", load_local_vae(vae) if vae is not None else None)
         grid_size, channels = image_size, in_channels
         if vae is not None:
             vae_config = self._vae.config
@@ -434,7 +434,8 @@ def samples_for_logging(
     return (samples + 1) / 2
 
 
-def _load_vae(path: str) -> Any:
+def load_local_vae(path: str) -> Any:
+    """A frozen diffusers AutoencoderKL from a local folder (never a hub download)."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"vae folder {path!r} has no config.json (a local AutoencoderKL)")

@@ -62,7 +62,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,7 +75,7 @@ from flows.autoregressive import (
     Permutation,
 )
 from flows.denoiser import FlowScoreDenoiser
-from flows.image import patchify, samples_for_logging, unpatchify
+from flows.image import load_local_vae, patchify, samples_for_logging, unpatchify
 from flows.text import TextEmbedding, TextTokenizer
 from norms.transformer import KVCache
 
@@ -370,7 +369,7 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             )
         if not 0.0 <= cond_dropout <= 1.0:
             raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout}")
-        object.__setattr__(self, "_vae", _load_vae(vae) if vae is not None else None)
+        object.__setattr__(self, "_vae", load_local_vae(vae) if vae is not None else None)
         grid, channels, self.latent_scale = image_size, in_channels, 1.0
         if self._vae is not None:
             vae_config = self._vae.config
@@ -966,14 +965,3 @@ def choose_methods(
             best = min(pool, key=costs.__getitem__)
         methods[stage], chunks[stage] = options[best]
     return methods, chunks
-
-
-def _load_vae(path: str) -> Any:
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"vae folder {path!r} has no config.json (a local AutoencoderKL)")
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-    vae.requires_grad_(False)
-    return vae.eval()

@@ -113,7 +113,8 @@ def rope_table(
 
     Decoding and Jacobi passes rotate a few positions at a time; recomputing the table on every
     pass cost about a quarter of Jacobi time, so it is built once per (width, dtype, device)
-    and grown by doubling. Entries equal ``cos(p * base**(-i / half))`` computed in ``dtype``.
+    and grown by doubling. Entries equal ``cos(p * base**(-i / half))``, computed in float32
+    (float64 for float64) and stored in ``dtype``.
     """
     key = (half, base, dtype, device)
     cos, sin = _ROPE_TABLES.get(key, (None, None))
@@ -121,10 +122,12 @@ def rope_table(
         size = max(length, 2 * (cos.shape[0] if cos is not None else 0), 64)
         # Ordinary tensors even when the first call happens under inference_mode, so a later
         # training step may save them for backward.
+        # Angles in at least float32: bf16/fp16 cannot even represent positions above 256.
+        exact = torch.float64 if dtype == torch.float64 else torch.float32
         with torch.inference_mode(False):
-            freqs = base ** (-torch.arange(half, dtype=dtype, device=device) / half)
-            angles = torch.arange(size, dtype=dtype, device=device)[:, None] * freqs[None, :]
-            cos, sin = angles.cos(), angles.sin()
+            freqs = base ** (-torch.arange(half, dtype=exact, device=device) / half)
+            angles = torch.arange(size, dtype=exact, device=device)[:, None] * freqs[None, :]
+            cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
         _ROPE_TABLES[key] = (cos, sin)
     return cos, sin
 

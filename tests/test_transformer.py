@@ -116,3 +116,13 @@ def test_rope_table_matches_formula_and_survives_inference_mode() -> None:
     stack.train()
     stack(torch.randn(2, 5, 8)).square().sum().backward()  # tables are saved for backward
     assert stack.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_rope_table_is_accurate_in_bfloat16() -> None:
+    from norms import transformer
+
+    cos, _ = transformer.rope_table(1000, 4, torch.bfloat16, torch.device("cpu"))
+    exact = torch.cos(torch.arange(1000, dtype=torch.float64)[:, None]
+                      * 10000.0 ** (-torch.arange(4, dtype=torch.float64) / 4))
+    # Angles taken in bf16 would round positions above 256 and be off by up to ~1.
+    assert (cos[:1000].double() - exact).abs().max() < 1e-2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -34,21 +35,28 @@ def seeded_rng() -> None:
     torch.manual_seed(0)
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield dtype
+    finally:
+        torch.set_default_dtype(previous)
+
+
 @pytest.fixture
 def float64():
     """Run a test with float64 as torch's default dtype (exactness checks)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield torch.float64
-    torch.set_default_dtype(previous)
+    with _default_dtype(torch.float64) as dtype:
+        yield dtype
 
 
 @pytest.fixture(autouse=True)
 def _float64_marker(request: pytest.FixtureRequest):
+    """``@pytest.mark.float64`` does what the ``float64`` fixture does."""
     if request.node.get_closest_marker("float64") is None:
         yield
         return
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+    with _default_dtype(torch.float64):
+        yield

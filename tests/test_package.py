@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import norms
 
@@ -46,3 +47,13 @@ def test_every_builtin_registry_name_resolves() -> None:
         assert hasattr(get_model(name), "from_pretrained"), name
     for name in BUILTIN_DATASETS:
         assert callable(get_dataset(name)), name
+
+
+@pytest.mark.float64
+def test_float64_marker_sets_and_restores_default_dtype() -> None:
+    assert torch.get_default_dtype() == torch.float64
+    assert torch.zeros(1).dtype == torch.float64
+
+
+def test_default_dtype_is_float32_outside_float64_tests() -> None:
+    assert torch.get_default_dtype() == torch.float32

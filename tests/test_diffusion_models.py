@@ -66,6 +66,18 @@ def test_label_and_condition_dropout_reach_the_null_inputs(batch) -> None:
     model.eval()
     model.loss(batch)
     assert torch.equal(seen[1], batch["y"])
+    # Condition dropout: some normal maps become the all-zero null condition, the rest pass.
+    aligned = NormalAlignedDiffusion(**TINY, condition_dropout=0.5)
+    maps = []
+    aligned.denoise = lambda x, t, normals: maps.append(normals) or torch.zeros_like(x)
+    torch.manual_seed(0)
+    aligned.loss(batch)
+    dropped = (maps[0] == 0).flatten(1).all(dim=1)
+    assert dropped.any() and not dropped.all()
+    assert torch.equal(maps[0][~dropped], batch["x"][~dropped])
+    aligned.eval()
+    aligned.loss(batch)
+    assert torch.equal(maps[1], batch["x"])
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])

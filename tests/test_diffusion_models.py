@@ -35,6 +35,16 @@ def fixed_loss(model, batch) -> float:
     return value
 
 
+def train_steps(model, batch, optimizer, steps: int = 15) -> None:
+    """``steps`` optimizer steps on ``batch`` (seeded per step)."""
+    for step in range(steps):
+        torch.manual_seed(step)
+        loss = model.loss(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
     [(NormalAdaptedDiffusion, {"norm": "groupnorm"}),
@@ -46,12 +56,7 @@ def test_training_steps_lower_the_loss(cls, kwargs, batch) -> None:
     model = cls(**TINY, **kwargs)
     before = fixed_loss(model, batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(15):
-        torch.manual_seed(step)
-        loss = model.loss(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, batch, optimizer)
     assert fixed_loss(model, batch) < 0.8 * before
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_diffusion_models import _train, fixed_loss, train_steps
 from torch.utils.data import default_collate
 
 from diffusion.data import NormalMapDataset
@@ -38,15 +39,6 @@ def vae_dir(tmp_path_factory):
 def batch() -> dict[str, torch.Tensor]:
     data = NormalMapDataset(16, num_samples=8, seed=0, max_steps=48)
     return default_collate([data[i] for i in range(8)])
-
-
-def fixed_loss(model, batch) -> float:
-    model.eval()
-    torch.manual_seed(123)
-    with torch.no_grad():
-        value = float(model.loss(batch)["loss"])
-    model.train()
-    return value
 
 
 def test_latent_shapes_scaling_and_state_dict(vae_dir, batch) -> None:
@@ -82,12 +74,7 @@ def test_latent_training_lowers_the_loss_and_leaves_the_vae_frozen(vae_dir, batc
     assert optimized == {id(p) for p in model.parameters()}
     before = fixed_loss(model, batch)
     assert torch.isfinite(torch.tensor(before))
-    for step in range(15):
-        torch.manual_seed(step)
-        loss = model.loss(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, batch, optimizer)
     assert all(p.grad is None for p in model.vae.parameters())
     for key, value in model.vae.state_dict().items():
         torch.testing.assert_close(value, vae_before[key], rtol=0, atol=0)
@@ -146,27 +133,10 @@ def test_missing_or_bad_vae_folder_is_one_clear_line(vae_dir, tmp_path) -> None:
 
 
 def test_latent_config_trains_with_the_trainer_and_samples(vae_dir, tmp_path) -> None:
-    from accelerate.state import AcceleratorState
-
     from diffusion.cli import sample_normals
-    from trainers import load_checkpoint_model, load_config
-    from trainers.train import train
+    from trainers import load_checkpoint_model
 
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "run"
-    overrides = [
-        f"trainer.output_dir={out}", "trainer.progress=false", "trainer.max_steps=2",
-        "trainer.checkpoint_every=0", "trainer.sample_every=0", "trainer.warmup_steps=0",
-        "trainer.log_every=1", "trainer.plot=false", "data.cache=null", "data.resolution=16",
-        "data.num_samples=8", "data.batch_size=4", "model.resolution=16",
-        "model.block_out_channels=[8,16]", "model.norm_num_groups=4", f"model.vae={vae_dir}",
-    ]
-    AcceleratorState._reset_state(reset_partial_state=True)
-    try:
-        result = train(load_config(root / "configs" / "normal_adapted.yaml", overrides))
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    assert result.step == 2
+    out = _train("normal_adapted.yaml", tmp_path / "run", f"model.vae={vae_dir}")
     model, _ = load_checkpoint_model(out)
     assert model.vae is not None and model.sample_shape == (4, 8, 8)
     summary = sample_normals(out, "front view, full body", num=2, seed=0,
@@ -190,12 +160,7 @@ def test_latent_aligned_model_trains_samples_and_round_trips(
     assert not vae_ids & {id(p) for p in model.parameters()}
     before = fixed_loss(model, batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(15):
-        torch.manual_seed(step)
-        loss = model.loss(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, batch, optimizer)
     assert all(p.grad is None for p in model.vae.parameters())
     assert fixed_loss(model, batch) < 0.8 * before
     pipe = NormalAlignedPipeline(model=model)

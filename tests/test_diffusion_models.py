@@ -35,6 +35,16 @@ def fixed_loss(model, batch) -> float:
     return value
 
 
+def train_steps(model, batch, optimizer, steps: int = 15) -> None:
+    """``steps`` optimizer steps on ``batch`` (seeded per step)."""
+    for step in range(steps):
+        torch.manual_seed(step)
+        loss = model.loss(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
     [(NormalAdaptedDiffusion, {"norm": "groupnorm"}),
@@ -46,12 +56,7 @@ def test_training_steps_lower_the_loss(cls, kwargs, batch) -> None:
     model = cls(**TINY, **kwargs)
     before = fixed_loss(model, batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(15):
-        torch.manual_seed(step)
-        loss = model.loss(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(model, batch, optimizer)
     assert fixed_loss(model, batch) < 0.8 * before
 
 
@@ -66,6 +71,18 @@ def test_label_and_condition_dropout_reach_the_null_inputs(batch) -> None:
     model.eval()
     model.loss(batch)
     assert torch.equal(seen[1], batch["y"])
+    # Condition dropout: some normal maps become the all-zero null condition, the rest pass.
+    aligned = NormalAlignedDiffusion(**TINY, condition_dropout=0.5)
+    maps = []
+    aligned.denoise = lambda x, t, normals: maps.append(normals) or torch.zeros_like(x)
+    torch.manual_seed(0)
+    aligned.loss(batch)
+    dropped = (maps[0] == 0).flatten(1).all(dim=1)
+    assert dropped.any() and not dropped.all()
+    assert torch.equal(maps[0][~dropped], batch["x"][~dropped])
+    aligned.eval()
+    aligned.loss(batch)
+    assert torch.equal(maps[1], batch["x"])
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])

@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from norms.transformer import ATTENTIONS, KVCache, rotary
+from norms.transformer import ATTENTIONS, KVCache, apply_rotary, rope_table
 
 __all__ = [
     "LinearAttentionState",
@@ -227,9 +227,13 @@ class NormAwareLinearAttention(nn.Module):
         phi_k = key_features(k, self.key_power)
         if not self.rope:
             return phi_q, phi_k, phi_q, phi_k
-        q_pos = torch.arange(q_start, q_start + q.shape[2], device=q.device)
-        k_pos = torch.arange(k_start, k_start + k.shape[2], device=k.device)
-        return phi_q, phi_k, rotary(phi_q, q_pos), rotary(phi_k, k_pos)
+        # Slices of the cached table, as in Attention.project_qkv: no position tensor to gather
+        # with, and no positions.max() read back from the device on every call.
+        q_end, k_end = q_start + q.shape[2], k_start + k.shape[2]
+        cos, sin = rope_table(max(q_end, k_end), phi_q.shape[-1] // 2, q.dtype, q.device)
+        num_q = apply_rotary(phi_q, cos[q_start:q_end], sin[q_start:q_end])
+        num_k = apply_rotary(phi_k, cos[k_start:k_end], sin[k_start:k_end])
+        return phi_q, phi_k, num_q, num_k
 
     def attention_weights(self, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
         """The (B, H, n, n) attention matrix the linear-time pass applies (quadratic; analysis)."""

@@ -87,7 +87,7 @@ class _PowerFunction(torch.autograd.Function):
             ema_gz.add_(mean_gz - corr * inv * inv * batch_psi2)
         grad_x = torch.mul(grad_y, weight * inv, out=gx)  # reuse the dy * x buffer
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 @register_norm("powernorm", layouts=("tokens",), running_stats=True)

@@ -65,7 +65,7 @@ class _UnifiedFunction(torch.autograd.Function):
             corr = target if skipped else layer.ema_gz.clone()
         grad_x = torch.mul(grad_y, gscale * inv, out=gx)  # reuse the dy * x buffer
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 @register_norm("unifiednorm", layouts=("tokens",), running_stats=True)

@@ -82,14 +82,9 @@ class BatchNorm(nn.Module):
             return norm(x.flatten(2)).view_as(x)
         # torch's CPU BatchNorm forward is ~3x its GroupNorm: take the statistics from the latter.
         y, mean, var = batch_norm_train(x, norm.weight, norm.bias, norm.eps)
-        n = x.numel() // self.num_features
-        with torch.no_grad():
-            norm.num_batches_tracked += 1
-            rate = (
-                norm.momentum if norm.momentum is not None else 1.0 / int(norm.num_batches_tracked)
-            )
-            norm.running_mean.lerp_(mean, rate)
-            norm.running_var.lerp_(var * (n / max(n - 1, 1)), rate)
+        norm.num_batches_tracked += 1
+        rate = norm.momentum if norm.momentum is not None else 1.0 / int(norm.num_batches_tracked)
+        _track_batch_stats(norm.running_mean, norm.running_var, mean, var, x, rate)
         return y
 
 
@@ -100,6 +95,21 @@ class IdentityNorm(nn.Identity):
     def __init__(self, num_features: int) -> None:
         super().__init__()
         self.num_features = num_features
+
+
+@torch.no_grad()
+def _track_batch_stats(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    x: torch.Tensor,
+    rate: float,
+) -> None:
+    """BatchNorm's running-stat update from (B, C, *) ``x``'s batch mean and biased var."""
+    n = x.numel() // running_mean.numel()
+    running_mean.lerp_(mean, rate)
+    running_var.lerp_(var * (n / max(n - 1, 1)), rate)
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

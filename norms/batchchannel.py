@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from norms.basic import _largest_divisor_at_most
+from norms.basic import _largest_divisor_at_most, _track_batch_stats
 from norms.functional import batch_norm_train
 from norms.registry import check_layout, register_norm
 
@@ -61,11 +61,8 @@ class BatchChannelNorm(nn.Module):
         check_layout(x, self.num_features, "maps", "batchchannelnorm")
         if self.training:
             y, mean, var = batch_norm_train(x.contiguous(), self.bn_weight, self.bn_bias, self.eps)
-            n = x.numel() // self.num_features
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * (n / max(n - 1, 1)), self.momentum)
+            self.num_batches_tracked += 1
+            _track_batch_stats(self.running_mean, self.running_var, mean, var, x, self.momentum)
         else:
             y = F.batch_norm(
                 x, self.running_mean, self.running_var, self.bn_weight, self.bn_bias, False,

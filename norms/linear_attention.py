@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from norms.transformer import ATTENTIONS, KVCache, rotary
+from norms.transformer import ATTENTIONS, KVCache, apply_rotary, rope_table
 
 __all__ = [
     "LinearAttentionState",
@@ -227,9 +227,13 @@ class NormAwareLinearAttention(nn.Module):
         phi_k = key_features(k, self.key_power)
         if not self.rope:
             return phi_q, phi_k, phi_q, phi_k
-        q_pos = torch.arange(q_start, q_start + q.shape[2], device=q.device)
-        k_pos = torch.arange(k_start, k_start + k.shape[2], device=k.device)
-        return phi_q, phi_k, rotary(phi_q, q_pos), rotary(phi_k, k_pos)
+        # Slices of the cached table, as in Attention.project_qkv: no position tensor to gather
+        # with, and no positions.max() read back from the device on every call.
+        q_end, k_end = q_start + q.shape[2], k_start + k.shape[2]
+        cos, sin = rope_table(max(q_end, k_end), phi_q.shape[-1] // 2, q.dtype, q.device)
+        num_q = apply_rotary(phi_q, cos[q_start:q_end], sin[q_start:q_end])
+        num_k = apply_rotary(phi_k, cos[k_start:k_end], sin[k_start:k_end])
+        return phi_q, phi_k, num_q, num_k
 
     def attention_weights(self, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
         """The (B, H, n, n) attention matrix the linear-time pass applies (quadratic; analysis)."""
@@ -301,9 +305,11 @@ class NormAwareLinearAttention(nn.Module):
             out = numerator / denominator.unsqueeze(-1)
             return out, LinearAttentionState(values, normaliser, length)
         outs = []
+        width = min(self.chunk_size, n)
+        full_tril = torch.ones(width, width, dtype=torch.bool, device=v.device).tril()
         for s in range(0, n, self.chunk_size):
             e = min(s + self.chunk_size, n)
-            tril = torch.ones(e - s, e - s, dtype=torch.bool, device=v.device).tril()
+            tril = full_tril[: e - s, : e - s]  # a leading block of a tril is a tril
             intra = (num_q[:, :, s:e] @ num_k[:, :, s:e].transpose(-2, -1)) * tril
             intra_z = (phi_q[:, :, s:e] @ phi_k[:, :, s:e].transpose(-2, -1)) * tril
             numerator = num_q[:, :, s:e] @ values + intra @ v[:, :, s:e]

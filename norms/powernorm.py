@@ -87,7 +87,7 @@ class _PowerFunction(torch.autograd.Function):
             ema_gz.add_(mean_gz - corr * inv * inv * batch_psi2)
         grad_x = torch.mul(grad_y, weight * inv, out=gx)  # reuse the dy * x buffer
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 @register_norm("powernorm", layouts=("tokens",), running_stats=True)
@@ -138,8 +138,11 @@ class PowerNorm(nn.Module):
         """Eval-mode map as per-channel (scale, shift): y = scale * x + shift."""
         if self.group_scaling:
             raise ValueError("powernorm: with group_scaling > 0 the eval map is not affine")
-        scale = self.weight * torch.rsqrt(self.running_phi + self.eps)
-        return scale, self.bias
+        return self._eval_scale(), self.bias
+
+    def _eval_scale(self) -> torch.Tensor:
+        """Per-channel gain of the eval map (after group scaling, when that is on)."""
+        return self.weight * torch.rsqrt(self.running_phi + self.eps)
 
     def _group_scale(self, x: torch.Tensor) -> torch.Tensor:
         groups = self.group_scaling
@@ -151,8 +154,7 @@ class PowerNorm(nn.Module):
         if self.group_scaling:
             x = self._group_scale(x)
         if not self.training:
-            scale = self.weight * torch.rsqrt(self.running_phi + self.eps)
-            return torch.addcmul(self.bias, x, scale)
+            return torch.addcmul(self.bias, x, self._eval_scale())
         x2d, keep = flatten_tokens(x, pad_mask, "powernorm")
         y = _PowerFunction.apply(
             x2d, self.weight, self.bias, keep, self._divisor, self.ema_gz, self.alpha_bkw, self.eps

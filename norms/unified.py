@@ -65,7 +65,7 @@ class _UnifiedFunction(torch.autograd.Function):
             corr = target if skipped else layer.ema_gz.clone()
         grad_x = torch.mul(grad_y, gscale * inv, out=gx)  # reuse the dy * x buffer
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 @register_norm("unifiednorm", layouts=("tokens",), running_stats=True)
@@ -124,20 +124,22 @@ class UnifiedNorm(nn.Module):
         """Variance to divide by; whether the window was used; whether the batch is an outlier."""
         window = self.window_size
         slot = step % window
-        recorded = torch.sqrt(self.buffer_x2).var() if self.buffer_x2.numel() > 1 else None
-        self.buffer_x2[slot] = batch_x2
-        skipped = False
         # Filtration starts once the window holds real statistics (automatic in the paper's
         # code, where warmup_iters >= W).
         started = step > window and step >= self.warmup_iters
-        if self.outlier_filtration and started and recorded is not None:
+        filtering = self.outlier_filtration and started and self.buffer_x2.numel() > 1
+        # The spread of the recorded statistics before this batch (only needed when filtering).
+        recorded = torch.sqrt(self.buffer_x2).var() if filtering else None
+        self.buffer_x2[slot] = batch_x2
+        skipped = False
+        if filtering:
             arithmetic = self.buffer_x2.mean(0)
             geometric = self.buffer_x2.log().mean(0).exp()
             if bool(((arithmetic - geometric) > recorded * window).any()):
                 self.buffer_x2[slot] = self.running_var
                 self.num_outliers += 1
                 skipped = True
-        use_window = window > 1 and step > window and step >= self.warmup_iters and not skipped
+        use_window = window > 1 and started and not skipped
         var = self.buffer_x2.log().mean(0).exp() if use_window else batch_x2
         return var, use_window, skipped
 

@@ -47,6 +47,9 @@ def test_fake_layernorm_from_layernorm():
     x = torch.randn(4, 5)
     torch.testing.assert_close(fake(x), ln(x), rtol=0, atol=1e-12)
     assert fake.weight.dtype == torch.float64
+    # float64 is also the default dtype here, so check that the dtype follows the layer.
+    single = norms.FakeLayerNorm.from_layernorm(nn.LayerNorm(5).float())
+    assert single.weight.dtype == single.scale.dtype == torch.float32
 
 
 @pytest.mark.float64

@@ -140,14 +140,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1) if x.shape[-1] % 2 else rotated
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate (B, H, n, d) queries/keys by their positions (RoPE on pairs of the head dim)."""
-    half = x.shape[-1] // 2
-    length = int(positions.max()) + 1 if positions.numel() else 0
-    cos, sin = rope_table(length, half, x.dtype, x.device, base)
-    return apply_rotary(x, cos[positions], sin[positions])
-
-
 class Attention(nn.Module):
     """Multi-head softmax attention with optional RoPE and KV cache."""
 

@@ -26,13 +26,12 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from flows.posterior.base import AutoregressiveSplineTransform, PosteriorFlow
 from flows.posterior.spline import spline_parameter_count
-from flows.posterior.transforms import BoundsLike, Preprocessing
+from flows.posterior.transforms import Preprocessing
 from norms.transformer import KVCache, TransformerStack
 
 __all__ = ["ParameterTransformerFlow", "TokenConditioner", "TokenSplineTransform"]
@@ -172,15 +171,3 @@ class ParameterTransformerFlow(PosteriorFlow):
             "bound": bound,
             "context_features": context_features,
         }
-
-    @classmethod
-    def from_samples(
-        cls,
-        samples: torch.Tensor | np.ndarray,
-        bounds: BoundsLike = None,
-        whiten: str = "full",
-        **options,
-    ) -> ParameterTransformerFlow:
-        """Build an (untrained) flow whose preprocessing is fitted to (n, d) samples."""
-        x = np.asarray(torch.as_tensor(samples).detach().cpu().numpy(), dtype=np.float64)
-        return cls(Preprocessing.from_samples(x, bounds, whiten), **options)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flows.posterior.transforms import Preprocessing
+from flows.posterior.transforms import BoundsLike, Preprocessing
 
 __all__ = ["AutoregressiveSplineTransform", "PosteriorFlow"]
 
@@ -89,6 +89,18 @@ class PosteriorFlow(nn.Module):
         self.features = preprocess.features
         self.context_features = context_features
         self.config: dict = {}
+
+    @classmethod
+    def from_samples(
+        cls,
+        samples: torch.Tensor | np.ndarray,
+        bounds: BoundsLike = None,
+        whiten: str = "full",
+        **options,
+    ) -> PosteriorFlow:
+        """Build an (untrained) flow whose preprocessing is fitted to (n, d) samples."""
+        x = np.asarray(torch.as_tensor(samples).detach().cpu().numpy(), dtype=np.float64)
+        return cls(Preprocessing.from_samples(x, bounds, whiten), **options)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -32,13 +32,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flows.posterior.base import AutoregressiveSplineTransform, PosteriorFlow
-from flows.posterior.transforms import BoundsLike, Preprocessing
+from flows.posterior.transforms import Preprocessing
 
 __all__ = ["MaskedMLP", "SplineFlow", "rational_quadratic_spline", "spline_parameter_count"]
 
@@ -227,15 +226,3 @@ class SplineFlow(PosteriorFlow):
             "bound": bound,
             "context_features": context_features,
         }
-
-    @classmethod
-    def from_samples(
-        cls,
-        samples: torch.Tensor | np.ndarray,
-        bounds: BoundsLike = None,
-        whiten: str = "full",
-        **options,
-    ) -> SplineFlow:
-        """Build an (untrained) flow whose preprocessing is fitted to (n, d) samples."""
-        x = np.asarray(torch.as_tensor(samples).detach().cpu().numpy(), dtype=np.float64)
-        return cls(Preprocessing.from_samples(x, bounds, whiten), **options)

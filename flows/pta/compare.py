@@ -17,7 +17,6 @@ References:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from flows.posterior.evidence import bayes_factor, evidence
 
 from .data import FreeSpectrum
 from .grid import grid_evidence
@@ -77,8 +78,7 @@ class Comparison:
         """ln B of ``name`` vs the reference and its error (0, 0 for the reference)."""
         if name == self.reference:
             return 0.0, 0.0
-        a, ref = self.by_name(name), self.by_name(self.reference)
-        return a.ln_z - ref.ln_z, math.hypot(a.ln_z_err, ref.ln_z_err)
+        return bayes_factor(self.by_name(name), self.by_name(self.reference))
 
     def as_dict(self) -> dict[str, Any]:
         models = []
@@ -116,8 +116,6 @@ class Comparison:
 
 
 def _evidence(post: ModelPosterior, chains: ChainResult, seed: int, options: dict[str, Any]):
-    from flows.posterior import evidence  # the posterior/evidence package (issue 7)
-
     return evidence(
         chains.samples,
         chains.ln_posterior,

@@ -79,19 +79,11 @@ from flows.image import load_local_vae, patchify, samples_for_logging, unpatchif
 from flows.text import TextEmbedding, TextTokenizer
 from norms.transformer import KVCache
 
-__all__ = ["DENOISERS", "METHODS", "GlobalVideoBlock", "VideoTransformerFlow", "in_frame_flip"]
+__all__ = ["DENOISERS", "METHODS", "GlobalVideoBlock", "VideoTransformerFlow"]
 
 METHODS = ("sequential", "jacobi", "auto")
 DENOISERS = ("none", "tweedie", "learned")
 LN_128 = math.log(128.0)  # log-Jacobian per dim of [0, 256) -> [-1, 1)
-
-
-def in_frame_flip(tokens: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
-    """Reverse the token order inside each frame of (B, F N, D), keeping frame order."""
-    b, length, d = tokens.shape
-    if length % tokens_per_frame:
-        raise ValueError(f"{length} tokens are not whole frames of {tokens_per_frame}")
-    return tokens.reshape(b, -1, tokens_per_frame, d).flip(2).reshape(b, length, d)
 
 
 # ---------------------------------------------------------------------------- deep block

@@ -73,6 +73,7 @@ from flows.autoregressive import (
     GUIDANCE_RULES,
     AutoregressiveBlock,
     Permutation,
+    jacobi_change,
 )
 from flows.denoiser import FlowScoreDenoiser
 from flows.image import load_local_vae, patchify, samples_for_logging, unpatchify
@@ -261,19 +262,13 @@ class GlobalVideoBlock(AutoregressiveBlock):
                     if k == budget - 1:
                         x[:, a:e] = new
                         break
-                    # mean((new - old)^2) / mean(new^2) per sample (the worst one decides) and
-                    # per token (a prefix of unmoved tokens is accepted), as reverse_jacobi.
-                    scale = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
-                    per_token = (new - x[:, a:e]).pow(2).mean(dim=2) / scale[:, None]
+                    change, n_small = jacobi_change(new, x[:, a:e], threshold)
                     x[:, a:e] = new
-                    small = (per_token.amax(dim=0) < threshold).cumprod(0)
-                    worst = per_token.mean(dim=1).amax()
-                    change, n_small = torch.stack([worst, small.sum()]).tolist()
                     if change < threshold:
                         break  # the cache keeps this pass: it is the solved prefix
                     # Token a is exact (its inputs are accepted); so are, to the threshold, the
                     # tokens after it that no longer move. Keep their inputs in the cache.
-                    accept = min(1 + int(n_small), e - a)
+                    accept = min(1 + n_small, e - a)
                     if a + accept == e:
                         break
                     cache.truncate(base + accept)

@@ -72,7 +72,6 @@ __all__ = [
     "Permutation",
     "combine_guidance",
     "jacobi_change",
-    "relative_change",
 ]
 
 AFFINES = ("exp", "softplus")
@@ -130,11 +129,6 @@ class Permutation:
 
     def __repr__(self) -> str:
         return f"Permutation({self.kind}, n={len(self.index)})"
-
-
-def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """The Jacobi stopping statistic mean((new - old)^2) / mean(new^2) (a 0-dim tensor)."""
-    return (new - old).pow(2).mean() / new.pow(2).mean().clamp_min(torch.finfo(new.dtype).tiny)
 
 
 def jacobi_change(new: torch.Tensor, old: torch.Tensor, threshold: float) -> tuple[float, int]:

@@ -71,7 +71,7 @@ __all__ = [
     "AutoregressiveBlock",
     "Permutation",
     "combine_guidance",
-    "relative_change",
+    "jacobi_change",
 ]
 
 AFFINES = ("exp", "softplus")
@@ -131,9 +131,19 @@ class Permutation:
         return f"Permutation({self.kind}, n={len(self.index)})"
 
 
-def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """The Jacobi stopping statistic mean((new - old)^2) / mean(new^2) (a 0-dim tensor)."""
-    return (new - old).pow(2).mean() / new.pow(2).mean().clamp_min(torch.finfo(new.dtype).tiny)
+def jacobi_change(new: torch.Tensor, old: torch.Tensor, threshold: float) -> tuple[float, int]:
+    """One Jacobi pass's change of (B, T, D) tokens: (worst sample's change, leading tokens still).
+
+    The change is the reference's statistic mean((new - old)^2) / mean(new^2), taken per sample
+    (a batch mean would hide a slow sample); "still" counts the leading tokens whose change is
+    below ``threshold`` in every sample (they may be accepted). One host sync for both.
+    """
+    scale = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
+    per_sample_token = (new - old).pow(2).mean(dim=2) / scale[:, None]
+    small = (per_sample_token.amax(dim=0) < threshold).cumprod(0)
+    worst = per_sample_token.mean(dim=1).amax()
+    change, n_small = torch.stack([worst, small.sum()]).tolist()
+    return change, int(n_small)
 
 
 def combine_guidance(
@@ -489,22 +499,16 @@ class AutoregressiveBlock(nn.Module):
                 h = self.transformer(inputs, cache=cache)
                 log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
                 new = mu + torch.exp(log_sigma) * zp[:, a:e]
-                # The reference's statistic mean((x_new - x_old)^2) / mean(x_new^2), taken per
-                # sample (a batch mean would hide a slow sample) and per token (for acceptance).
-                scale = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
-                per_sample_token = (new - xp[:, a:e]).pow(2).mean(dim=2) / scale[:, None]
+                change, n_small = jacobi_change(new, xp[:, a:e], threshold)
                 xp[:, a:e] = new
                 passes += 1
                 token_passes += e - a
-                small = (per_sample_token.amax(dim=0) < threshold).cumprod(0)
-                worst = per_sample_token.mean(dim=1).amax()
-                change, n_small = torch.stack([worst, small.sum()]).tolist()
                 converged = _stop_everywhere(change < threshold, z.device, distributed)
                 if converged or k == max_iter - 1:
                     break  # the cache keeps this pass: it is the solved prefix
                 # Accept token a (exact: its inputs are all accepted) and the tokens after it
                 # whose inputs barely moved; later passes only recompute the rest of the chunk.
-                accept = min(1 + int(n_small), e - a) if shrink else 0
+                accept = min(1 + n_small, e - a) if shrink else 0
                 if a + accept == e:
                     break
                 # keep the input before token a and the accepted tokens' inputs, which were

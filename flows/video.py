@@ -73,25 +73,18 @@ from flows.autoregressive import (
     GUIDANCE_RULES,
     AutoregressiveBlock,
     Permutation,
+    jacobi_change,
 )
 from flows.denoiser import FlowScoreDenoiser
 from flows.image import load_local_vae, patchify, samples_for_logging, unpatchify
 from flows.text import TextEmbedding, TextTokenizer
 from norms.transformer import KVCache
 
-__all__ = ["DENOISERS", "METHODS", "GlobalVideoBlock", "VideoTransformerFlow", "in_frame_flip"]
+__all__ = ["DENOISERS", "METHODS", "GlobalVideoBlock", "VideoTransformerFlow"]
 
 METHODS = ("sequential", "jacobi", "auto")
 DENOISERS = ("none", "tweedie", "learned")
 LN_128 = math.log(128.0)  # log-Jacobian per dim of [0, 256) -> [-1, 1)
-
-
-def in_frame_flip(tokens: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
-    """Reverse the token order inside each frame of (B, F N, D), keeping frame order."""
-    b, length, d = tokens.shape
-    if length % tokens_per_frame:
-        raise ValueError(f"{length} tokens are not whole frames of {tokens_per_frame}")
-    return tokens.reshape(b, -1, tokens_per_frame, d).flip(2).reshape(b, length, d)
 
 
 # ---------------------------------------------------------------------------- deep block
@@ -269,19 +262,13 @@ class GlobalVideoBlock(AutoregressiveBlock):
                     if k == budget - 1:
                         x[:, a:e] = new
                         break
-                    # mean((new - old)^2) / mean(new^2) per sample (the worst one decides) and
-                    # per token (a prefix of unmoved tokens is accepted), as reverse_jacobi.
-                    scale = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
-                    per_token = (new - x[:, a:e]).pow(2).mean(dim=2) / scale[:, None]
+                    change, n_small = jacobi_change(new, x[:, a:e], threshold)
                     x[:, a:e] = new
-                    small = (per_token.amax(dim=0) < threshold).cumprod(0)
-                    worst = per_token.mean(dim=1).amax()
-                    change, n_small = torch.stack([worst, small.sum()]).tolist()
                     if change < threshold:
                         break  # the cache keeps this pass: it is the solved prefix
                     # Token a is exact (its inputs are accepted); so are, to the threshold, the
                     # tokens after it that no longer move. Keep their inputs in the cache.
-                    accept = min(1 + int(n_small), e - a)
+                    accept = min(1 + n_small, e - a)
                     if a + accept == e:
                         break
                     cache.truncate(base + accept)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flows.autoregressive import AutoregressiveBlock, Permutation, combine_guidance
+from flows.autoregressive import AutoregressiveBlock, Permutation, combine_guidance, jacobi_change
 
 T, D, W = 6, 3, 16
 
@@ -267,3 +267,16 @@ def test_jacobi_syncs_ranks_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> 
         torch.testing.assert_close(synced, alone, rtol=0, atol=1e-12)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.float64
+def test_jacobi_change_is_worst_sample_and_still_prefix() -> None:
+    new = torch.ones(2, 4, 1)
+    old = new.clone()
+    old[1, 2] = 0.0  # sample 1, token 2 moved: per-token change 1, sample change 1/4
+    change, still = jacobi_change(new, old, 0.5)
+    assert change == 0.25 and still == 2  # token 3 is still too, but not in the prefix
+    change, still = jacobi_change(new, old, 0.1)
+    assert change == 0.25 and still == 2
+    assert jacobi_change(new, new, 0.0) == (0.0, 0)
+    assert jacobi_change(new, new, 1e-12) == (0.0, 4)

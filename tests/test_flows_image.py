@@ -120,8 +120,10 @@ def test_save_load_gives_identical_outputs(tmp_path) -> None:
     flow = _flow(num_classes=3, **STARFLOW)
     flow.save_pretrained(tmp_path / "flow")
     loaded = TransformerFlow.from_pretrained(tmp_path / "flow").eval()
-    for (name, a), b in zip(flow.state_dict().items(), loaded.state_dict().values()):
-        assert torch.equal(a, b), name
+    state, loaded_state = flow.state_dict(), loaded.state_dict()
+    assert list(loaded_state) == list(state)  # zip alone would pass with missing entries
+    for name, a in state.items():
+        assert torch.equal(a, loaded_state[name]), name
     x, y = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
     z1, l1 = flow(x, y)
     z2, l2 = loaded(x, y)

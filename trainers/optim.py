@@ -91,6 +91,14 @@ def _shape_scale(p: torch.Tensor) -> float:
     return math.sqrt(max(1.0, rows / cols))
 
 
+def _evaluate_closure(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+    """The loss from ``closure`` (evaluated with grad enabled inside a no-grad ``step``)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def _check_dense(p: torch.Tensor, name: str) -> None:
     if p.grad is not None and p.grad.is_sparse:
         raise ValueError(f"{name} does not support sparse gradients")
@@ -138,10 +146,7 @@ class _HybridOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -341,6 +346,15 @@ def _radial_projection(
     return update, False
 
 
+def _projected_update(
+    p: torch.Tensor, grad: torch.Tensor, update: torch.Tensor, group: dict[str, Any]
+) -> tuple[torch.Tensor, bool]:
+    """AdamP/SGDP: ``update`` projected as ``_radial_projection`` does, for ``ndim >= 2`` only."""
+    if p.ndim < 2:
+        return update, False
+    return _radial_projection(p, grad, update, group["delta"], group["eps"])
+
+
 class AdamP(Optimizer):
     """AdamP: Adam whose step loses its radial component on scale-invariant weights.
 
@@ -366,10 +380,7 @@ class AdamP(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -392,11 +403,8 @@ class AdamP(Optimizer):
                     update = (beta1 * state["exp_avg"] + (1.0 - beta1) * grad) / denom
                 else:
                     update = state["exp_avg"] / denom
-                ratio = 1.0
-                if p.ndim > 1:
-                    update, projected = _radial_projection(p, grad, update, group["delta"],
-                                                           group["eps"])
-                    ratio = group["wd_ratio"] if projected else 1.0
+                update, projected = _projected_update(p, grad, update, group)
+                ratio = group["wd_ratio"] if projected else 1.0
                 if group["weight_decay"]:
                     p.mul_(1.0 - group["lr"] * group["weight_decay"] * ratio)
                 p.add_(update, alpha=-group["lr"] / bias1)
@@ -432,10 +440,7 @@ class SGDP(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate_closure(closure)
         for group in self.param_groups:
             momentum = group["momentum"]
             for p in group["params"]:
@@ -449,15 +454,12 @@ class SGDP(Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(momentum).add_(grad, alpha=1.0 - group["dampening"])
                 update = grad + momentum * buf if group["nesterov"] else buf
-                ratio = 1.0
-                if p.ndim > 1:
-                    update, projected = _radial_projection(p, grad, update, group["delta"],
-                                                           group["eps"])
-                    ratio = group["wd_ratio"] if projected else 1.0
-                    if projected and not group["nesterov"]:
-                        # As in the authors' code (clovaai/AdamP), without Nesterov the step
-                        # is the buffer itself, so the buffer keeps the projected direction.
-                        buf.copy_(update)
+                update, projected = _projected_update(p, grad, update, group)
+                ratio = group["wd_ratio"] if projected else 1.0
+                if projected and not group["nesterov"]:
+                    # As in the authors' code (clovaai/AdamP), without Nesterov the step
+                    # is the buffer itself, so the buffer keeps the projected direction.
+                    buf.copy_(update)
                 if group["weight_decay"]:
                     p.mul_(1.0 - group["lr"] * group["weight_decay"] * ratio / (1.0 - momentum))
                 p.add_(update, alpha=-group["lr"])

@@ -74,12 +74,10 @@ def test_smoke_run_writes_every_output(tmp_path, monkeypatch):
     assert cfg.model.name == cfg["model"]["name"] == "smoke_mlp"
     assert cfg.trainer.max_steps == 20 and cfg.optimizer.lr == config.optimizer.lr
     ema_w, raw_w = weights(folder / "ema"), weights(folder / "model")
-    for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, ema_w[key], rtol=0, atol=0)
+    torch.testing.assert_close(dict(model.state_dict()), ema_w, rtol=0, atol=0)
     assert any(not torch.equal(ema_w[k], raw_w[k]) for k in raw_w)
     plain, _ = load_checkpoint_model(folder, use_ema=False)
-    for key, value in plain.state_dict().items():
-        torch.testing.assert_close(value, raw_w[key], rtol=0, atol=0)
+    torch.testing.assert_close(dict(plain.state_dict()), raw_w, rtol=0, atol=0)
 
 
 KILLER = textwrap.dedent(
@@ -126,9 +124,8 @@ def test_resume_after_hard_kill_mid_checkpoint_matches_uninterrupted(tmp_path):
     assert losses(run) == losses(tmp_path / "reference")  # bit-identical, step by step
     assert len(losses(run)) == 20
     for part in ("model", "ema"):
-        a = weights(reference.checkpoint / part)
-        b = weights(resumed.checkpoint / part)
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        torch.testing.assert_close(weights(resumed.checkpoint / part),
+                                   weights(reference.checkpoint / part), rtol=0, atol=0)
 
 
 def test_gradient_accumulation_equals_large_batch(tmp_path):
@@ -137,9 +134,8 @@ def test_gradient_accumulation_equals_large_batch(tmp_path):
     big = train(smoke(tmp_path, *common, "data.batch_size=16", name="big"))
     small = train(smoke(tmp_path, *common, "data.batch_size=4",
                         "trainer.gradient_accumulation_steps=4", name="accum"))
-    a, b = weights(big.checkpoint / "model"), weights(small.checkpoint / "model")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights(big.checkpoint / "model"),
+                               weights(small.checkpoint / "model"), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(losses(tmp_path / "big")),
                                torch.tensor(losses(tmp_path / "accum")), rtol=1e-5, atol=1e-6)
 
@@ -183,10 +179,8 @@ def test_two_rank_data_parallel_equals_single_process(tmp_path):
     single = train(smoke(tmp_path, "data.batch_size=16", "model.noise_std=0.0",
                          "trainer.max_steps=6", "trainer.sample_every=0", *DP_OPTIMIZER,
                          name="single"))
-    a = weights(tmp_path / "ddp" / "checkpoint-6" / "model")
-    b = weights(single.checkpoint / "model")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights(tmp_path / "ddp" / "checkpoint-6" / "model"),
+                               weights(single.checkpoint / "model"), rtol=1e-5, atol=1e-6)
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: markers, per-test seeding, offline hub, float64 option."""
+"""Shared pytest set-up: markers, per-test seeding, offline hub, float64 marker."""
 
 from __future__ import annotations
 
@@ -45,16 +45,9 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-@pytest.fixture
-def float64():
-    """Run a test with float64 as torch's default dtype (exactness checks)."""
-    with _default_dtype(torch.float64) as dtype:
-        yield dtype
-
-
 @pytest.fixture(autouse=True)
 def _float64_marker(request: pytest.FixtureRequest):
-    """``@pytest.mark.float64`` does what the ``float64`` fixture does."""
+    """``@pytest.mark.float64``: run the test with float64 as torch's default dtype."""
     if request.node.get_closest_marker("float64") is None:
         yield
         return

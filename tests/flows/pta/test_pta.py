@@ -27,7 +27,7 @@ from flows.pta.diagnostics import hellinger_distance
 from flows.pta.models import F_YR, SMBHB_COV, SMBHB_MEAN
 from flows.pta.sigw import induced_omega
 
-NG15 = Path(__file__).parents[1].parent / "shared/data/ng15"
+NG15 = Path(__file__).resolve().parents[3].parent / "shared/data/ng15"
 HD = NG15 / "ptarcade_30f_fshd_ceffyl"
 needs_data = pytest.mark.skipif(
     not HD.is_dir(),

@@ -21,7 +21,7 @@ from trainers.ema import EMA
 from trainers.smoke import SmokeMLP
 from trainers.train import NonFiniteLossError, lr_factor, main, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
@@ -167,12 +167,12 @@ def test_two_rank_data_parallel_equals_single_process(tmp_path):
     # The two ranks are forked from a fresh interpreter: forking this pytest process after
     # earlier tests ran multi-threaded (OpenMP) kernels can deadlock the children's matmuls.
     launch = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import test_trainer;"
+        "import sys; sys.path.insert(0, sys.argv[1]); from tests.trainers import test_train;"
         "from accelerate import debug_launcher;"
-        "debug_launcher(test_trainer._two_rank_worker, args=(sys.argv[2],), num_processes=2)"
+        "debug_launcher(test_train._two_rank_worker, args=(sys.argv[2],), num_processes=2)"
     )
-    tests_dir = str(Path(__file__).resolve().parent)
-    result = subprocess.run([sys.executable, "-c", launch, tests_dir, str(tmp_path / "ddp")],
+    root = str(ROOT)
+    result = subprocess.run([sys.executable, "-c", launch, root, str(tmp_path / "ddp")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoint-6" / "accelerator" / "random_states_1.pkl").exists()

@@ -13,8 +13,8 @@ against a plain ``torch.addcmul`` affine.
 Targets (from the issue): RMSNorm and CRMSNorm <= 1.2x LayerNorm, every other layer <= 3x,
 eval-mode PowerNorm / UN as fast as a plain affine (<= 1.1x here, to absorb timer noise).
 
-    PYTHONPATH=. python benchmarks/norms.py            # ~1-2 minutes on one core
-    PYTHONPATH=. python benchmarks/norms.py --quick    # fewer repeats, ~30 s
+    python benchmarks/norm_layers.py            # ~1-2 minutes on one core
+    python benchmarks/norm_layers.py --quick    # fewer repeats, ~30 s
 """
 
 from __future__ import annotations
@@ -25,17 +25,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# norms package: put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-import norms  # noqa: E402
+import norms
 
 TOKEN_SHAPE = (32, 256, 512)
 MAP_SHAPE = (32, 128, 32, 32)

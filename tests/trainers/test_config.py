@@ -12,7 +12,7 @@ from trainers import registry
 from trainers.config import config_from_dict, load_config, parse_overrides
 from trainers.registry import get_model, register_dataset, register_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_diffusion_models import _train, fixed_loss, train_steps
 from torch.utils.data import default_collate
 
 from diffusion.data import NormalMapDataset
 from diffusion.models import NormalAdaptedDiffusion, NormalAlignedDiffusion
 from diffusion.pipelines import NormalAdaptedPipeline
+from tests.diffusion.helpers import fixed_loss, train_config, train_steps
 from trainers.optim import build_optimizer
 
 TINY = dict(resolution=16, block_out_channels=(8, 16), norm_num_groups=4)
@@ -136,7 +136,7 @@ def test_latent_config_trains_with_the_trainer_and_samples(vae_dir, tmp_path) ->
     from diffusion.cli import sample_normals
     from trainers import load_checkpoint_model
 
-    out = _train("normal_adapted.yaml", tmp_path / "run", f"model.vae={vae_dir}")
+    out = train_config("normal_adapted.yaml", tmp_path / "run", f"model.vae={vae_dir}")
     model, _ = load_checkpoint_model(out)
     assert model.vae is not None and model.sample_shape == (4, 8, 8)
     summary = sample_normals(out, "front view, full body", num=2, seed=0,

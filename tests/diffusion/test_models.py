@@ -15,8 +15,8 @@ from diffusion.data import NormalMapDataset
 from diffusion.models import NormalAdaptedDiffusion, NormalAlignedDiffusion
 from diffusion.pipelines import NormalAdaptedPipeline, NormalAlignedPipeline
 from diffusion.sample import main as sample_main
+from tests.diffusion.helpers import fixed_loss, train_config, train_steps
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(resolution=16, block_out_channels=(8, 16), norm_num_groups=4)
 
 
@@ -24,25 +24,6 @@ TINY = dict(resolution=16, block_out_channels=(8, 16), norm_num_groups=4)
 def batch() -> dict[str, torch.Tensor]:
     data = NormalMapDataset(16, num_samples=8, seed=0, max_steps=48)
     return default_collate([data[i] for i in range(8)])
-
-
-def fixed_loss(model, batch) -> float:
-    model.eval()
-    torch.manual_seed(123)
-    with torch.no_grad():
-        value = float(model.loss(batch)["loss"])
-    model.train()
-    return value
-
-
-def train_steps(model, batch, optimizer, steps: int = 15) -> None:
-    """``steps`` optimizer steps on ``batch`` (seeded per step)."""
-    for step in range(steps):
-        torch.manual_seed(step)
-        loss = model.loss(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
 
 @pytest.mark.parametrize(
@@ -115,31 +96,9 @@ def test_models_run_in_float64(batch) -> None:
     assert out.dtype == torch.float64 and out.min() >= 0 and out.max() <= 1
 
 
-def _train(config: str, out: Path, *extra: str) -> Path:
-    from accelerate.state import AcceleratorState
-
-    from trainers import load_config
-    from trainers.train import train
-
-    overrides = [
-        f"trainer.output_dir={out}", "trainer.progress=false", "trainer.max_steps=2",
-        "trainer.checkpoint_every=0", "trainer.sample_every=0", "trainer.warmup_steps=0",
-        "trainer.log_every=1", "trainer.plot=false", "data.cache=null", "data.resolution=16",
-        "data.num_samples=8", "data.batch_size=4", "model.resolution=16",
-        "model.block_out_channels=[8,16]", "model.norm_num_groups=4", *extra,
-    ]
-    AcceleratorState._reset_state(reset_partial_state=True)
-    try:
-        result = train(load_config(ROOT / "configs" / config, overrides))
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    assert result.step == 2
-    return out
-
-
 def test_configs_train_and_checkpoints_sample(tmp_path, capsys) -> None:
-    adapted = _train("normal_adapted.yaml", tmp_path / "adapted", "model.norm=batchnorm")
-    aligned = _train("normal_aligned.yaml", tmp_path / "aligned")
+    adapted = train_config("normal_adapted.yaml", tmp_path / "adapted", "model.norm=batchnorm")
+    aligned = train_config("normal_aligned.yaml", tmp_path / "aligned")
     assert (adapted / "checkpoint-2" / "ema").is_dir()
     summary = sample_normals(adapted, "left side view, upper body", num=3, seed=0,
                              out=tmp_path / "n.png", steps=2, guidance=2.0, device="cpu")

@@ -13,7 +13,7 @@ from flows.pta import ModelPosterior, build_model, grid_evidence, load_free_spec
 from flows.pta.compare import run_model
 from flows.pta.diagnostics import hellinger_distance
 
-NG15 = Path(__file__).parents[1].parent / "shared/data/ng15"
+NG15 = Path(__file__).resolve().parents[3].parent / "shared/data/ng15"
 HD = NG15 / "ptarcade_30f_fshd_ceffyl"
 CHAIN = NG15 / "nanograv15_hd_powerlaw_chain.npy"
 pytestmark = pytest.mark.skipif(

@@ -14,7 +14,7 @@ import pytest
 from flows.evidence import main
 from flows.posterior.io import load_chains
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 FAST = ["--epochs", "2"]
 
 

@@ -172,7 +172,7 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     labels.
 
     Labels (``batch["y"]``, see ``diffusion.data``) enter through the UNet's class embedding;
-    label ``num_labels`` is the null label that label dropout (``label_dropout``) trains for
+    label ``num_labels`` is the null label that label dropout (``condition_dropout``) trains for
     classifier-free guidance.
 
     Arguments:
@@ -183,7 +183,7 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         norm_num_groups: GroupNorm groups (passed on to norms with groups).
         norm: map norm replacing every GroupNorm (``norms.available_norms("maps")``).
         num_labels: number of conditioning labels (12 = 4 views x 3 framings).
-        label_dropout: probability of the null label during training.
+        condition_dropout: probability of the null label during training.
         num_train_timesteps: DDPM steps.
         guidance_scale, sample_steps: defaults of ``sample_for_logging``.
         vae: folder of a local diffusers AutoencoderKL (latent mode) or None (pixels). The UNet
@@ -203,7 +203,7 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         norm_num_groups: int = 8,
         norm: str = "groupnorm",
         num_labels: int = NUM_LABELS,
-        label_dropout: float = 0.1,
+        condition_dropout: float = 0.1,
         num_train_timesteps: int = 1000,
         guidance_scale: float = 2.0,
         sample_steps: int = 25,
@@ -212,8 +212,8 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
-        if not 0.0 <= label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         size, channels = self._init_latent(vae, latent_scale, resolution)
         _check_sizes(size, block_out_channels, norm_num_groups)
         down, up = _block_types(len(block_out_channels), attention_levels, cross=False)
@@ -241,7 +241,7 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         labels = batch.get("y")
         if labels is None:
             labels = torch.full((x0.shape[0],), self.null_label, device=x0.device)
-        keep = _drop(1.0 - self.config.label_dropout, x0.shape[0], x0.device, self.training)
+        keep = _drop(1.0 - self.config.condition_dropout, x0.shape[0], x0.device, self.training)
         labels = torch.where(keep, labels.to(x0.device), torch.full_like(labels, self.null_label))
         loss = _ddpm_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, labels))
         return {"loss": loss}

@@ -203,7 +203,7 @@ class AutoregressiveBlock(nn.Module):
         start_token: prepend a learned start token (STARFlow), so token 0 is transformed too.
         positions: "learned" or "rope".
         affine: "exp" (TARFlow) or "softplus" (STARFlow, with soft clipping).
-        norm, placement, mix_alpha, activation, dropout: passed to
+        norm, norm_placement, mix_alpha, activation, dropout: passed to
             :class:`norms.transformer.TransformerStack`.
     """
 
@@ -220,7 +220,7 @@ class AutoregressiveBlock(nn.Module):
         positions: str = "learned",
         affine: str = "exp",
         norm: str = "layernorm",
-        placement: str = "pre",
+        norm_placement: str = "pre",
         mlp_ratio: float = 4.0,
         mix_alpha: float = 0.25,
         activation: str = "gelu",
@@ -255,7 +255,7 @@ class AutoregressiveBlock(nn.Module):
             num_heads,
             mlp_ratio=mlp_ratio,
             norm=norm,
-            placement=placement,
+            norm_placement=norm_placement,
             mix_alpha=mix_alpha,
             activation=activation,
             rope=positions == "rope",

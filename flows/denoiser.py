@@ -66,7 +66,7 @@ class FlowScoreDenoiser(nn.Module):
         token_dim: D. tokens_per_frame: N.
         width, depth, num_heads: the transformer (RoPE over the frame-major token order).
         past_frames, future_frames: the temporal attention window.
-        norm, placement: names from :mod:`norms` for the shared transformer.
+        norm, norm_placement: names from :mod:`norms` for the shared transformer.
 
     The output projection starts at zero, so an untrained denoiser leaves samples unchanged.
     """
@@ -81,7 +81,7 @@ class FlowScoreDenoiser(nn.Module):
         past_frames: int = 9,
         future_frames: int = 1,
         norm: str = "layernorm",
-        placement: str = "pre",
+        norm_placement: str = "pre",
     ) -> None:
         super().__init__()
         self.tokens_per_frame = tokens_per_frame
@@ -89,7 +89,7 @@ class FlowScoreDenoiser(nn.Module):
         self.embed = nn.Linear(token_dim, width)
         self.pos = nn.Parameter(0.02 * torch.randn(1, 1, tokens_per_frame, width))
         self.transformer = TransformerStack(
-            width, depth, num_heads, norm=norm, placement=placement, rope=True
+            width, depth, num_heads, norm=norm, norm_placement=norm_placement, rope=True
         )
         self.out = nn.Linear(width, token_dim)
         nn.init.zeros_(self.out.weight)

@@ -81,7 +81,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
             pixel mode only; gives true bits/dim).
         num_classes: 0 for an unconditional model; otherwise class labels enter every block as
             a one-token prefix (index ``num_classes`` is the "no label" token of CFG).
-        label_dropout: probability of dropping the label in training (classifier-free guidance).
+        condition_dropout: probability of dropping the label in training (classifier-free guidance).
         start_token, positions, affine: STARFlow (True, "rope", "softplus") or TARFlow
             (False, "learned", "exp").
         vae: path of a local diffusers AutoencoderKL folder (latent mode) or None (pixels).
@@ -108,7 +108,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         noise_sigma: float = 0.1,
         dequantization: str = "gaussian",
         num_classes: int = 0,
-        label_dropout: float = 0.1,
+        condition_dropout: float = 0.1,
         start_token: bool = False,
         positions: str = "learned",
         affine: str = "exp",
@@ -156,7 +156,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
                 positions=positions,
                 affine=affine,
                 norm=norm,
-                placement=norm_placement,
+                norm_placement=norm_placement,
                 mlp_ratio=mlp_ratio,
                 mix_alpha=mix_alpha,
                 activation=activation,
@@ -201,7 +201,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
             y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=device)
         return embed(y.to(device)).unsqueeze(1)
 
-    def check_labels(self, y: torch.Tensor | None) -> None:
+    def check_condition(self, y: torch.Tensor | None) -> None:
         """Raise ValueError unless ``y`` is None or holds classes 0..num_classes-1."""
         if y is None:
             return
@@ -283,7 +283,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
                 f"guidance rule {guidance_rule!r} is unknown; choose one of: "
                 + ", ".join(GUIDANCE_RULES)
             )
-        self.check_labels(y)
+        self.check_condition(y)
         if guidance and (not self.config.num_classes or y is None):
             raise ValueError("guidance needs a class-conditional model and class labels y")
         budgets = (
@@ -373,8 +373,8 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         y = batch.get("y")
         if y is not None and self.config.num_classes:
             y = y.to(self.device).long().clone()
-            if self.training and self.config.label_dropout > 0:
-                drop = torch.rand(y.shape, device=y.device) < self.config.label_dropout
+            if self.training and self.config.condition_dropout > 0:
+                drop = torch.rand(y.shape, device=y.device) < self.config.condition_dropout
                 y[drop] = self.config.num_classes
         else:
             y = None

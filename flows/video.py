@@ -107,7 +107,7 @@ class GlobalVideoBlock(AutoregressiveBlock):
         prefix_len: int = 0,
         affine: str = "softplus",
         norm: str = "layernorm",
-        placement: str = "pre",
+        norm_placement: str = "pre",
         mlp_ratio: float = 4.0,
     ) -> None:
         n = tokens_per_frame * frames
@@ -126,7 +126,7 @@ class GlobalVideoBlock(AutoregressiveBlock):
             positions="rope",
             affine=affine,
             norm=norm,
-            placement=placement,
+            norm_placement=norm_placement,
             mlp_ratio=mlp_ratio,
         )
         self.tokens_per_frame, self.flip = tokens_per_frame, flip
@@ -299,13 +299,13 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         width, num_heads, mlp_ratio: the transformers of every block.
         local_blocks, local_depth: number and depth of the per-frame shallow blocks.
         global_depth: depth of the deep global block.
-        norm, placement: a token norm and its placement by name (see :mod:`norms`).
+        norm, norm_placement: a token norm and its placement by name (see :mod:`norms`).
         affine: "softplus" (STARFlow) or "exp" (TARFlow).
         noise_sigma: std of the Gaussian noise added to training data (and removed by the
             denoisers); with ``dequantization="uniform"`` the loss is a true bits/dim bound.
         num_classes: class labels as a prefix token (0 = none).
         text_tokens: prompt length of the learned text embedding (0 = no text).
-        cond_dropout: probability of replacing a sample's whole prefix by the null prefix in
+        condition_dropout: probability of replacing a sample's whole prefix by the null prefix in
             training (classifier-free guidance).
         learned_denoiser: build and train the flow-score-matching denoiser.
         denoiser_width, denoiser_depth, denoiser_past_frames, denoiser_future_frames,
@@ -328,13 +328,13 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         local_depth: int = 2,
         global_depth: int = 6,
         norm: str = "layernorm",
-        placement: str = "pre",
+        norm_placement: str = "pre",
         affine: str = "softplus",
         noise_sigma: float = 0.05,
         dequantization: str = "gaussian",
         num_classes: int = 0,
         text_tokens: int = 0,
-        cond_dropout: float = 0.1,
+        condition_dropout: float = 0.1,
         learned_denoiser: bool = True,
         denoiser_width: int = 64,
         denoiser_depth: int = 2,
@@ -354,8 +354,8 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
                 f"need frames >= 2, local_blocks >= 0, global_depth >= 1; got {frames}, "
                 f"{local_blocks}, {global_depth}"
             )
-        if not 0.0 <= cond_dropout <= 1.0:
-            raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout}")
+        if not 0.0 <= condition_dropout <= 1.0:
+            raise ValueError(f"condition_dropout must lie in [0, 1], got {condition_dropout}")
         object.__setattr__(self, "_vae", load_local_vae(vae) if vae is not None else None)
         grid, channels, self.latent_scale = image_size, in_channels, 1.0
         if self._vae is not None:
@@ -381,7 +381,7 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
                 positions="learned",
                 affine=affine,
                 norm=norm,
-                placement=placement,
+                norm_placement=norm_placement,
                 mlp_ratio=mlp_ratio,
             )
             for i in range(local_blocks)
@@ -398,7 +398,7 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             prefix_len=self.prefix_len,
             affine=affine,
             norm=norm,
-            placement=placement,
+            norm_placement=norm_placement,
             mlp_ratio=mlp_ratio,
         )
         # Class num_classes is the null label of classifier-free guidance.
@@ -419,7 +419,7 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
                 denoiser_past_frames,
                 denoiser_future_frames,
                 norm=norm,
-                placement=placement,
+                norm_placement=norm_placement,
             )
             # Frozen for the trainer (its optimizer and DDP skip it); trained by its own AdamW.
             self.denoiser.requires_grad_(False)
@@ -772,7 +772,7 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             raise ValueError("a text-conditioned model needs 'text' token ids in every batch")
         drop = None
         if self.training and self.prefix_len:
-            drop = torch.rand(b, device=self.device) < self.config.cond_dropout
+            drop = torch.rand(b, device=self.device) < self.config.condition_dropout
         x = self._dequantise(video)
         train_denoiser = self.denoiser is not None and self.training and torch.is_grad_enabled()
         if train_denoiser:

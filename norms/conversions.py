@@ -36,7 +36,7 @@ of the residual stream goes through a norm.
 Example:
     >>> import torch
     >>> from norms.conversions import TinyTransformer, pre_ln_to_pre_rmsnorm
-    >>> model = TinyTransformer.build(4, dim=16, out_features=3, depth=2, num_heads=2).eval()
+    >>> model = TinyTransformer.build(4, width=16, out_features=3, depth=2, num_heads=2).eval()
     >>> rms = pre_ln_to_pre_rmsnorm(model)
     >>> x = torch.randn(2, 5, 4)
     >>> bool(torch.allclose(model(x), rms(x), atol=1e-5))
@@ -81,13 +81,13 @@ class TinyTransformer(nn.Module):
 
     @classmethod
     def build(
-        cls, in_features: int, dim: int, out_features: int, depth: int, num_heads: int, **stack
+        cls, in_features: int, width: int, out_features: int, depth: int, num_heads: int, **stack
     ) -> TinyTransformer:
         """A fresh model; ``stack`` holds further :class:`TransformerStack` arguments."""
         return cls(
-            nn.Linear(in_features, dim),
-            TransformerStack(dim, depth, num_heads, **stack),
-            nn.Linear(dim, out_features),
+            nn.Linear(in_features, width),
+            TransformerStack(width, depth, num_heads, **stack),
+            nn.Linear(width, out_features),
         )
 
     @property
@@ -219,9 +219,10 @@ def fold_fake_layernorm(model: TinyTransformer) -> TinyTransformer:
 
 
 def _check_pre_norm(stack: TransformerStack) -> None:
-    if stack.placement not in ("pre", "lns"):
+    if stack.norm_placement not in ("pre", "lns"):
         raise ValueError(
-            f"conversions need a pre-norm stack (placement pre or lns), got {stack.placement!r}"
+            "conversions need a pre-norm stack (norm_placement pre or lns), got "
+            f"{stack.norm_placement!r}"
         )
     if isinstance(stack.final_norm, nn.Identity) and len(stack.blocks) > 0:
         raise ValueError(

@@ -18,7 +18,7 @@ Rotary position embeddings (Su et al. 2021, arXiv:2104.09864) follow the cache p
 Example:
     >>> import torch
     >>> from norms.transformer import KVCache, TransformerStack
-    >>> stack = TransformerStack(dim=32, depth=2, num_heads=4, norm="rmsnorm", rope=True)
+    >>> stack = TransformerStack(width=32, depth=2, num_heads=4, norm="rmsnorm", rope=True)
     >>> x = torch.randn(2, 6, 32)
     >>> full = stack(x)
     >>> cache = KVCache()
@@ -244,18 +244,18 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Attention + MLP with residuals; ``placement`` is ``"pre"`` or ``"post"``.
+    """Attention + MLP with residuals; ``norm_placement`` is ``"pre"`` or ``"post"``.
 
     ``norm_scale`` multiplies the pre-norm outputs (LayerNorm Scaling uses 1/sqrt(l)).
     """
 
     def __init__(
         self,
-        dim: int,
+        width: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
         norm: str = "layernorm",
-        placement: str = "pre",
+        norm_placement: str = "pre",
         norm_scale: float = 1.0,
         activation: str = "gelu",
         attention: str = "softmax",
@@ -263,15 +263,17 @@ class TransformerBlock(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if placement not in ("pre", "post"):
-            raise ValueError(f"block placement {placement!r} is unknown; choose pre or post")
+        if norm_placement not in ("pre", "post"):
+            raise ValueError(
+                f"block norm_placement {norm_placement!r} is unknown; choose pre or post"
+            )
         if attention not in ATTENTIONS:
             known = ", ".join(sorted(ATTENTIONS))
             raise ValueError(f"attention {attention!r} is unknown; choose one of: {known}")
-        self.placement, self.norm_scale = placement, norm_scale
-        self.norm1, self.norm2 = build_norm(norm, dim), build_norm(norm, dim)
-        self.attn = ATTENTIONS[attention](dim, num_heads, rope=rope, dropout=dropout)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), activation, dropout)
+        self.norm_placement, self.norm_scale = norm_placement, norm_scale
+        self.norm1, self.norm2 = build_norm(norm, width), build_norm(norm, width)
+        self.attn = ATTENTIONS[attention](width, num_heads, rope=rope, dropout=dropout)
+        self.mlp = MLP(width, int(width * mlp_ratio), activation, dropout)
 
     def forward(
         self,
@@ -281,7 +283,7 @@ class TransformerBlock(nn.Module):
         attn_mask: torch.Tensor | None = None,
         causal: bool = True,
     ) -> torch.Tensor:
-        if self.placement == "post":
+        if self.norm_placement == "post":
             x = self.norm1(x + self.attn(x, cache, layer, attn_mask, causal))
             return self.norm2(x + self.mlp(x))
         h = self.norm1(x)
@@ -312,9 +314,9 @@ class TransformerStack(nn.Module):
     """A stack of :class:`TransformerBlock` with the norm and its placement chosen by name.
 
     Arguments:
-        dim: token width. depth: number of blocks. num_heads: attention heads.
+        width: token width. depth: number of blocks. num_heads: attention heads.
         norm: a token norm from ``norms.available_norms("tokens")``.
-        placement: ``pre``, ``post``, ``mix`` (Mix-LN, ``mix_alpha``) or ``lns``.
+        norm_placement: ``pre``, ``post``, ``mix`` (Mix-LN, ``mix_alpha``) or ``lns``.
         activation: ``gelu`` or ``selu`` (self-normalizing MLP).
         attention: ``softmax`` (or another entry of :data:`ATTENTIONS`).
         rope: rotary position embeddings following the cache positions.
@@ -323,12 +325,12 @@ class TransformerStack(nn.Module):
 
     def __init__(
         self,
-        dim: int,
+        width: int,
         depth: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
         norm: str = "layernorm",
-        placement: str = "pre",
+        norm_placement: str = "pre",
         mix_alpha: float = 0.25,
         activation: str = "gelu",
         attention: str = "softmax",
@@ -342,16 +344,16 @@ class TransformerStack(nn.Module):
                 f"norm {norm!r} does not accept channels-last tokens; a transformer needs one of: "
                 + ", ".join(available_norms("tokens"))
             )
-        placements = layer_placements(placement, depth, mix_alpha)
-        self.placement = placement
+        placements = layer_placements(norm_placement, depth, mix_alpha)
+        self.norm_placement = norm_placement
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                dim,
+                width,
                 num_heads,
                 mlp_ratio,
                 norm,
                 block_placement,
-                norm_scale=1.0 / math.sqrt(i + 1) if placement == "lns" else 1.0,
+                norm_scale=1.0 / math.sqrt(i + 1) if norm_placement == "lns" else 1.0,
                 activation=activation,
                 attention=attention,
                 rope=rope,
@@ -360,7 +362,7 @@ class TransformerStack(nn.Module):
             for i, block_placement in enumerate(placements)
         )
         use_final = final_norm and depth > 0 and placements[-1] == "pre"
-        self.final_norm = build_norm(norm, dim) if use_final else nn.Identity()
+        self.final_norm = build_norm(norm, width) if use_final else nn.Identity()
 
     def forward(
         self,

@@ -19,7 +19,9 @@ Example:
     >>> import torch
     >>> from flows.posterior.autoregressive import ParameterTransformerFlow
     >>> x = torch.randn(300, 4, dtype=torch.float64)
-    >>> flow = ParameterTransformerFlow.from_samples(x, transforms=1, dim=16, depth=1, heads=2)
+    >>> flow = ParameterTransformerFlow.from_samples(
+    ...     x, transforms=1, width=16, depth=1, num_heads=2
+    ... )
     >>> flow.sample(5).shape
     torch.Size([5, 4])
 """
@@ -44,11 +46,11 @@ class TokenConditioner(nn.Module):
         self,
         features: int,
         params_per_feature: int,
-        dim: int = 64,
+        width: int = 64,
         depth: int = 2,
-        heads: int = 4,
+        num_heads: int = 4,
         norm: str = "layernorm",
-        placement: str = "pre",
+        norm_placement: str = "pre",
         context_features: int = 0,
         reverse: bool = False,
     ) -> None:
@@ -57,12 +59,14 @@ class TokenConditioner(nn.Module):
         order = torch.arange(features)
         self.register_buffer("order", order.flip(0) if reverse else order)
         self.register_buffer("position_of", torch.argsort(self.order))
-        self.value = nn.Linear(1, dim)
-        self.start = nn.Parameter(torch.zeros(dim))
-        self.position = nn.Parameter(torch.randn(features, dim) * 0.02)
-        self.context = nn.Linear(context_features, dim) if context_features else None
-        self.stack = TransformerStack(dim, depth, heads, norm=norm, placement=placement)
-        self.head = nn.Linear(dim, params_per_feature)
+        self.value = nn.Linear(1, width)
+        self.start = nn.Parameter(torch.zeros(width))
+        self.position = nn.Parameter(torch.randn(features, width) * 0.02)
+        self.context = nn.Linear(context_features, width) if context_features else None
+        self.stack = TransformerStack(
+            width, depth, num_heads, norm=norm, norm_placement=norm_placement
+        )
+        self.head = nn.Linear(width, params_per_feature)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -80,7 +84,7 @@ class TokenConditioner(nn.Module):
     def token(
         self, j: int, previous: torch.Tensor | None, batch: int, context: torch.Tensor | None
     ) -> torch.Tensor:
-        """The (B, 1, dim) input token at position j (``previous`` = y_{j-1}, None for j = 0)."""
+        """The (B, 1, width) input token at position j (``previous`` = y_{j-1}, None for j = 0)."""
         if previous is None:
             token = self.start.expand(batch, 1, -1) + self.position[0]
         else:
@@ -121,8 +125,8 @@ class ParameterTransformerFlow(PosteriorFlow):
     Arguments:
         preprocess: the fixed :class:`Preprocessing` (use :meth:`from_samples`).
         transforms: number of autoregressive transforms (order reversed between them).
-        dim, depth, heads: width, blocks and attention heads of each transformer.
-        norm, placement: the norm by name and its placement (see ``norms.transformer``).
+        width, depth, num_heads: width, blocks and attention heads of each transformer.
+        norm, norm_placement: the norm by name and its placement (see ``norms.transformer``).
         bins, bound: spline bins and interval [-B, B].
         context_features: size of a conditioning vector (0: unconditional).
     """
@@ -131,11 +135,11 @@ class ParameterTransformerFlow(PosteriorFlow):
         self,
         preprocess: Preprocessing,
         transforms: int = 4,
-        dim: int = 64,
+        width: int = 64,
         depth: int = 2,
-        heads: int = 4,
+        num_heads: int = 4,
         norm: str = "layernorm",
-        placement: str = "pre",
+        norm_placement: str = "pre",
         bins: int = 8,
         bound: float = 5.0,
         context_features: int = 0,
@@ -146,11 +150,11 @@ class ParameterTransformerFlow(PosteriorFlow):
                 TokenConditioner(
                     features,
                     spline_parameter_count(bins),
-                    dim,
+                    width,
                     depth,
-                    heads,
+                    num_heads,
                     norm,
-                    placement,
+                    norm_placement,
                     context_features,
                     reverse=i % 2 == 1,
                 ),
@@ -162,11 +166,11 @@ class ParameterTransformerFlow(PosteriorFlow):
         self.config = {
             "flow": "transformer",
             "transforms": transforms,
-            "dim": dim,
+            "width": width,
             "depth": depth,
-            "heads": heads,
+            "num_heads": num_heads,
             "norm": norm,
-            "placement": placement,
+            "norm_placement": norm_placement,
             "bins": bins,
             "bound": bound,
             "context_features": context_features,

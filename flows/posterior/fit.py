@@ -175,7 +175,7 @@ def fit_flow(
     Arguments:
         samples: (n, d) or (nchains, nsamples, d) array; rows with NaN/inf raise ValueError.
         flow: ``"spline"`` (masked autoregressive RQ spline) or ``"transformer"``
-            (transformer over parameter tokens; pass ``dim``, ``depth``, ``heads``, ``norm``).
+            (transformer over parameter tokens; pass ``width``, ``depth``, ``num_heads``, ``norm``).
         bounds: per-parameter ``(lo, hi)`` or None; bounded parameters are fitted in logit space
             so the flow puts no mass outside the box.
         context: optional (n, c) conditioning vectors (a conditional flow).

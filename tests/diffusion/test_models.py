@@ -42,7 +42,7 @@ def test_training_steps_lower_the_loss(cls, kwargs, batch) -> None:
 
 
 def test_label_and_condition_dropout_reach_the_null_inputs(batch) -> None:
-    model = NormalAdaptedDiffusion(**TINY, label_dropout=0.5)
+    model = NormalAdaptedDiffusion(**TINY, condition_dropout=0.5)
     seen = []
     model.unet.forward = lambda x, t, class_labels: seen.append(class_labels) or type(
         "Out", (), {"sample": torch.zeros_like(x)})()

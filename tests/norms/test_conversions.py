@@ -21,11 +21,11 @@ from norms.removal import FakeLayerNorm
 def _model(placement: str = "pre", attention: str = "softmax", **stack) -> TinyTransformer:
     model = TinyTransformer.build(
         5,
-        dim=16,
+        width=16,
         out_features=3,
         depth=3,
         num_heads=2,
-        placement=placement,
+        norm_placement=placement,
         attention=attention,
         **stack,
     ).eval()
@@ -106,8 +106,9 @@ def test_crmsnorm_conversion_refuses_a_stream_with_a_mean() -> None:
 
 
 def test_conversions_refuse_post_norm_and_missing_final_norm() -> None:
-    post = TinyTransformer.build(4, 8, 2, depth=2, num_heads=2, placement="post")
-    with pytest.raises(ValueError, match="pre-norm stack \\(placement pre or lns\\), got 'post'"):
+    post = TinyTransformer.build(4, 8, 2, depth=2, num_heads=2, norm_placement="post")
+    match = "pre-norm stack \\(norm_placement pre or lns\\), got 'post'"
+    with pytest.raises(ValueError, match=match):
         pre_ln_to_pre_rmsnorm(post)
     bare = TinyTransformer.build(4, 8, 2, depth=2, num_heads=2, final_norm=False)
     with pytest.raises(ValueError, match="final norm"):
@@ -155,7 +156,7 @@ def test_folded_model_equals_fake_layernorm_model(placement: str) -> None:
 
 @pytest.mark.float64
 def test_calibration_measures_the_mean_token_std() -> None:
-    model = TinyTransformer.build(32, dim=32, out_features=4, depth=2, num_heads=4).eval()
+    model = TinyTransformer.build(32, width=32, out_features=4, depth=2, num_heads=4).eval()
     data = _calibration_data(32)
     seen: list[torch.Tensor] = []
     norm = model.stack.blocks[1].norm2
@@ -173,7 +174,7 @@ def test_calibration_measures_the_mean_token_std() -> None:
 
 @pytest.mark.float64
 def test_fake_layernorm_approximates_the_original_on_calibration_data() -> None:
-    model = TinyTransformer.build(32, dim=32, out_features=4, depth=2, num_heads=4).eval()
+    model = TinyTransformer.build(32, width=32, out_features=4, depth=2, num_heads=4).eval()
     data = _calibration_data(32)
     x = torch.cat(data)
     reference = model(x)

@@ -161,7 +161,7 @@ def test_unknown_option_is_a_value_error_listing_allowed_ones():
 def test_every_token_norm_runs_inside_the_shared_transformer(name):
     from norms.transformer import TransformerStack
 
-    stack = TransformerStack(dim=C, depth=1, num_heads=2, norm=name)
+    stack = TransformerStack(width=C, depth=1, num_heads=2, norm=name)
     x = torch.randn(2, 5, C, requires_grad=True)
     stack(x).square().mean().backward()
     assert torch.isfinite(x.grad).all()

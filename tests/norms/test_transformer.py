@@ -20,7 +20,7 @@ def _randomise(module: torch.nn.Module) -> None:
 @pytest.mark.parametrize("placement", ["pre", "post", "mix", "lns"])
 @pytest.mark.parametrize("rope", [False, True])
 def test_one_token_cache_equals_full_causal_pass(placement: str, rope: bool) -> None:
-    stack = TransformerStack(16, depth=4, num_heads=2, placement=placement, rope=rope).eval()
+    stack = TransformerStack(16, depth=4, num_heads=2, norm_placement=placement, rope=rope).eval()
     _randomise(stack)
     x = torch.randn(3, 7, 16)
     full = stack(x)
@@ -47,7 +47,7 @@ def test_chunk_on_cached_prefix_and_truncate() -> None:
 
 @pytest.mark.float64
 def test_causality_later_tokens_do_not_change_earlier_outputs() -> None:
-    stack = TransformerStack(8, depth=3, num_heads=2, placement="mix", mix_alpha=0.34).eval()
+    stack = TransformerStack(8, depth=3, num_heads=2, norm_placement="mix", mix_alpha=0.34).eval()
     _randomise(stack)
     x = torch.randn(1, 6, 8)
     y = x.clone()
@@ -72,20 +72,21 @@ def test_non_causal_and_explicit_mask() -> None:
 def test_placements() -> None:
     assert layer_placements("mix", 8) == ["post"] * 2 + ["pre"] * 6
     assert layer_placements("post", 3) == ["post"] * 3
-    stack = TransformerStack(8, depth=4, num_heads=2, placement="lns")
+    stack = TransformerStack(8, depth=4, num_heads=2, norm_placement="lns")
     scales = [block.norm_scale for block in stack.blocks]
     assert scales == pytest.approx([1 / math.sqrt(i) for i in range(1, 5)])
-    assert isinstance(TransformerStack(8, 2, 2, placement="post").final_norm, torch.nn.Identity)
+    post = TransformerStack(8, 2, 2, norm_placement="post")
+    assert isinstance(post.final_norm, torch.nn.Identity)
     with pytest.raises(ValueError, match="placement 'sandwich' is unknown; choose one of: pre"):
-        TransformerStack(8, 2, 2, placement="sandwich")
+        TransformerStack(8, 2, 2, norm_placement="sandwich")
     with pytest.raises(ValueError, match="does not accept channels-last tokens"):
         TransformerStack(8, 2, 2, norm="groupnorm")
 
 
 def test_lns_scales_the_norm_output() -> None:
     torch.manual_seed(1)
-    pre = TransformerStack(8, depth=2, num_heads=2, placement="pre")
-    lns = TransformerStack(8, depth=2, num_heads=2, placement="lns")
+    pre = TransformerStack(8, depth=2, num_heads=2, norm_placement="pre")
+    lns = TransformerStack(8, depth=2, num_heads=2, norm_placement="lns")
     lns.load_state_dict(pre.state_dict())
     x = torch.randn(2, 3, 8)
     # Block 1 has scale 1, so a one-block stack would agree; block 2 (scale 1/sqrt 2) must not.

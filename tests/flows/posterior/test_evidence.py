@@ -312,7 +312,7 @@ def test_transformer_flow_evidence_with_box_bounds() -> None:
         flow="transformer",
         bounds=[(lo, hi)] * 3,
         progress=False,
-        fit_options={"epochs": 3, "transforms": 2, "dim": 16, "depth": 1, "heads": 2},
+        fit_options={"epochs": 3, "transforms": 2, "width": 16, "depth": 1, "num_heads": 2},
     )
     assert result.fit.flow == "transformer"
     assert abs(result.ln_z - truth) < 3 * result.ln_z_err + 2e-3

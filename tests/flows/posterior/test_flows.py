@@ -22,7 +22,7 @@ def _randomised(kind: str, samples: np.ndarray, bounds=None, seed: int = 0) -> P
         flow = SplineFlow.from_samples(samples, bounds, transforms=2, hidden=(16, 16), bins=6)
     else:
         flow = ParameterTransformerFlow.from_samples(
-            samples, bounds, transforms=2, dim=16, depth=1, heads=2, bins=6
+            samples, bounds, transforms=2, width=16, depth=1, num_heads=2, bins=6
         )
     with torch.no_grad():
         for name, p in flow.transforms.named_parameters():
@@ -205,8 +205,8 @@ def test_bad_options_name_the_value() -> None:
         ValueError, match="flow 'maf' is unknown; choose one of: spline, transformer"
     ):
         fit_flow(_gauss(), flow="maf", progress=False)
-    with pytest.raises(ValueError, match="option 'dim' does not apply to the spline flow"):
-        fit_flow(_gauss(), dim=16, progress=False)
+    with pytest.raises(ValueError, match="option 'width' does not apply to the spline flow"):
+        fit_flow(_gauss(), width=16, progress=False)
     with pytest.raises(ValueError, match="bounds has 1 entries"):
         fit_flow(_gauss(), bounds=[(0, 1)], progress=False)
     with pytest.raises(ValueError, match="parameter 1 is constant"):
@@ -220,7 +220,8 @@ def test_fit_learns_a_banana_and_stops_early(kind: str) -> None:
     rng = np.random.default_rng(0)
     a = rng.normal(size=4000)
     x = np.stack([a, 0.5 * a**2 + 0.3 * rng.normal(size=4000)], 1)
-    options = {"hidden": (32, 32)} if kind == "spline" else {"dim": 32, "depth": 1, "heads": 2}
+    transformer = {"width": 32, "depth": 1, "num_heads": 2}
+    options = {"hidden": (32, 32)} if kind == "spline" else transformer
     flow, report = fit_flow(
         x, flow=kind, epochs=40, patience=3, lr=5e-3, progress=False, transforms=2, **options
     )

@@ -222,11 +222,11 @@ def test_conditioning_dropout() -> None:
     z_keep, _ = model(x, y, text, drop=~everything)
     torch.testing.assert_close(z_keep, model(x, y, text)[0], rtol=0, atol=0)
     assert (z_keep - z_null).abs().max() > 1e-3
-    # In training, cond_dropout = 1 makes every loss the unconditional one (labels only here).
+    # In training, condition_dropout = 1 makes every loss the unconditional one (labels only here).
     labelled = _model(num_classes=3, learned_denoiser=False)
     batch = {"x": x.clamp(-1, 1), "y": y}
     for p in (1.0, 0.0):
-        labelled.register_to_config(cond_dropout=p)
+        labelled.register_to_config(condition_dropout=p)
         labelled.train()
         torch.manual_seed(3)
         conditional = labelled.loss(batch)["loss"]

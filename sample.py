@@ -30,7 +30,7 @@ from typing import Any
 # model name (config.yaml: model.name) -> "module:function" sampling entry point
 SAMPLERS: dict[str, str] = {
     "tarflow": "flows.sampling:sample_image_flow",
-    "video_tarflow": "flows.video_cli:sample_video_flow",
+    "video_tarflow": "flows.video.sampling:sample_video_flow",
     "normal_adapted": "diffusion.cli:sample_adapted_checkpoint",
     "normal_aligned": "diffusion.cli:sample_aligned_checkpoint",
 }

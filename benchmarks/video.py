@@ -31,7 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.video import VideoTransformerFlow  # noqa: E402
+from flows.jacobi import DEFAULT_JACOBI_THRESHOLD  # noqa: E402
+from flows.planner import AutoPlanner  # noqa: E402
+from flows.video import VideoFlowSampler, VideoTransformerFlow  # noqa: E402
 
 
 def load_model(checkpoint: str | None) -> VideoTransformerFlow:
@@ -71,14 +73,19 @@ def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> 
         f"jacobi, {frames}-frame chunk": dict(method="jacobi", jacobi_chunk=n * frames, **common),
         "auto": dict(method="auto", **common),
     }
+    # One sampler per setting; auto's planner sees every run of the others too.
+    planner = AutoPlanner()
+    samplers = {
+        name: VideoFlowSampler(model, planner=planner, **options)
+        for name, options in methods.items()
+    }
     # Warm up; auto calibrates its pass times and learns the passes of the default Jacobi.
-    model.__dict__.pop("_auto_timings", None)
-    outputs = {name: model.reverse(z, y, text, **options) for name, options in methods.items()}
+    outputs = {name: sampler.reverse(z, y, text) for name, sampler in samplers.items()}
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.repeats):
-        for name, options in methods.items():
+        for name, sampler in samplers.items():
             start = time.perf_counter()
-            model.reverse(z, y, text, **options)
+            sampler.reverse(z, y, text)
             times[name].append(time.perf_counter() - start)
     t_seq = statistics.median(times["sequential"])
     # auto is judged against the best fixed setting it can choose (not noise init).
@@ -113,8 +120,44 @@ def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> 
     return rows
 
 
+def thresholds(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> list[dict]:
+    """Jacobi (frame chunks, previous-frame init) at each of ``args.thresholds`` against
+    sequential on the same noise: deep passes per frame, max |difference|, speed-up."""
+    generator = torch.Generator().manual_seed(batch)
+    z = torch.randn((batch, model.config.frames, *model.frame_shape), generator=generator)
+    text = None
+    if model.config.text_tokens:
+        text = model.encode_prompts(["a 3 and a 7 moving apart"] * batch)
+    names = ["sequential", *args.thresholds]
+    samplers = {
+        t: VideoFlowSampler(model, "jacobi", jacobi_threshold=t, jacobi_max_iter=args.max_iter)
+        for t in args.thresholds
+    }
+    samplers["sequential"] = VideoFlowSampler(model, "sequential")
+    outputs = {name: samplers[name].reverse(z, text=text) for name in names}
+    times: dict = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            start = time.perf_counter()
+            samplers[name].reverse(z, text=text)
+            times[name].append(time.perf_counter() - start)
+    t_seq = statistics.median(times["sequential"])
+    rows = []
+    for threshold in args.thresholds:
+        x, info = outputs[threshold]
+        passes = info["iterations_per_frame"]
+        rows.append({
+            "batch": batch, "threshold": threshold, "passes_per_frame": sum(passes) / len(passes),
+            "local_passes": info["local_iterations"],
+            "max_abs_diff": float((x - outputs["sequential"][0]).abs().max()),
+            "seconds": statistics.median(times[threshold]),
+            "speedup": t_seq / statistics.median(times[threshold]),
+        })  # fmt: skip
+    return rows
+
+
 def quality(model: VideoTransformerFlow, args: argparse.Namespace) -> dict:
-    from flows.video_data import moving_digits
+    from flows.video.data import moving_digits
 
     cfg = model.config
     options = dict(frames=cfg.frames, image_size=cfg.image_size, digit_size=8, speed=1.0)
@@ -130,14 +173,8 @@ def quality(model: VideoTransformerFlow, args: argparse.Namespace) -> dict:
     result = {"bits_per_dim": bpd, "eval_videos": len(held_out), "samples": args.samples}
     for how in ("none", "tweedie", "learned"):
         generator.manual_seed(0)
-        video, _ = model.sample(
-            args.samples,
-            text=text,
-            generator=generator,
-            denoise=how,
-            method="jacobi",
-            jacobi_threshold=args.threshold,
-        )
+        sampler = VideoFlowSampler(model, "jacobi", jacobi_threshold=args.threshold)
+        video, _ = sampler.sample(args.samples, text=text, generator=generator, denoise=how)
         frames = video.flatten(0, 1).flatten(1)
         nearest = torch.cdist(frames, real).pow(2).min(dim=1).values / frames.shape[1]
         result[f"nearest_frame_mse_{how}"] = float(nearest.mean())
@@ -149,11 +186,13 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="trained video_tarflow run or checkpoint folder")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threshold", type=float, default=1e-9)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_JACOBI_THRESHOLD)
     parser.add_argument("--max-iter", type=int, default=64)
     parser.add_argument("--eval-videos", type=int, default=128)
     parser.add_argument("--samples", type=int, default=16)
-    args = parser.parse_args()
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[],
+                        help="also sweep these Jacobi thresholds (at the first batch size)")
+    args = parser.parse_args()  # fmt: skip
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(args.checkpoint)
     rows = [row for b in args.batches for row in speed(model, b, args)]
@@ -174,6 +213,16 @@ def main() -> None:
             f"{r['passes_per_frame']:.1f} | {r['local_passes']} | {r['max_abs_diff']:.1e} |"
         )
     summary = {"speed": rows, "device": "cpu", "threads": torch.get_num_threads()}
+    if args.thresholds:
+        sweep = thresholds(model, args.batches[0], args)
+        print(f"\nthreshold sweep, batch {args.batches[0]}, jacobi in frame chunks:")
+        print("| threshold | deep passes/frame | local passes/block | max abs diff | seconds "
+              "| speed-up vs sequential |")
+        print("|---|---|---|---|---|---|")
+        for r in sweep:
+            print(f"| {r['threshold']:.0e} | {r['passes_per_frame']:.1f} | {r['local_passes']} "
+                  f"| {r['max_abs_diff']:.1e} | {r['seconds']:.4f} | {r['speedup']:.2f}x |")
+        summary["thresholds"] = sweep
     if args.checkpoint:
         summary["quality"] = quality(model, args)
         q = summary["quality"]

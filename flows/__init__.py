@@ -16,11 +16,11 @@ _LAZY = {
     "DigitsDataset": ("flows.data", "digits"),
     "LFWFacesDataset": ("flows.data", "lfw_faces"),
     "ImageFolderDataset": ("flows.data", "image_folder"),
-    "VideoTransformerFlow": ("flows.video", "VideoTransformerFlow"),
-    "MovingDigitsDataset": ("flows.video_data", "moving_digits"),
-    "BouncingShapesDataset": ("flows.video_data", "bouncing_shapes"),
-    "TinyClipDataset": ("flows.video_data", "tiny_clip"),
-    "VideoFolderDataset": ("flows.video_data", "video_folder"),
+    "VideoTransformerFlow": ("flows.video.model", "VideoTransformerFlow"),
+    "MovingDigitsDataset": ("flows.video.data", "moving_digits"),
+    "BouncingShapesDataset": ("flows.video.data", "bouncing_shapes"),
+    "TinyClipDataset": ("flows.video.data", "tiny_clip"),
+    "VideoFolderDataset": ("flows.video.data", "video_folder"),
 }
 
 __all__ = sorted(name for name, (module, _) in _LAZY.items() if "video" not in module)

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -139,30 +139,19 @@ def jacobi_setting(chunk: int | None, natural: int) -> Setting:
 class ImageFlowSampler(FlowSampler):
     r"""Sampler of :class:`flows.image.TransformerFlow`; all blocks share one method.
 
-    ``jacobi_max_iter`` may list one pass budget per block (forward order); ``jacobi_chunk``
-    defaults to all tokens of the image.
+    Takes the options of :class:`FlowSampler`; ``jacobi_max_iter`` may list one pass budget
+    per block (forward order); ``jacobi_chunk`` defaults to all tokens of the image.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        method: str = "auto",
-        jacobi_threshold: float = DEFAULT_JACOBI_THRESHOLD,
-        jacobi_max_iter: int | Sequence[int] = 32,
-        jacobi_chunk: int | None = None,
-        sync_ranks: bool = False,
-        planner: AutoPlanner | None = None,
-    ) -> None:
+    def __init__(self, model: Any, method: str = "auto", **options: Any) -> None:
         blocks = len(model.blocks)
-        budgets = jacobi_max_iter
+        budgets = options.pop("jacobi_max_iter", 32)
         budgets = [budgets] * blocks if isinstance(budgets, int) else list(budgets)
         if len(budgets) != blocks:
             raise ValueError(f"jacobi_max_iter lists {len(budgets)} budgets for {blocks} blocks")
         for budget in budgets:
             JacobiSolver(max_iter=budget)  # refuses a budget below 1
-        super().__init__(
-            model, method, jacobi_threshold, max(budgets), jacobi_chunk, sync_ranks, planner
-        )
+        super().__init__(model, method, jacobi_max_iter=max(budgets), **options)
         self.budgets = budgets
 
     def _stage(self, batch: int, guided: bool) -> Stage:

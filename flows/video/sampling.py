@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from flows.jacobi import DEFAULT_JACOBI_THRESHOLD
-from flows.planner import AutoPlanner, Setting, Stage
+from flows.planner import Setting, Stage
 from flows.sampling import METHODS, FlowSampler, jacobi_setting
 from flows.video.block import JACOBI_INITS
 
@@ -54,7 +54,7 @@ DENOISERS = ("none", "tweedie", "learned")
 class VideoFlowSampler(FlowSampler):
     r"""Sampler of :class:`~flows.video.model.VideoTransformerFlow`.
 
-    Arguments (besides :class:`~flows.sampling.FlowSampler`'s):
+    Arguments (besides :class:`~flows.sampling.FlowSampler`'s, given by name):
         jacobi_chunk: tokens per Jacobi chunk of the deep block: at most one frame (default:
             one frame) or a multiple of the frame size (that many frames solved together); the
             per-frame blocks use ``min(jacobi_chunk, frame)``. With "auto" and no chunk, the
@@ -68,17 +68,11 @@ class VideoFlowSampler(FlowSampler):
         self,
         model: Any,
         method: str = "auto",
-        jacobi_threshold: float = DEFAULT_JACOBI_THRESHOLD,
-        jacobi_max_iter: int = 32,
-        jacobi_chunk: int | None = None,
         jacobi_init: str = "previous",
         context_frames: int | None = None,
-        sync_ranks: bool = False,
-        planner: AutoPlanner | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            model, method, jacobi_threshold, jacobi_max_iter, jacobi_chunk, sync_ranks, planner
-        )
+        super().__init__(model, method, **options)
         if jacobi_init not in JACOBI_INITS:
             raise ValueError(f"jacobi init {jacobi_init!r} is unknown; choose previous or noise")
         self.jacobi_init, self.context_frames = jacobi_init, context_frames

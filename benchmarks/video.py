@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threshold", type=float, default=DEFAULT_JACOBI_THRESHOLD)
-    parser.add_argument("--max-iter", type=int, default=64)
+    parser.add_argument("--max-iter", type=int, help="Jacobi passes per chunk at most")
     parser.add_argument("--eval-videos", type=int, default=128)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--thresholds", type=float, nargs="*", default=[],

@@ -55,7 +55,7 @@ class FlowSampler:
         model: the trained flow (eval mode is the caller's choice).
         method: "sequential", "jacobi" or "auto" (picked per call and stage by ``planner``).
         jacobi_threshold: the Jacobi stop rule (see :mod:`flows.jacobi`).
-        jacobi_max_iter: passes per chunk at most.
+        jacobi_max_iter: passes per chunk at most (default: the chunk's length).
         jacobi_chunk: tokens per Jacobi chunk (default: the stage's own, see the subclass).
         sync_ranks: all-reduce Jacobi's stop decision over an initialised process group.
         planner: an :class:`~flows.planner.AutoPlanner` to share (default: a new one).
@@ -66,7 +66,7 @@ class FlowSampler:
         model: Any,
         method: str = "auto",
         jacobi_threshold: float = DEFAULT_JACOBI_THRESHOLD,
-        jacobi_max_iter: int = 32,
+        jacobi_max_iter: int | None = None,
         jacobi_chunk: int | None = None,
         sync_ranks: bool = False,
         planner: AutoPlanner | None = None,
@@ -98,7 +98,7 @@ class FlowSampler:
             return stage.candidates[1]
         return self.planner.choose(stage, key, *self._device_dtype)
 
-    def _solver(self, setting: Setting, max_iter: int) -> JacobiSolver:
+    def _solver(self, setting: Setting, max_iter: int | None) -> JacobiSolver:
         if setting.method == "sequential":
             return JacobiSolver.sequential()
         return JacobiSolver(self.jacobi_threshold, max_iter, setting.chunk, self.sync_ranks)
@@ -145,13 +145,13 @@ class ImageFlowSampler(FlowSampler):
 
     def __init__(self, model: Any, method: str = "auto", **options: Any) -> None:
         blocks = len(model.blocks)
-        budgets = options.pop("jacobi_max_iter", 32)
-        budgets = [budgets] * blocks if isinstance(budgets, int) else list(budgets)
+        budgets = options.pop("jacobi_max_iter", None)
+        budgets = list(budgets) if isinstance(budgets, list | tuple) else [budgets] * blocks
         if len(budgets) != blocks:
             raise ValueError(f"jacobi_max_iter lists {len(budgets)} budgets for {blocks} blocks")
         for budget in budgets:
             JacobiSolver(max_iter=budget)  # refuses a budget below 1
-        super().__init__(model, method, jacobi_max_iter=max(budgets), **options)
+        super().__init__(model, method, **options)
         self.budgets = budgets
 
     def _stage(self, batch: int, guided: bool) -> Stage:
@@ -277,7 +277,7 @@ def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
         model,
         method=options.get("method", "auto"),
         jacobi_threshold=options.get("jacobi_threshold", DEFAULT_JACOBI_THRESHOLD),
-        jacobi_max_iter=options.get("jacobi_max_iter", 32),
+        jacobi_max_iter=options.get("jacobi_max_iter"),
     )
     classes = model.config.num_classes
     label = options.get("class_label")

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-frames", type=int, help="frames kept when the window slides")
     parser.add_argument("--denoise", default="learned", help="none | tweedie | learned")
     parser.add_argument("--jacobi-threshold", type=float, default=DEFAULT_JACOBI_THRESHOLD)
-    parser.add_argument("--jacobi-max-iter", type=int, default=32)
+    parser.add_argument("--jacobi-max-iter", type=int, help="passes per chunk at most")
     parser.add_argument("--jacobi-chunk", type=int, help="tokens per Jacobi chunk (default: frame)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="video.mp4", help=".mp4 | .gif | .png")

@@ -262,7 +262,7 @@ DEFAULTS: dict[str, Any] = {
     "context_frames": None,
     "denoise": "learned",
     "jacobi_threshold": DEFAULT_JACOBI_THRESHOLD,
-    "jacobi_max_iter": 32,
+    "jacobi_max_iter": None,
     "jacobi_chunk": None,
     "seed": 0,
     "out": "video.mp4",

@@ -29,10 +29,10 @@ def test_threshold_zero_equals_sequential_with_per_chunk_passes(chunk: int | Non
     z = torch.randn(2, T, D)
     exact, spent = block.reverse(z)
     assert spent.chunk_passes == [1] * T and spent.token_passes == T  # sequential decoding
-    solver = JacobiSolver(threshold=0.0, max_iter=100, chunk_size=chunk)
+    solver = JacobiSolver(threshold=0.0, chunk_size=chunk)  # default budget: the chunk length
     x, stats = block.reverse(z, solver=solver)
     torch.testing.assert_close(x, exact, rtol=0, atol=1e-10)
-    # a chunk of c tokens takes exactly c passes at threshold 0 (never more, whatever max_iter)
+    # a chunk of c tokens takes exactly c passes at threshold 0 (never more)
     sizes = [min(chunk or T, T - s) for s in range(0, T, chunk or T)]
     assert stats.chunk_passes == sizes
     # one token accepted per pass: a chunk of c recomputes c + (c - 1) + ... + 1 tokens

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +40,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock, Permutation
 from flows.jacobi import JacobiSolver, JacobiStats
 from flows.sampling import ImageFlowSampler
@@ -379,14 +379,3 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         """Images (num, C, H, W) in [0, 1] for the trainer's periodic sampling hook."""
         return ImageFlowSampler(self).sample_for_logging(num, generator)
 
-
-def load_local_vae(path: str) -> Any:
-    """A frozen diffusers AutoencoderKL from a local folder (never a hub download)."""
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"vae folder {path!r} has no config.json (a local AutoencoderKL)")
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-    vae.requires_grad_(False)
-    return vae.eval()

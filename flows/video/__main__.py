@@ -8,78 +8,76 @@ STARFlow-V (Apple 2025) sampling, text-, image- and video-to-video; the work is 
     python -m flows.video --checkpoint DIR --first-frame img.png --out video.gif
     python -m flows.video --checkpoint DIR --video in.mp4 --frames 32 --out more.mp4
 
-``--frames`` is the length of the output video, given frames included (it may exceed the
-training length: the window slides). The output suffix picks the format: .mp4 (PyAV, libx264),
-.gif (Pillow) or .png (a filmstrip, one row per video); several videos are tiled side by side.
-One JSON line on stdout summarises the run (iterations per frame, wall time); bad input prints
-one ``error:`` line on stderr and exits with code 2.
+``--checkpoint`` takes a checkpoint folder, a run folder or a shipped model name. ``--frames``
+is the length of the output video, given frames included (it may exceed the training length:
+the window slides). The output suffix picks the format: .mp4 (PyAV, libx264), .gif (Pillow) or
+.png (a filmstrip, one row per video); several videos are tiled side by side. One JSON line on
+stdout summarises the run (iterations per frame, wall time); bad input prints one ``error:``
+line on stderr and exits with code 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
+from core.cli import (
+    ArgumentParser,
+    add_threads_option,
+    finite_float,
+    non_negative_float,
+    positive_int,
+    print_json,
+    run_cli,
+)
 from flows.jacobi import DEFAULT_JACOBI_THRESHOLD
-from flows.video.sampling import DEFAULTS, sample_video_flow
+from flows.sampling import METHODS
+from flows.video.sampling import DEFAULTS, DENOISERS, sample_video_flow
 
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m flows.video", description="Sample videos from a video_tarflow model."
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint-<step> folder or run dir")
-    parser.add_argument("--prompt", help="text prompt (models trained with text_tokens > 0)")
-    parser.add_argument("--class", dest="label", type=int, help="class label (num_classes > 0)")
-    parser.add_argument("--frames", type=int, help="output length (default: training length)")
-    parser.add_argument("--num", type=int, default=1, help="number of videos (default 1)")
-    parser.add_argument("--method", default="auto", help="auto | jacobi | sequential")
-    parser.add_argument("--guidance", type=float, default=0.0, help="guidance weight w")
-    parser.add_argument("--guidance-rule", default="tarflow", help="tarflow | starflow")
-    parser.add_argument("--first-frame", help="image file: image-to-video")
-    parser.add_argument("--video", help="video file (.mp4/.gif): continue it")
-    parser.add_argument("--context-frames", type=int, help="frames kept when the window slides")
-    parser.add_argument("--denoise", default="learned", help="none | tweedie | learned")
-    parser.add_argument("--jacobi-threshold", type=float, default=DEFAULT_JACOBI_THRESHOLD)
-    parser.add_argument("--jacobi-max-iter", type=int, help="passes per chunk at most")
-    parser.add_argument("--jacobi-chunk", type=int, help="tokens per Jacobi chunk (default: frame)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="video.mp4", help=".mp4 | .gif | .png")
-    parser.add_argument("--fps", type=int, default=8)
-    parser.add_argument("--scale", type=int, default=4, help="integer upscaling of the output")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
+    add = parser.add_argument
+    add("--checkpoint", required=True, help="checkpoint folder, run folder or shipped name")
+    add("--prompt", help="text prompt (models trained with text_tokens > 0)")
+    add("--class", dest="class_label", type=int, help="class label (num_classes > 0)")
+    add("--frames", type=positive_int, help="output length (default: training length)")
+    add("--num", type=positive_int, default=1, help="number of videos")
+    add("--method", choices=METHODS, default="auto", help="how the flow is inverted")
+    add("--guidance", type=finite_float, default=0.0, help="guidance weight w")
+    add("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow")
+    add("--first-frame", help="image file: image-to-video")
+    add("--video", help="video file (.mp4/.gif): continue it")
+    add("--context-frames", type=positive_int, help="frames kept when the window slides")
+    add("--denoise", choices=DENOISERS, default="learned")
+    add("--jacobi-threshold", type=non_negative_float, default=DEFAULT_JACOBI_THRESHOLD)
+    add("--jacobi-max-iter", type=positive_int, help="passes per chunk at most")
+    add("--jacobi-chunk", type=positive_int, help="tokens per Jacobi chunk (default: a frame)")
+    add("--seed", type=int, default=0)
+    add("--out", default="video.mp4", help=".mp4 | .gif | .png")
+    add("--fps", type=positive_int, default=8)
+    add("--scale", type=positive_int, default=4, help="integer upscaling of the output")
+    add("--device", default="cpu", help="cpu | cuda")
+    add("--no-ema", dest="use_ema", action="store_false", help="the raw, not the EMA, weights")
+    add("--no-progress", dest="progress", action="store_false")
+    add_threads_option(parser)
+    return parser  # fmt: skip
+
+
+def _sample(argv: list[str] | None) -> None:
+    from core.checkpoint import read_config, resolve_source
+
+    args = build_parser().parse_args(argv)
+    options = {key: getattr(args, key) for key in DEFAULTS}
+    checkpoint = resolve_source(args.checkpoint)
+    print_json(sample_video_flow(checkpoint, read_config(checkpoint), options))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
-    options["class_label"] = args.label
-    options["use_ema"] = not args.no_ema
-    options["progress"] = not args.no_progress
-    try:
-        import yaml
-
-        from trainers.checkpoint import resolve_checkpoint
-
-        checkpoint = resolve_checkpoint(args.checkpoint, require_trainer_state=False)
-        try:
-            config = yaml.safe_load((checkpoint / "config.yaml").read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise ValueError(f"cannot read {str(checkpoint / 'config.yaml')!r}: {error}") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{str(checkpoint / 'config.yaml')!r} is not a config mapping")
-        summary = sample_video_flow(checkpoint, config, options)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    return run_cli(_sample, argv)
 
 
 if __name__ == "__main__":

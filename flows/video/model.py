@@ -58,10 +58,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock
 from flows.image import (
     dequantise,
-    load_local_vae,
     nats_to_bits_per_dim,
     normal_log_prob,
     patchify,

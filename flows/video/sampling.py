@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.checkpoint import load_model
 from flows.jacobi import DEFAULT_JACOBI_THRESHOLD
 from flows.planner import Setting, Stage
 from flows.sampling import METHODS, FlowSampler, jacobi_setting
@@ -274,21 +275,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def load_model(checkpoint: Path, use_ema: bool = True) -> Any:
-    """The VideoTransformerFlow of a checkpoint folder (EMA weights when present and asked)."""
-    from flows.video.model import VideoTransformerFlow
-
-    weights = checkpoint / "ema" if use_ema and (checkpoint / "ema").is_dir() else None
-    weights = weights or checkpoint / "model"
-    if not (weights / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no model weights folder")
-    try:
-        model = VideoTransformerFlow.from_pretrained(str(weights))
-    except Exception as error:  # diffusers raises many kinds on a damaged folder
-        raise ValueError(f"cannot load the weights in {str(weights)!r}: {error}") from error
-    return model.eval()
-
-
 def sample_video_flow(checkpoint: Path, config: dict[str, Any], options: dict[str, Any]) -> dict:
     """sample.py entry point for ``video_tarflow`` checkpoints: write the video, return a summary.
 
@@ -302,7 +288,7 @@ def sample_video_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
         raise ValueError(
             f"checkpoint {str(checkpoint)!r} holds a {name!r} model, not {MODEL_NAME!r}"
         )
-    model = load_model(checkpoint, options["use_ema"]).to(options["device"])
+    model = load_model(checkpoint, options["use_ema"], kind=MODEL_NAME)[0].to(options["device"])
     sampler = VideoFlowSampler(
         model,
         method=options["method"],

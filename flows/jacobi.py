@@ -222,6 +222,7 @@ class JacobiSolver:
                     break
                 # Token a is exact; the tokens after it whose inputs no longer move are, to the
                 # threshold. Keep their inputs (computed from unchanged values) in the cache.
+                # (With ranks in step, none: each rank could accept a different count.)
                 accept = 0 if distributed else min(1 + n_small, e - a)
                 if a + accept == e:
                     break

@@ -135,11 +135,17 @@ class AutoPlanner:
     """Chooses a :class:`Setting` per stage from measured pass times and observed wall times.
 
     Example:
-        >>> planner = AutoPlanner()
-        >>> # stage = Stage("blocks", tuple(flow.blocks), rows=4, tokens=64, context=32,
-        >>> #               chunk=64, candidates=(Setting("sequential"), Setting("jacobi")))
-        >>> # setting = planner.choose(stage, key=("cpu", torch.float32))
-        >>> # ... invert, then planner.record(stage, key, setting, seconds, stats)
+        >>> import torch
+        >>> from flows.image import TransformerFlow
+        >>> flow = TransformerFlow(image_size=8, patch_size=2, width=16, num_heads=2,
+        ...                        layers_per_block=[1])
+        >>> stage = Stage("blocks", tuple(flow.blocks), rows=2, tokens=16, context=8, chunk=16,
+        ...               candidates=(Setting("sequential"), Setting("jacobi")))
+        >>> planner, key = AutoPlanner(), ("my", "situation")
+        >>> first = planner.choose(stage, key, "cpu", torch.float32)  # predicted: pass times
+        >>> planner.record(stage, key, first, seconds=1.0, stats=[JacobiStats([16], 16)])
+        >>> planner.choose(stage, key, "cpu", torch.float32) != first  # the other, tried once
+        True
     """
 
     def __init__(self) -> None:

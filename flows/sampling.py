@@ -113,6 +113,7 @@ class FlowSampler:
         return result, time.perf_counter() - start
 
     def sample(self, num: int, **kwargs: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``num`` samples in [-1, 1] and what was done; each model's sampler defines it."""
         raise NotImplementedError
 
     @torch.no_grad()

@@ -116,13 +116,11 @@ def _training(config: dict[str, Any]) -> str:
 
 def shipped_rows() -> list[list[str]]:
     """One row per shipped model present in this installation (name, kind, ..., description)."""
-    from core.checkpoint import read_config
+    from core.checkpoint import installed_shipped_models, read_config
 
     rows = []
-    for name, (kind, shipped) in registry.shipped_models().items():
-        folder = registry.shipped_folder(name)
-        if not (folder / "config.yaml").is_file():
-            continue  # declared, not trained yet or left out of this installation
+    for name, folder in installed_shipped_models().items():
+        kind, shipped = registry.shipped_models()[name]
         config = read_config(folder)
         data = (config.get("data") or {}).get("name", "?")
         rows.append([name, kind.name, data, _size(folder), _training(config), shipped.description])

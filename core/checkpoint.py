@@ -22,6 +22,7 @@ https://github.com/huggingface/diffusers), never with pickle.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "CHECKPOINT_PATTERN",
     "STATE_FILE",
     "find_checkpoints",
+    "installed_shipped_models",
     "latest_checkpoint",
     "load_model",
     "read_config",
@@ -92,6 +94,12 @@ def resolve_checkpoint(path: str | Path, require_trainer_state: bool = True) -> 
     return found[-1][1]
 
 
+def installed_shipped_models() -> dict[str, Path]:
+    """Shipped model name -> folder, for the declared models present in this installation."""
+    folders = {name: registry.shipped_folder(name) for name in registry.shipped_models()}
+    return {name: f for name, f in folders.items() if (f / "config.yaml").is_file()}
+
+
 def resolve_source(source: str | Path) -> Path:
     """The checkpoint folder of a folder, a run folder or a shipped model name.
 
@@ -109,11 +117,12 @@ def resolve_source(source: str | Path) -> Path:
                 f"({str(folder)!r} has no config.yaml)"
             )
         return folder
-    installed = [name for name in shipped if (registry.shipped_folder(name) / "config.yaml")
-                 .is_file()]  # fmt: skip
+    installed = list(installed_shipped_models())
+    close = difflib.get_close_matches(str(source), installed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
     raise FileNotFoundError(
         f"checkpoint path {str(source)!r} does not exist and is not a shipped model name "
-        f"(shipped: {', '.join(installed) or 'none'})"
+        f"({hint}shipped: {', '.join(installed) or 'none'})"
     )
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 import sample
 from core import registry
+from core.checkpoint import installed_shipped_models
 from core.registry import ModelKind
 from tests.core.helpers import sandbox_registry, write_tiny_flow
 
@@ -145,11 +146,6 @@ def test_default_run_samples_the_shipped_model(tmp_path) -> None:
     assert grid.std() > 20  # digits, not a blank or saturated canvas
 
 
-def _installed() -> list[str]:
-    return [name for name in registry.shipped_models()
-            if (registry.shipped_folder(name) / "config.yaml").is_file()]  # fmt: skip
-
-
 def _normal_map_png(path: Path) -> Path:
     """A sphere's normal map (the encoding of diffusion.normal_maps: rgb = (n + 1) / 2)."""
     grid = torch.linspace(-1, 1, 32)
@@ -173,7 +169,7 @@ QUICK = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", _installed())
+@pytest.mark.parametrize("name", list(installed_shipped_models()))
 def test_every_shipped_name_samples(name, tmp_path, capsys) -> None:
     kind = registry.shipped_models()[name][0].name
     code, out, err = _run(["--checkpoint", name, *QUICK[kind](tmp_path)], capsys)
@@ -201,7 +197,7 @@ def test_list_shows_each_installed_model_without_importing_torch() -> None:
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.strip().splitlines()
     assert header.split()[:5] == ["name", "kind", "data", "size", "trained"]
-    assert sorted(row.split()[0] for row in rows) == sorted(_installed())
+    assert sorted(row.split()[0] for row in rows) == sorted(installed_shipped_models())
     digits = next(row for row in rows if row.startswith("digits_tarflow "))
     assert digits.split()[1:3] == ["tarflow", "digits"]
     assert " MB " in digits and "1200 steps, adamw" in digits and "handwritten digits" in digits

@@ -11,6 +11,7 @@ import yaml
 
 from core.checkpoint import (
     find_checkpoints,
+    installed_shipped_models,
     latest_checkpoint,
     load_model,
     read_config,
@@ -77,6 +78,8 @@ def test_missing_and_unknown_sources_are_one_line(tmp_path, monkeypatch) -> None
     message = _single_line(info)
     assert "does not exist and is not a shipped model name (shipped: " in message
     assert "digits_tarflow" in message
+    with pytest.raises(FileNotFoundError, match="did you mean 'digits_tarflow'"):
+        resolve_source("digits_tarfow")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint folder nor a run"):
         resolve_source(tmp_path)
     sandbox_registry(monkeypatch)
@@ -85,6 +88,8 @@ def test_missing_and_unknown_sources_are_one_line(tmp_path, monkeypatch) -> None
     with pytest.raises(FileNotFoundError, match="shipped model 'ghost_model' is declared but not "
                                                 "in this installation"):
         resolve_source("ghost_model")
+    assert "ghost_model" not in installed_shipped_models()
+    assert installed_shipped_models()["digits_tarflow"] == shipped_folder("digits_tarflow")
 
 
 def _copy(run, tmp_path, name: str):

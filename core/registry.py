@@ -83,7 +83,9 @@ class ShippedModel:
     description: str
 
     def __post_init__(self) -> None:
-        _check_reference(self.folder, "shipped model folder")
+        package, colon, inside = self.folder.partition(":")
+        if not (package and colon and inside):
+            raise ValueError(f"shipped model folder {self.folder!r} must read 'package:path'")
         if "\n" in self.description:
             raise ValueError(f"the description of {self.folder!r} must be one line")
 

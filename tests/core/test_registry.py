@@ -139,6 +139,13 @@ def test_bad_declarations_fail_when_written(arguments, message) -> None:
         ModelKind(**arguments)
 
 
+def test_bad_shipped_declarations_fail_when_written() -> None:
+    with pytest.raises(ValueError, match="'flows/pretrained/x' must read 'package:path'"):
+        ShippedModel("flows/pretrained/x", "a model")
+    with pytest.raises(ValueError, match="must be one line"):
+        ShippedModel("flows:pretrained/x", "a model\ntrained long")
+
+
 def test_declarations_are_read_only() -> None:
     kind = registry.get_kind("tarflow")
     with pytest.raises(TypeError):

@@ -9,8 +9,9 @@ whose ``model.name`` is ``video_tarflow``; it also runs on its own::
     python -m flows.video_cli --checkpoint DIR --first-frame img.png --out video.gif
     python -m flows.video_cli --checkpoint DIR --video in.mp4 --frames 32 --out more.mp4
 
-For ``sample.py``: ``SAMPLERS["video_tarflow"] = "flows.video_cli:sample_video_flow"``, called
-as ``sample_video_flow(checkpoint, config, options)`` with the option names of :data:`DEFAULTS`.
+For ``sample.py``: the ``video_tarflow`` kind (flows/kinds.py) names
+``flows.video_cli:sample_video_flow``, called as ``sample_video_flow(checkpoint, config,
+options)`` with the option names of :data:`DEFAULTS`.
 
 ``--frames`` is the length of the output video, given frames included (it may exceed the
 training length: the window slides). The output suffix picks the format: .mp4 (PyAV, libx264),

@@ -190,8 +190,12 @@ def test_shipped_name_is_the_default_bit_for_bit(tmp_path, capsys) -> None:
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
-def test_list_shows_each_installed_model_without_importing_torch() -> None:
-    code = "import sys, sample; sample.main(['--list']); assert 'torch' not in sys.modules"
+def test_help_and_list_import_no_torch() -> None:
+    code = ("import sys, contextlib, io, sample\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    sample.main(['--help'])\n"
+            "sample.main(['--list'])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV,
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr

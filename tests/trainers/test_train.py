@@ -67,8 +67,9 @@ def test_smoke_run_writes_every_output(tmp_path, monkeypatch):
         "step-0000010.png", "step-0000020.png"]
     assert [s for s, _ in ckpt.find_checkpoints(run)] == [20]  # keep_last=1
     folder = run / "checkpoint-20"
-    assert {p.name for p in folder.iterdir()} >= {"config.yaml", "model", "ema", "accelerator",
-                                                  "trainer_state.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "config.yaml", "model", "ema", "training_state.json", "training_state.safetensors",
+        "rng-rank0.json", "trainer_state.json"}
     model, cfg = load_checkpoint_model(run)  # a run dir resolves to its newest checkpoint
     assert isinstance(model, SmokeMLP) and not model.training
     assert cfg.model.name == cfg["model"]["name"] == "smoke_mlp"
@@ -83,18 +84,21 @@ def test_smoke_run_writes_every_output(tmp_path, monkeypatch):
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
+    import trainers.checkpoint as C
     import trainers.train as T
+    from trainers.state_io import save_state
 
-    original = T.write_checkpoint_files
+    original = C.write_checkpoint_files
 
-    def dies_midway(folder, config, state, model, ema, accelerator, wrapper):
-        if state["step"] == 15:  # half a checkpoint, then a hard kill
-            accelerator.save_state(str(folder / "accelerator"))
+    def dies_midway(folder, config, state, parts):
+        if state.step == 15:  # half a checkpoint, then a hard kill
+            folder.mkdir()
+            save_state(folder, C.TRAINING_STATE, parts.training_state())
             (folder / "config.yaml").write_text(config.to_yaml())
             os.kill(os.getpid(), signal.SIGKILL)
-        original(folder, config, state, model, ema, accelerator, wrapper)
+        original(folder, config, state, parts)
 
-    T.write_checkpoint_files = dies_midway
+    C.write_checkpoint_files = dies_midway
     sys.exit(T.main(sys.argv[1:]))
     """
 )
@@ -175,7 +179,8 @@ def test_two_rank_data_parallel_equals_single_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", launch, root, str(tmp_path / "ddp")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "ddp" / "checkpoint-6" / "accelerator" / "random_states_1.pkl").exists()
+    rng = [(tmp_path / "ddp" / "checkpoint-6" / f"rng-rank{r}.json").read_text() for r in (0, 1)]
+    assert rng[0] != rng[1]  # every rank keeps its own random streams
     single = train(smoke(tmp_path, "data.batch_size=16", "model.noise_std=0.0",
                          "trainer.max_steps=6", "trainer.sample_every=0", *DP_OPTIMIZER,
                          name="single"))

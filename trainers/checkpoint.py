@@ -310,9 +310,10 @@ def _load_weights(module: Any, folder: Path) -> None:
     try:
         module.load_state_dict(read_weights(folder))
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # torch's first line is a heading
         raise CheckpointError(f"the weights in {str(folder)!r} do not fit this model (another "
-                              f"architecture or config?): {first}") from None
+                              f"architecture or config?): {detail[:200]}") from None
 
 
 def check_resumable(folder: Path, world_size: int) -> TrainerState:

@@ -516,15 +516,23 @@ def _loop(run: _Run) -> None:
 
 def train(config: TrainConfig) -> TrainResult:
     """Run the training described by ``config`` (call under ``accelerate launch`` for DP)."""
+    preflight(config)
+    threads = torch.get_num_threads()
+    if config.trainer.threads is not None:
+        torch.set_num_threads(config.trainer.threads)
+    try:
+        return _train(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
 
     from trainers.ranks import stop_with_launcher
     from trainers.run_folder import RunLock
 
     tc = config.trainer
-    preflight(config)
-    if tc.threads is not None:
-        torch.set_num_threads(tc.threads)
     accelerator = Accelerator(
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         mixed_precision=tc.mixed_precision,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -311,3 +312,83 @@ def test_missing_config_file_through_the_real_cli(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "nope.yaml" in done.stderr
     assert done.stderr.startswith("error: ") and "does not exist" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_start_lines_eta_and_threads(tmp_path, capsys, monkeypatch):
+    seen = []
+    original = SmokeMLP.loss
+
+    def spy(self, batch):
+        seen.append(torch.get_num_threads())
+        return original(self, batch)
+
+    monkeypatch.setattr(SmokeMLP, "loss", spy)
+    before = torch.get_num_threads()
+    train(smoke(tmp_path, "trainer.threads=2", "trainer.progress=true", "trainer.sample_every=0",
+                "trainer.gradient_accumulation_steps=2"))
+    out, err = capsys.readouterr()
+    assert set(seen) == {2} and torch.get_num_threads() == before  # set for the run only
+    assert ("training smoke_mlp on smoke (256 items): steps 1..20 (20 steps, about 2.5 epochs "
+            "of 8 steps); global batch 32 = 16 per process x 1 process(es) x 2 accumulation") in out
+    assert ("running on cpu with 1 process(es) (distributed type NO, precision no, 2 torch "
+            "threads per process)") in out
+    assert re.search(r"\nstep 4/20: [0-9.e-]+ s per step, about \d+m\d\ds to finish\n", out)
+    assert "20/20 [" in err and re.search(r"<\d\d:\d\d", err)  # the progress bar's ETA
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_stops_its_ranks(tmp_path):
+    import shutil
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = tmp_path / "run"
+    launcher = [shutil.which("accelerate") or "accelerate", "launch", "--multi_gpu",
+                "--num_processes", "2", "--main_process_port", str(port), "-m", "trainers.train",
+                "--config", str(SMOKE), f"trainer.output_dir={run}", "trainer.max_steps=1000000",
+                "trainer.progress=false", "trainer.sample_every=0", "data.batch_size=4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
+    process = subprocess.Popen(launcher, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
+            assert process.poll() is None and time.monotonic() < deadline, "ranks never trained"
+            time.sleep(0.5)
+        ranks = _children(process.pid)
+        assert len(ranks) == 2, ranks
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 60
+        while any(_running(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_running(pid) for pid in ranks), "ranks outlived their launcher"
+    finally:
+        for pid in [process.pid, *ranks]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -10,6 +10,8 @@ Layout (written by ``write_checkpoint``)::
         training_state.safetensors  optimizer moments, NaP targets, the model's auxiliary tensors
         training_state.json       the rest of that state: optimizer param groups and step counts,
                                   scheduler, EMA update count, auxiliary scalars, grad scaler
+                                  (under FSDP: training_state-rank<r>.* per rank, each rank's
+                                  shards; resuming those is not supported yet)
         rng-rank<r>.json          python / numpy / torch / cuda generator states of rank r
         trainer_state.json        step, epoch, batches consumed in the epoch, non-finite counters,
                                   run id, world size (written last: its presence marks completion)
@@ -228,19 +230,23 @@ def load_checkpoint_model(path: str | Path, use_ema: bool = True) -> tuple[Any, 
 # --------------------------------------------------------------------------- writing
 
 
-def _save_model_folder(parts: Trainables, module: Any, path: Path) -> None:
-    """save_pretrained of ``module`` (gathered first when the training model is sharded)."""
+def _sharded(accelerator: Any) -> bool:
     from accelerate.utils import DistributedType
 
-    accelerator = parts.accelerator
-    if module is parts.model and accelerator.distributed_type == DistributedType.FSDP:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _save_model_folder(parts: Trainables, path: Path) -> None:
+    """save_pretrained of the trained weights (gathered first when they are sharded)."""
+    accelerator, model = parts.accelerator, parts.model
+    if _sharded(accelerator):
         state = accelerator.get_state_dict(parts.wrapper)
         if accelerator.is_main_process:
-            full = type(module).from_config(module.config)
+            full = type(model).from_config(model.config)
             full.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
             full.save_pretrained(str(path))
     elif accelerator.is_main_process:
-        module.save_pretrained(str(path))
+        model.save_pretrained(str(path))
 
 
 def write_checkpoint_files(
@@ -250,16 +256,19 @@ def write_checkpoint_files(
     from trainers.rng import capture_rng_state
 
     accelerator = parts.accelerator
+    rank = accelerator.process_index
     if accelerator.is_main_process:
         folder.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    (folder / f"rng-rank{accelerator.process_index}.json").write_text(
-        json.dumps(capture_rng_state()))
-    _save_model_folder(parts, parts.model, folder / "model")
+    (folder / f"rng-rank{rank}.json").write_text(json.dumps(capture_rng_state()))
+    _save_model_folder(parts, folder / "model")
+    if _sharded(accelerator):  # every rank holds its own shard of the optimizer state
+        save_state(folder, TRAINING_STATE, parts.training_state(), rank=rank)
     if accelerator.is_main_process:
         if parts.ema is not None:
             parts.ema.model.save_pretrained(str(folder / "ema"))
-        save_state(folder, TRAINING_STATE, parts.training_state())
+        if not _sharded(accelerator):
+            save_state(folder, TRAINING_STATE, parts.training_state())
         (folder / "config.yaml").write_text(config.to_yaml())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -327,6 +336,10 @@ def check_resumable(folder: Path, world_size: int) -> TrainerState:
             f"checkpoint {str(folder)!r} keeps its training state in Accelerate pickles "
             "(accelerator/), which are never read because a pickle can run code; start a new run "
             "(its model/ folder can still be sampled)")
+    if (folder / f"{TRAINING_STATE}-rank0.json").exists():
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} holds sharded (FSDP) training state, which cannot be "
+            "resumed yet (issue 13); its model/ folder holds the gathered weights")
     state = TrainerState.read(folder / STATE_FILE)
     needed = [f"{TRAINING_STATE}.json", f"{TRAINING_STATE}.safetensors", "model"]
     if state.world_size == world_size:

@@ -178,28 +178,12 @@ def _claim_run_folder(config: TrainConfig, accelerator: Any, lock: Any) -> tuple
     that gave up.
     """
     from trainers.ranks import broadcast_text
-    from trainers.run_folder import RunFolderError, claim_run_folder
+    from trainers.run_folder import RunFolderError
 
-    tc = config.trainer
-    output_dir = Path(tc.output_dir)
     decision, failure = "", None
     if accelerator.is_main_process:
         try:
-            lock.acquire()
-            if lock.stale:
-                print(f"taking over the lock of a trainer that is gone (pid "
-                      f"{lock.stale.get('pid')} on {lock.stale.get('host')})", flush=True)
-            resume_from = ckpt.latest_checkpoint(output_dir) if tc.resume == "latest" else (
-                ckpt.resolve_checkpoint(tc.resume) if tc.resume else None)
-            for note in claim_run_folder(output_dir, tc.resume, resume_from, tc.overwrite):
-                print(note, flush=True)
-            ckpt.remove_stale_temporaries(output_dir)
-            run_id = uuid.uuid4().hex[:12]
-            if resume_from is not None:
-                run_id = ckpt.check_resumable(resume_from, accelerator.num_processes).run_id
-            elif tc.resume == "latest":
-                print(f"no checkpoint in {output_dir}: starting from step 0", flush=True)
-            decision = f"{run_id}:{resume_from or ''}"
+            decision = _decide_on_main(config, accelerator.num_processes, lock)
         except (ValueError, OSError) as error:
             failure, decision = error, f"error:{error}"
     decision = broadcast_text(accelerator, decision)
@@ -209,6 +193,28 @@ def _claim_run_folder(config: TrainConfig, accelerator: Any, lock: Any) -> tuple
         raise RunFolderError(decision.removeprefix("error:"))
     run_id, _, resume_text = decision.partition(":")
     return (Path(resume_text) if resume_text else None), run_id
+
+
+def _decide_on_main(config: TrainConfig, processes: int, lock: Any) -> str:
+    """Lock, pick the checkpoint to resume, check the folder: ``"<run id>:<checkpoint>"``."""
+    from trainers.run_folder import claim_run_folder
+
+    tc = config.trainer
+    output_dir = Path(tc.output_dir)
+    lock.acquire()
+    if lock.stale:
+        print(f"taking over the lock of a trainer that is gone (pid {lock.stale.get('pid')} on "
+              f"{lock.stale.get('host')})", flush=True)
+    resume_from = ckpt.latest_checkpoint(output_dir) if tc.resume == "latest" else (
+        ckpt.resolve_checkpoint(tc.resume) if tc.resume else None)
+    for note in claim_run_folder(output_dir, tc.resume, resume_from, tc.overwrite):
+        print(note, flush=True)
+    ckpt.remove_stale_temporaries(output_dir)
+    if resume_from is not None:
+        return f"{ckpt.check_resumable(resume_from, processes).run_id}:{resume_from}"
+    if tc.resume == "latest":
+        print(f"no checkpoint in {output_dir}: starting from step 0", flush=True)
+    return f"{uuid.uuid4().hex[:12]}:"
 
 
 def _check_batch_size(config: TrainConfig, dataset_size: int, processes: int) -> None:

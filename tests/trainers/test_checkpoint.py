@@ -13,32 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.trainers.helpers import QUIET, SMOKE, run_cli
 from trainers import checkpoint as ckpt
 from trainers import load_config
 from trainers.ema import EMA
 from trainers.smoke import SmokeMLP
-from trainers.train import NonFiniteLossError, TrainingStopped, main, train
+from trainers.train import NonFiniteLossError, TrainingStopped, train
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
-QUICK = ["trainer.progress=false", "trainer.plot=false", "trainer.sample_every=0",
-         "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.keep_last=5"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+STEPS = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.keep_last=5"]
+QUICK = [*QUIET, *STEPS]
+RESUME = [*STEPS, "trainer.resume=latest", "trainer.max_steps=6"]
 
 
-def run_cli(run: Path, *overrides: str) -> int:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one test
-    return main(["--config", str(SMOKE), f"trainer.output_dir={run}", *QUICK, *overrides])
 
 
 class Payload:
@@ -55,7 +41,7 @@ def test_planted_pickles_never_run_on_resume(tmp_path, capsys):
     marker = tmp_path / "PWNED"
     payload = pickle.dumps(Payload(marker))
     origin = tmp_path / "origin"
-    assert run_cli(origin) == 0
+    assert run_cli(origin, *STEPS) == 0
     folder = origin / "checkpoint-2"
     files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
     assert len(files) >= 9
@@ -64,7 +50,7 @@ def test_planted_pickles_never_run_on_resume(tmp_path, capsys):
         shutil.copytree(origin, run)
         (run / "checkpoint-4" / name).write_bytes(payload)
         shutil.rmtree(run / "checkpoint-2")
-        code = run_cli(run, "trainer.resume=latest", "trainer.max_steps=6")
+        code = run_cli(run, *RESUME)
         err = capsys.readouterr().err.strip()
         assert code in (0, 2), name
         if code == 2:  # refused: one line naming the file
@@ -80,14 +66,14 @@ def test_planted_pickles_never_run_on_resume(tmp_path, capsys):
     for extra in extras:
         (run / "checkpoint-4" / extra).parent.mkdir(exist_ok=True)
         (run / "checkpoint-4" / extra).write_bytes(payload)
-    assert run_cli(run, "trainer.resume=latest", "trainer.max_steps=6") == 0
+    assert run_cli(run, *RESUME) == 0
     assert not marker.exists()
     assert ckpt.latest_checkpoint(run).name == "checkpoint-6"
 
 
 def test_damaged_resume_checkpoints_are_one_line_exit_2(tmp_path, capsys):
     origin = tmp_path / "origin"
-    assert run_cli(origin) == 0
+    assert run_cli(origin, *STEPS) == 0
     capsys.readouterr()
 
     def truncate(path: Path) -> None:
@@ -115,14 +101,14 @@ def test_damaged_resume_checkpoints_are_one_line_exit_2(tmp_path, capsys):
         run = tmp_path / f"damaged-{index}"
         shutil.copytree(origin, run)
         damage(run / "checkpoint-4")
-        code = run_cli(run, "trainer.resume=latest", "trainer.max_steps=6")
+        code = run_cli(run, *RESUME)
         err = capsys.readouterr().err.strip()
         assert code == 2, label
         assert err.startswith("error: ") and "\n" not in err and expected in err, (label, err)
         assert "checkpoint-4" in err, label
     run = tmp_path / "architecture"
     shutil.copytree(origin, run)
-    assert run_cli(run, "trainer.resume=latest", "trainer.max_steps=6", "model.hidden=16") == 2
+    assert run_cli(run, *RESUME, "model.hidden=16") == 2
     err = capsys.readouterr().err.strip()
     assert "do not fit this model" in err and "\n" not in err and "size mismatch" in err
 
@@ -131,7 +117,7 @@ def test_user_errors_inside_train_are_one_line_and_bugs_keep_their_traceback(
     tmp_path, capsys, monkeypatch
 ):
     run = tmp_path / "small"
-    assert run_cli(run, "data.num_samples=8") == 2  # batch 16 > 8 items, found in train()
+    assert run_cli(run, *STEPS, "data.num_samples=8") == 2  # batch 16 > 8 items, found in train()
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.batch_size=16") and "8 items" in err and "\n" not in err
     assert "allowed: data.batch_size <= 8" in err and not run.exists()
@@ -141,12 +127,12 @@ def test_user_errors_inside_train_are_one_line_and_bugs_keep_their_traceback(
 
     monkeypatch.setattr(SmokeMLP, "loss", broken_loss)
     with pytest.raises(KeyError, match="a bug in a model"):
-        run_cli(tmp_path / "bug")
+        run_cli(tmp_path / "bug", *STEPS)
     assert not (tmp_path / "bug" / ".lock").exists()  # the lock goes with the failed run
 
 
 def test_an_infinite_lr_is_refused_and_never_leaves_infinite_weights(tmp_path, capsys):
-    assert run_cli(tmp_path / "cli", "optimizer.lr=.inf") == 2
+    assert run_cli(tmp_path / "cli", *STEPS, "optimizer.lr=.inf") == 2
     assert "not a finite number" in capsys.readouterr().err
     for every, stop in ((2, TrainingStopped), (0, NonFiniteLossError)):
         run = tmp_path / f"lib-{every}"

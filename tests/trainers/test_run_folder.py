@@ -13,29 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.trainers.helpers import ROOT, run_cli
 from trainers import checkpoint as ckpt
 from trainers.run_folder import LOCK_FILE, RunFolderError, RunLock, claim_run_folder
-from trainers.train import main
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
-QUICK = ["trainer.progress=false", "trainer.plot=false", "trainer.sample_every=0"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def run_cli(run: Path, *overrides: str) -> int:
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    return main(["--config", str(SMOKE), f"trainer.output_dir={run}", *QUICK, *overrides])
 
 
 def one_error_line(capsys) -> str:

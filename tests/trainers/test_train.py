@@ -16,23 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.trainers.helpers import ROOT, SMOKE
 from trainers import checkpoint as ckpt
 from trainers import load_checkpoint_model, load_config
 from trainers.ema import EMA
 from trainers.smoke import SmokeMLP
 from trainers.train import NonFiniteLossError, lr_factor, main, train
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def smoke(tmp_path: Path, *overrides: str, name: str = "run"):

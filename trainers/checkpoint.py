@@ -116,7 +116,8 @@ class Trainables:
 
     def training_state(self) -> dict[str, Any]:
         """Optimizer, scheduler, EMA count, NaP targets, auxiliary state, grad scaler."""
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(),
+        state: dict[str, Any] = {"optimizer_class": self._optimizer_class(),
+                                 "optimizer": self.optimizer.state_dict(),
                                  "scheduler": self.scheduler.state_dict()}
         if self.ema is not None:
             state["ema_updates"] = self.ema.num_updates
@@ -126,7 +127,13 @@ class Trainables:
                 state[key] = part.state_dict()
         return state
 
+    def _optimizer_class(self) -> str:
+        return type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__  # unwrapped
+
     def load_training_state(self, state: dict[str, Any]) -> None:
+        if state["optimizer_class"] != self._optimizer_class():
+            raise ValueError(f"it holds {state['optimizer_class']} optimizer state; this run "
+                             f"builds {self._optimizer_class()} (optimizer.name)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:

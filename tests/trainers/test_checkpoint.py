@@ -106,11 +106,14 @@ def test_damaged_resume_checkpoints_are_one_line_exit_2(tmp_path, capsys):
         assert code == 2, label
         assert err.startswith("error: ") and "\n" not in err and expected in err, (label, err)
         assert "checkpoint-4" in err, label
-    run = tmp_path / "architecture"
-    shutil.copytree(origin, run)
-    assert run_cli(run, *RESUME, "model.hidden=16") == 2
-    err = capsys.readouterr().err.strip()
-    assert "do not fit this model" in err and "\n" not in err and "size mismatch" in err
+    changes = (("model.hidden=16", "do not fit this model"),
+               ("optimizer.name=sgdp", "holds AdamW optimizer state; this run builds SGDP"))
+    for change, expected in changes:
+        run = tmp_path / change
+        shutil.copytree(origin, run)
+        assert run_cli(run, *RESUME, change) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and "\n" not in err and "checkpoint-4" in err, err
 
 
 def test_user_errors_inside_train_are_one_line_and_bugs_keep_their_traceback(

@@ -139,15 +139,19 @@ DP_OPTIMIZER = ["optimizer.name=normuon", "optimizer.lr=0.02", "optimizer.adamw_
 
 
 def _two_rank_worker(output_dir: str) -> None:
+    import shutil
+
     from accelerate import PartialState
     from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # forked from a used parent
-    config = load_config(SMOKE, [f"trainer.output_dir={output_dir}", "trainer.progress=false",
-                                 "data.batch_size=8", "model.noise_std=0.0",
-                                 "trainer.max_steps=6", "trainer.sample_every=0",
-                                 "trainer.checkpoint_every=3", *DP_OPTIMIZER])
-    train(config)
+    def run(folder: str, *overrides: str):
+        AcceleratorState._reset_state(reset_partial_state=True)  # forked, or run before
+        return train(load_config(SMOKE, [f"trainer.output_dir={folder}", "trainer.progress=false",
+                                         "data.batch_size=8", "trainer.max_steps=6",
+                                         "trainer.sample_every=0", "trainer.checkpoint_every=3",
+                                         *DP_OPTIMIZER, *overrides]))
+
+    run(output_dir, "model.noise_std=0.0")
     state = PartialState()
     assert state.num_processes == 2
     model, _ = load_checkpoint_model(output_dir, use_ema=False)
@@ -155,9 +159,16 @@ def _two_rank_worker(output_dir: str) -> None:
     gathered = [torch.zeros_like(flat) for _ in range(2)]
     torch.distributed.all_gather(gathered, flat)
     assert torch.equal(gathered[0], gathered[1]), "ranks ended with different weights"
+    # per-rank noise and accumulation: a run resumed from its step-3 checkpoint is the same run
+    noisy = ["model.noise_std=0.1", "trainer.gradient_accumulation_steps=2"]
+    run(f"{output_dir}-noisy", *noisy)
+    if state.is_main_process:
+        shutil.copytree(f"{output_dir}-noisy/checkpoint-3", f"{output_dir}-resumed/checkpoint-3")
+    state.wait_for_everyone()
+    run(f"{output_dir}-resumed", *noisy, "trainer.resume=latest")
 
 
-def test_two_rank_data_parallel_equals_single_process(tmp_path):
+def test_two_rank_data_parallel_equals_single_process_and_resumes_exactly(tmp_path):
     # The two ranks are forked from a fresh interpreter: forking this pytest process after
     # earlier tests ran multi-threaded (OpenMP) kernels can deadlock the children's matmuls.
     launch = (
@@ -176,6 +187,11 @@ def test_two_rank_data_parallel_equals_single_process(tmp_path):
                          name="single"))
     torch.testing.assert_close(weights(tmp_path / "ddp" / "checkpoint-6" / "model"),
                                weights(single.checkpoint / "model"), rtol=1e-5, atol=1e-6)
+    noisy, resumed = tmp_path / "ddp-noisy", tmp_path / "ddp-resumed"
+    assert losses(resumed) == losses(noisy)[3:]
+    for part in ("model", "ema"):
+        torch.testing.assert_close(weights(resumed / "checkpoint-6" / part),
+                                   weights(noisy / "checkpoint-6" / part), rtol=0, atol=0)
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):

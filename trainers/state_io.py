@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported when a state is flattened: trainers imports stay light
+    import torch
 
 __all__ = [
     "CheckpointError",
@@ -64,6 +65,8 @@ def _child(path: str, key: Any) -> str:
 
 
 def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    import torch
+
     if isinstance(value, torch.Tensor):
         key = path or "tensor"
         if key in tensors:  # e.g. the keys 0 and "0" side by side

@@ -45,9 +45,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from core.registry import get_dataset, get_model
 from trainers import checkpoint as ckpt
 from trainers.config import TrainConfig, TrainerConfig, load_config
-from trainers.registry import get_dataset, get_model
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingStopped", "lr_factor", "main", "train"]
 

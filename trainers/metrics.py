@@ -1,4 +1,5 @@
-"""The training log: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard, loss plot.
+"""The training log: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard, loss plot,
+and the step clock that prints the expected time to finish once the first steps are timed.
 
 On resume the records up to the resumed step are kept and the later ones (which the resumed run
 writes again, identically) are dropped, with a note saying how many; a line left half-written by
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "plot_losses"]
+__all__ = ["MetricsLog", "StepClock", "duration", "plot_losses"]
 
 
 def _read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -92,3 +94,37 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
+
+
+class StepClock:
+    """Seconds per step, and one line with the expected time to finish after a few steps."""
+
+    WARM_UP_STEPS = 3  # the first steps carry one-off costs (allocation, caches)
+
+    def __init__(self, start_step: int) -> None:
+        self.start_step = start_step
+        self.tick = time.perf_counter()
+        self.first_done: float | None = None
+        self.told = False
+
+    def lap(self, step: int, max_steps: int) -> tuple[float, str | None]:
+        now = time.perf_counter()
+        seconds, self.tick = now - self.tick, now
+        if self.first_done is None:
+            self.first_done = now
+            return seconds, None
+        timed = step - self.start_step - 1
+        if self.told or timed < self.WARM_UP_STEPS or step >= max_steps:
+            return seconds, None
+        self.told = True
+        per_step = (now - self.first_done) / timed
+        left = per_step * (max_steps - step)
+        return seconds, (f"step {step}/{max_steps}: {per_step:.3g} s per step, about "
+                         f"{duration(left)} to finish")
+
+
+def duration(seconds: float) -> str:
+    """``"4m05s"``, or ``"1h02m"`` from an hour on."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,8 +335,8 @@ def _forward_backward(run: _Run, batch: dict[str, torch.Tensor], window: _Window
     window.values.append(gathered[:, 1:].mean(dim=0))
 
 
-def _optimizer_step(run: _Run, window: _Window) -> tuple[float, float | None]:
-    """Clip, step, schedule, NaP, EMA and the model's hook; ``(lr used, grad norm)``."""
+def _optimizer_step(run: _Run, window: _Window) -> tuple[float, Any]:
+    """Clip, step, schedule, NaP, EMA and the model's hook; ``(lr used, grad norm or None)``."""
     parts, tc, state = run.parts, run.config.trainer, run.state
     lr = parts.scheduler.get_last_lr()[0]
     grad_norm = None
@@ -347,8 +346,8 @@ def _optimizer_step(run: _Run, window: _Window) -> tuple[float, float | None]:
     else:
         state.nonfinite_consecutive = 0
         if tc.max_grad_norm:
-            grad_norm = float(parts.accelerator.clip_grad_norm_(parts.wrapper.parameters(),
-                                                                tc.max_grad_norm))
+            grad_norm = parts.accelerator.clip_grad_norm_(parts.wrapper.parameters(),
+                                                          tc.max_grad_norm)
         parts.optimizer.step()
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scheduler.step()
@@ -378,8 +377,7 @@ def _train_on_batch(run: _Run, batch: dict[str, torch.Tensor], window: _Window) 
 # --------------------------------------------------------------------------- logging
 
 
-def _log_step(run: _Run, window: _Window, lr: float, grad_norm: float | None,
-              seconds: float) -> None:
+def _log_step(run: _Run, window: _Window, lr: float, grad_norm: Any, seconds: float) -> None:
     """A metrics record every ``log_every`` steps (and at the last), on the main process."""
     tc, state = run.config.trainer, run.state
     if run.metrics is None or not (state.step % tc.log_every == 0 or state.step == tc.max_steps):
@@ -392,42 +390,9 @@ def _log_step(run: _Run, window: _Window, lr: float, grad_norm: float | None,
               "epoch": state.epoch, "skipped": window.bad, "time_per_step": seconds,
               "samples_per_s": samples / max(seconds, 1e-9)}
     if grad_norm is not None:
-        record["grad_norm"] = grad_norm
+        record["grad_norm"] = float(grad_norm)  # a device sync: only when logged
     record.update(means)
     run.metrics.append(record)
-
-
-class _Clock:
-    """Seconds per step, and one line with the expected time to finish after a few steps."""
-
-    WARM_UP_STEPS = 3  # the first steps carry one-off costs (allocation, caches)
-
-    def __init__(self, start_step: int) -> None:
-        self.start_step = start_step
-        self.tick = time.perf_counter()
-        self.first_done: float | None = None
-        self.told = False
-
-    def lap(self, step: int, max_steps: int) -> tuple[float, str | None]:
-        now = time.perf_counter()
-        seconds, self.tick = now - self.tick, now
-        if self.first_done is None:
-            self.first_done = now
-            return seconds, None
-        timed = step - self.start_step - 1
-        if self.told or timed < self.WARM_UP_STEPS or step >= max_steps:
-            return seconds, None
-        self.told = True
-        per_step = (now - self.first_done) / timed
-        left = per_step * (max_steps - step)
-        return seconds, (f"step {step}/{max_steps}: {per_step:.3g} s per step, about "
-                         f"{_duration(left)} to finish")
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -486,10 +451,12 @@ def _after_step(run: _Run) -> None:
 def _loop(run: _Run) -> None:
     from tqdm.auto import tqdm
 
+    from trainers.metrics import StepClock
+
     tc, state, accelerator = run.config.trainer, run.state, run.parts.accelerator
     progress = tqdm(total=tc.max_steps, initial=state.step, desc="train", dynamic_ncols=True,
                     disable=not (accelerator.is_local_main_process and tc.progress))
-    clock = _Clock(state.step)
+    clock = StepClock(state.step)
     window = _Window()
     try:
         while state.step < tc.max_steps:

@@ -20,6 +20,7 @@ from tests.trainers.helpers import ROOT, SMOKE
 from trainers import checkpoint as ckpt
 from trainers import load_checkpoint_model, load_config
 from trainers.ema import EMA
+from trainers.metrics import duration
 from trainers.smoke import SmokeMLP
 from trainers.train import NonFiniteLossError, lr_factor, main, train
 
@@ -339,6 +340,7 @@ def test_start_lines_eta_and_threads(tmp_path, capsys, monkeypatch):
             "threads per process)") in out
     assert re.search(r"\nstep 4/20: [0-9.e-]+ s per step, about \d+m\d\ds to finish\n", out)
     assert "20/20 [" in err and re.search(r"<\d\d:\d\d", err)  # the progress bar's ETA
+    assert (duration(65.4), duration(3725), duration(0.2)) == ("1m05s", "1h02m", "0m00s")
 
 
 def _children(pid: int) -> list[int]:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from flows.posterior.base import AutoregressiveSplineTransform, PosteriorFlow
-from flows.posterior.spline import spline_parameter_count
+from flows.posterior.rqs import rational_quadratic_spline, spline_parameter_count
 from flows.posterior.transforms import Preprocessing
 from norms.transformer import KVCache, TransformerStack
 
@@ -102,8 +102,6 @@ class TokenSplineTransform(AutoregressiveSplineTransform):
     """
 
     def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        from flows.posterior.spline import rational_quadratic_spline
-
         cond: TokenConditioner = self.conditioner
         batch, features = z.shape
         cache = KVCache()
@@ -130,6 +128,8 @@ class ParameterTransformerFlow(PosteriorFlow):
         bins, bound: spline bins and interval [-B, B].
         context_features: size of a conditioning vector (0: unconditional).
     """
+
+    kind = "transformer"
 
     def __init__(
         self,

@@ -8,10 +8,13 @@ the estimate is meaningless as a number; the result is then marked ``reliable = 
 its error is widened to reflect the failure (at least the spread of the log terms, the range
 ln Z could take when a few terms dominate, and at least the gap to importance sampling).
 
-Unreliable when: the log terms spread by more than ``MAX_LOG_TERM_STD`` nats (the flow does
-not match the posterior), one sample carries more than half of the estimate, fewer than
-``MIN_TOTAL_ESS`` effective samples feed it, or the two estimators disagree by more than
-three standard errors.
+Unreliable when: the inference chains have not converged (split-R-hat of the ln posterior or
+of a parameter above ``MAX_RHAT``; Gelman et al., BDA3), the log terms spread by more than
+``MAX_LOG_TERM_STD`` nats (the flow does not match the posterior), one sample carries more
+than half of the estimate, fewer than ``MIN_TOTAL_ESS`` effective samples feed it, or the two
+estimators disagree by more than three standard errors. The widened error is at least the
+full range of the log terms (the interval any mean of them can fall in) and the gap to
+importance sampling.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any, NamedTuple
 __all__ = ["Finding", "MIN_ESS_PER_CHAIN", "assess", "widened_error"]
 
 MIN_ESS_PER_CHAIN = 30
+CAUTION_RHAT = 1.05
+MAX_RHAT = 1.2
 MIN_TOTAL_ESS = 20
 MIN_BLOCKS = 10
 MAX_LOG_TERM_STD = 10.0
@@ -39,6 +44,13 @@ class Finding(NamedTuple):
 def assess(diag: dict[str, Any], ndim: int) -> list[Finding]:
     """Warnings from the estimator's diagnostics (see the module docstring)."""
     out = []
+    rhat = diag["split_rhat"]
+    if rhat > CAUTION_RHAT or not math.isfinite(rhat):
+        verdict = "the chains have not converged; ln Z is meaningless" if rhat > MAX_RHAT \
+            else "the chains may not have converged; run them longer"
+        out.append(Finding(
+            f"split R-hat {rhat:.2f} (> {CAUTION_RHAT}) across the inference chains' halves: "
+            + verdict, rhat > MAX_RHAT))
     ess = min(diag["ess_per_chain"])
     total_ess = sum(diag["ess_per_chain"])
     if total_ess < MIN_TOTAL_ESS:
@@ -95,5 +107,5 @@ def importance_findings(
 
 
 def widened_error(ln_z_err: float, diag: dict[str, Any], importance_gap: float = 0.0) -> float:
-    """The error of an unreliable estimate: at least the log-term spread and the IS gap."""
-    return max(ln_z_err, diag["log_term_std"], importance_gap)
+    """The error of an unreliable estimate: at least the log-term range and the IS gap."""
+    return max(ln_z_err, diag["log_term_range"], importance_gap)

@@ -56,6 +56,7 @@ __all__ = [
     "importance_sampling",
     "integrated_time",
     "relative_variance",
+    "split_rhat",
 ]
 
 
@@ -79,6 +80,22 @@ def integrated_time(chains: np.ndarray) -> float:
     window = np.arange(n) >= 5.0 * taus
     m = int(np.argmax(window)) if window.any() else n - 1
     return float(max(taus[m], 1.0))
+
+
+def split_rhat(chains: np.ndarray) -> float:
+    """Split-R-hat (Gelman et al., BDA3 section 11.4) of (nchains, n) series: each chain is cut
+    in halves and the between-half variance compared with the within-half variance; near 1
+    when the chains have converged to one stationary distribution, large when they drift."""
+    y = np.atleast_2d(np.asarray(chains, dtype=np.float64))
+    half = y.shape[1] // 2
+    if half < 2:
+        return math.nan
+    halves = np.concatenate([y[:, :half], y[:, half : 2 * half]])
+    within = halves.var(axis=1, ddof=1).mean()
+    between = half * halves.mean(axis=1).var(ddof=1)
+    if within <= 0:
+        return 1.0 if between <= 0 else math.inf
+    return float(math.sqrt(((half - 1) / half * within + between / half) / within))
 
 
 def harmonic_mean_from_blocks(

@@ -257,6 +257,7 @@ def evidence(
         importance_sampling,
         integrated_time,
         relative_variance,
+        split_rhat,
     )
     from flows.posterior.fit import fit_flow
     from flows.posterior.transforms import check_inside, parse_bounds
@@ -346,6 +347,7 @@ def evidence(
         "n_inference_rows": int(terms.size),
         "n_inference_chains": int(len(terms)),
         "autocorrelation_time": tau,
+        "split_rhat": max(split_rhat(series) for series in (lp_inf, *x_inf.transpose(2, 0, 1))),
         "ess_per_chain": [float(length / tau * kish)] * len(terms),
         "n_blocks": len(blocks),
         "block_length": block_length,

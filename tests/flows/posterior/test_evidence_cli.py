@@ -211,7 +211,7 @@ def test_unreliable_estimate_is_marked_and_exits_3(
     assert result["reliable"] is False and result["unreliable_because"]
     assert set(result["unreliable_because"]) <= set(result["warnings"])
     statistical = result["diagnostics"]["ln_z_err_statistical"]
-    assert result["ln_z_err"] >= max(statistical, result["diagnostics"]["log_term_std"])
+    assert result["ln_z_err"] >= max(statistical, result["diagnostics"]["log_term_range"])
     assert captured.err.startswith("error: unreliable estimate for")
     assert main([str(good), str(bad), *FAST, "--allow-unreliable"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -48,5 +48,5 @@ def test_training_restores_the_best_held_out_weights() -> None:
     history = train_by_likelihood(model, nll, train, held_out, epochs=20, patience=3, lr=0.1)
     assert history.best_epoch == 0 and history.stopped_early and history.epochs == 3
     assert model.shift.item() == 0.0
-    history = train_by_likelihood(model, nll, held_out, held_out, epochs=5, patience=3, lr=0.1)
+    history = train_by_likelihood(model, nll, train, train, epochs=5, patience=3, lr=0.1)
     assert history.best_epoch > 0 and len(history.held_out) == history.epochs == 5

@@ -144,6 +144,7 @@ class ParameterTransformerFlow(PosteriorFlow):
         bound: float = 5.0,
         context_features: int = 0,
     ) -> None:
+        config = self.constructor_config(locals())
         features = preprocess.features
         layers = [
             TokenSplineTransform(
@@ -163,15 +164,4 @@ class ParameterTransformerFlow(PosteriorFlow):
             for i in range(transforms)
         ]
         super().__init__(preprocess, layers, context_features)
-        self.config = {
-            "flow": "transformer",
-            "transforms": transforms,
-            "width": width,
-            "depth": depth,
-            "num_heads": num_heads,
-            "norm": norm,
-            "norm_placement": norm_placement,
-            "bins": bins,
-            "bound": bound,
-            "context_features": context_features,
-        }
+        self.config = config

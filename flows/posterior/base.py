@@ -100,6 +100,16 @@ class PosteriorFlow(nn.Module):
         self.config: dict = {}
 
     @classmethod
+    def constructor_config(cls, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The JSON config of a subclass from its ``__init__`` arguments (``locals()``)."""
+        options = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in arguments.items()
+            if k not in ("self", "preprocess", "__class__")
+        }
+        return {"flow": cls.kind, **options}
+
+    @classmethod
     def from_samples(
         cls,
         samples: torch.Tensor | np.ndarray,

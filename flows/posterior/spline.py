@@ -125,6 +125,7 @@ class SplineFlow(PosteriorFlow):
         bound: float = 5.0,
         context_features: int = 0,
     ) -> None:
+        config = self.constructor_config(locals())
         features = preprocess.features
         layers = [
             AutoregressiveSplineTransform(
@@ -136,11 +137,4 @@ class SplineFlow(PosteriorFlow):
             for i in range(transforms)
         ]
         super().__init__(preprocess, layers, context_features)
-        self.config = {
-            "flow": "spline",
-            "transforms": transforms,
-            "hidden": list(hidden),
-            "bins": bins,
-            "bound": bound,
-            "context_features": context_features,
-        }
+        self.config = config

@@ -26,12 +26,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from flows.posterior.readers import FORMATS as READERS
+
 __all__ = ["EXIT_BAD_INPUT", "EXIT_UNRELIABLE", "build_parser", "main"]
 
 EXIT_BAD_INPUT = 2
 EXIT_UNRELIABLE = 3
-FORMATS = ("auto", "npz", "npy", "text", "arviz", "bilby", "emcee", "ptmcmc", "getdist")
-FLOWS = ("spline", "transformer")
+FORMATS = ("auto", *READERS)
+FLOWS = ("spline", "transformer")  # flows.posterior.kinds.FLOWS, named here to spare torch
 
 
 class UsageError(ValueError):

@@ -225,6 +225,12 @@ def test_unreliable_estimate_is_marked_and_exits_3(
     assert lines[-1 - len(markers) - 1].rstrip().endswith("UNRELIABLE")  # the Bayes factor
 
 
+def test_cli_choices_are_the_library_names() -> None:
+    from flows.posterior import cli, kinds, readers
+
+    assert cli.FLOWS == tuple(kinds.FLOWS) and cli.FORMATS == ("auto", *readers.FORMATS)
+
+
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys, runpy; sys.argv = ['flows.posterior', '--help']\n"

@@ -5,11 +5,13 @@ Each check (McEwen et al. 2021, arXiv:2111.12720, section 5: effective samples, 
 the log terms, the flow's held-out fit; plus agreement with flow importance sampling) gives a
 warning with a severity. "caution": the estimate stands but its error may be off. "unreliable":
 the estimate is meaningless as a number; the result is then marked ``reliable = False`` and
-its error is widened to reflect the failure (at least the spread of the log terms, the range
-ln Z could take when a few terms dominate, and at least the gap to importance sampling).
+its error is widened to reflect the failure (see :func:`widened_error`).
 
-Unreliable when: the inference chains have not converged (split-R-hat of the ln posterior or
-of a parameter above ``MAX_RHAT``; Gelman et al., BDA3), the log terms spread by more than
+Unreliable when: the harmonic-mean terms have a heavy tail (PSIS Pareto k above
+``MAX_PARETO_K``; Vehtari et al. 2024, arXiv:1507.02646; k >= 0.5 is a caution: infinite
+variance, the error is too small), the inference chains have not converged (split-R-hat of
+the ln posterior or of a parameter above ``MAX_RHAT``; Gelman et al., BDA3), the log terms
+spread by more than
 ``MAX_LOG_TERM_STD`` nats (the flow does not match the posterior), one sample carries more
 than half of the estimate, fewer than ``MIN_TOTAL_ESS`` effective samples feed it, or the two
 estimators disagree by more than three standard errors. The widened error is at least the
@@ -27,6 +29,8 @@ __all__ = ["Finding", "MIN_ESS_PER_CHAIN", "assess", "widened_error"]
 MIN_ESS_PER_CHAIN = 30
 CAUTION_RHAT = 1.05
 MAX_RHAT = 1.2
+CAUTION_PARETO_K = 0.5
+MAX_PARETO_K = 0.7
 MIN_TOTAL_ESS = 20
 MIN_BLOCKS = 10
 MAX_LOG_TERM_STD = 10.0
@@ -76,6 +80,14 @@ def assess(diag: dict[str, Any], ndim: int) -> list[Finding]:
             f"the log terms spread hugely (std {diag['log_term_std']:.1f} > "
             f"{MAX_LOG_TERM_STD:g}): the flow does not match the posterior; ln Z is unreliable",
             True))
+    k = diag["pareto_k"]
+    if k >= CAUTION_PARETO_K:
+        out.append(Finding(
+            f"the harmonic-mean terms have a heavy tail (Pareto k {k:.2f} >= "
+            f"{CAUTION_PARETO_K}): "
+            + ("ln Z is unreliable" if k > MAX_PARETO_K
+               else "the error may be underestimated; lower the temperature"),
+            k > MAX_PARETO_K))
     share = diag["max_weight_fraction"]
     if share > HEAVY_WEIGHT:
         out.append(Finding(

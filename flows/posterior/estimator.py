@@ -55,6 +55,7 @@ __all__ = [
     "harmonic_mean_from_blocks",
     "importance_sampling",
     "integrated_time",
+    "pareto_k",
     "relative_variance",
     "split_rhat",
 ]
@@ -80,6 +81,24 @@ def integrated_time(chains: np.ndarray) -> float:
     window = np.arange(n) >= 5.0 * taus
     m = int(np.argmax(window)) if window.any() else n - 1
     return float(max(taus[m], 1.0))
+
+
+def pareto_k(log_terms: np.ndarray) -> float:
+    """Tail shape k of exp(log_terms): a generalised Pareto fit to the largest terms (PSIS,
+    Vehtari et al. 2024, arXiv:1507.02646). k >= 0.5: the terms have infinite variance, so a
+    mean of them is dominated by rare large terms and its sample variance is too small;
+    k > 0.7: the mean itself is unreliable. Uses the largest min(n/5, 3 sqrt(n)) terms."""
+    from scipy.stats import genpareto
+
+    r = np.sort(np.exp(np.asarray(log_terms, dtype=np.float64) - np.max(log_terms)))
+    tail = int(min(len(r) / 5, 3 * math.sqrt(len(r))))
+    if tail < 5:
+        return math.nan
+    excess = r[-tail:] - r[-tail - 1]
+    if not np.any(excess > 0):
+        return -math.inf
+    shape, _, _ = genpareto.fit(excess, floc=0.0)
+    return float(shape)
 
 
 def split_rhat(chains: np.ndarray) -> float:

@@ -123,7 +123,8 @@ def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> 
 def thresholds(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> list[dict]:
     """Jacobi in one-frame and in whole-window chunks at each of ``args.thresholds`` against
     sequential on the same noise (seeds 0 .. ``args.seeds`` - 1): worst max |difference|, deep
-    passes per frame and speed-up (medians over the seeds' timed runs)."""
+    passes per frame and speed-up (medians over the seeds' timed runs). The first row is the
+    flow's own sensitivity: sequential on z times (1 + 1e-7 eps), float32 rounding's size."""
     n, frames = model.tokens_per_frame, model.config.frames
     chunks = {"frame": None, "window": n * frames}
     runs = {}  # (seed, name) -> (x, info, seconds)
@@ -145,7 +146,14 @@ def thresholds(model: VideoTransformerFlow, batch: int, args: argparse.Namespace
             start = time.perf_counter()
             x, info = sampler.reverse(z, text=text)
             runs[(seed, name)] = (x, info, time.perf_counter() - start)
-    rows = []
+        nudged = z * (1 + 1e-7 * torch.randn(z.shape, generator=generator))
+        runs[(seed, "nudged")] = samplers[("sequential", None)].reverse(nudged, text=text)
+    sensitivity = max(
+        float((runs[(s, "nudged")][0] - runs[(s, ("sequential", None))][0]).abs().max())
+        for s in range(args.seeds)
+    )
+    rows = [{"batch": batch, "threshold": 0.0, "chunk": "sequential, z x (1 + 1e-7 eps)",
+             "max_abs_diff": sensitivity, "passes_per_frame": [float(n)], "speedup": 1.0}]
     for t in args.thresholds:
         for chunk in chunks:
             seeds = range(args.seeds)

@@ -34,14 +34,17 @@ is :func:`jacobi_change`: per sample, mean((x^{k+1} - x^k)^2) / mean((x^{k+1})^2
 of the pass (the reference's), the worst sample deciding, so a slow sample is never hidden by
 a batch mean; a token is accepted early when its own relative change is below the threshold in
 every sample. The default, :data:`DEFAULT_JACOBI_THRESHOLD` = 1e-11, was measured (CPU,
-float32, ``benchmarks/jacobi.py --thresholds`` and ``benchmarks/video.py --thresholds``) as the
-loosest power of ten at which max |Jacobi - sequential| stays below 1e-3 both on the shipped
-digits TARFlow (5e-6 at batch 8; Jacobi still 2.4x faster than sequential at batch 1) and on a
-trained moving-digits video flow, with one-frame and with whole-window chunks (at most 8.3e-4
-over batches 1 and 4 and three seeds; 1e-10 gives 1.8e-3 with whole-window chunks). A trained
-video flow's inverse amplifies small errors: even exact Jacobi differs from sequential by
-float32 rounding (4.6e-4 there). In half precision the change never falls that low; Jacobi then
-runs every chunk to exactness (its length in passes), slower but never wrong.
+float32, ``benchmarks/jacobi.py --thresholds`` and ``benchmarks/video.py --thresholds``; tables
+in benchmarks/RESULTS.md): max |Jacobi - sequential| stays below 1e-3 on the shipped digits
+TARFlow (5e-6; Jacobi still about 2x faster than sequential at batch 1) and, with one-frame
+chunks, on a trained moving-digits video flow (5e-4 over six noise draws at batches 1 and 4).
+1e-10 is the loosest power of ten that passes there; 1e-9 lets one draw reach 0.3, so the
+default keeps a decade of margin. Such a trained video flow's inverse amplifies float32
+rounding about ten-thousandfold (a relative change of 1e-7 in z moves its sequential output by
+up to 5e-4), so Jacobi must solve it almost exactly and saves little there; whole-window chunks,
+whose accepted still tokens carry errors at the threshold's level, miss sequential by up to
+3e-3 even at 1e-13. In half precision the change never falls that low; Jacobi then runs every
+chunk to exactness (its length in passes), slower but never wrong.
 
 Ranks. With ``sync_ranks=True`` and an initialised process group, the stop decision is
 all-reduced (every rank runs the same passes, needed only when the pass itself communicates,

@@ -7,8 +7,8 @@ References:
     Zhang, et al. Accelerate TarFlow Sampling with GS-Jacobi Iteration. arXiv:2505.12849, 2025.
 
 :class:`VideoFlowSampler` chooses how each stage of a
-:class:`~flows.video.model.VideoTransformerFlow` is inverted (the deep block: sequential, Jacobi
-in one-frame chunks, or Jacobi over the whole window; the per-frame blocks: sequential or
+:class:`~flows.video.model.VideoTransformerFlow` is inverted (the deep block: sequential, or
+Jacobi in chunks of up to one frame or of whole frames; the per-frame blocks: sequential or
 Jacobi) with the shared :class:`~flows.planner.AutoPlanner`, draws the noise, encodes and noises
 given frames, denoises and decodes. ``sample_video_flow(checkpoint, config, options)`` is what
 ``sample.py`` (and ``python -m flows.video``) calls, with the option names of :data:`DEFAULTS`.
@@ -58,8 +58,11 @@ class VideoFlowSampler(FlowSampler):
     Arguments (besides :class:`~flows.sampling.FlowSampler`'s, given by name):
         jacobi_chunk: tokens per Jacobi chunk of the deep block: at most one frame (default:
             one frame) or a multiple of the frame size (that many frames solved together); the
-            per-frame blocks use ``min(jacobi_chunk, frame)``. With "auto" and no chunk, the
-            deep block's candidates are one-frame chunks and the whole window.
+            per-frame blocks use ``min(jacobi_chunk, frame)``. "auto" chooses between
+            sequential decoding and Jacobi with this chunk. Whole-window chunks are fast but,
+            on a trained flow, miss sequential by more than float32 rounding at any threshold
+            (their still-token acceptance lets errors through that the flow amplifies; see
+            :mod:`flows.jacobi`), so auto tries them only when asked for by ``jacobi_chunk``.
         jacobi_init: "previous" (every frame starts from the previous frame's solution) or
             "noise".
         context_frames: frames kept when the window slides past the training length.
@@ -81,9 +84,6 @@ class VideoFlowSampler(FlowSampler):
     def _stages(self, batch: int, frames: int, guided: bool) -> dict[str, Stage]:
         model, chunk = self.model, self.jacobi_chunk
         n, window = model.tokens_per_frame, min(frames, model.config.frames)
-        deep = [jacobi_setting(chunk, n)]
-        if chunk is None and window > 1:  # auto also tries solving the whole window at once
-            deep.append(Setting("jacobi", n * window))
         local = jacobi_setting(None if chunk is None else min(chunk, n), n)
         return {
             "global": Stage(
@@ -93,7 +93,7 @@ class VideoFlowSampler(FlowSampler):
                 tokens=frames * n,
                 context=n * window // 2,
                 chunk=n,
-                candidates=(Setting("sequential"), *deep),
+                candidates=(Setting("sequential"), jacobi_setting(chunk, n)),
             ),
             "local": Stage(
                 "local",

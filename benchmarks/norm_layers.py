@@ -10,16 +10,24 @@ The min column is the fastest repeat, for reference.
 A last table times the eval-mode forward of PowerNorm / UnifiedNorm (a fused per-channel affine)
 against a plain ``torch.addcmul`` affine.
 
+``--compiled`` adds a "(compiled)" row for every layer with compiled kernels
+(:mod:`norms.fusion`), interleaved with the eager rows; each such row switches compiled kernels
+on for its own calls only, and the header lists how long each took to compile (its first call).
+Two rows without a target show what RegionNorm-L spends outside the normalization: its 7x7
+convolutions (mask, gamma and beta) and its channel mean/max features, forward and backward.
+
 Targets (from the issue): RMSNorm and CRMSNorm <= 1.2x LayerNorm, every other layer <= 3x,
 eval-mode PowerNorm / UN as fast as a plain affine (<= 1.1x here, to absorb timer noise).
 
-    python benchmarks/norm_layers.py            # ~1-2 minutes on one core
-    python benchmarks/norm_layers.py --quick    # fewer repeats, ~30 s
+    python benchmarks/norm_layers.py               # ~1-2 minutes on one core
+    python benchmarks/norm_layers.py --quick       # fewer repeats, ~30 s
+    python benchmarks/norm_layers.py --compiled    # plus compiled kernels (minutes to compile)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -30,10 +38,12 @@ import torch
 from torch import nn
 
 import norms
+from norms.region import _ChannelMeanMax
 
 TOKEN_SHAPE = (32, 256, 512)
 MAP_SHAPE = (32, 128, 32, 32)
 TIGHT = {"rmsnorm": 1.2, "crmsnorm": 1.2}
+COMPILED = ("rmsnorm", "crmsnorm", "evonorm_b0", "evonorm_s0", "regionnorm_b", "regionnorm_l")
 
 
 def _fwd_bwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dy: torch.Tensor):
@@ -42,6 +52,25 @@ def _fwd_bwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dy:
         layer(x).backward(dy)
 
     return run
+
+
+def _compiled(run: Callable[[], None], compile_seconds: dict[str, float], label: str):
+    """``run`` with compiled kernels switched on for its own calls; the first call's wall time
+    (the compilation) is recorded under ``label``."""
+
+    def compiled_run() -> None:
+        norms.use_compiled_kernels(True)
+        try:
+            if label not in compile_seconds:
+                start = time.perf_counter()
+                run()
+                compile_seconds[label] = time.perf_counter() - start
+            else:
+                run()
+        finally:
+            norms.use_compiled_kernels(False)
+
+    return compiled_run
 
 
 def _fwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
@@ -91,11 +120,33 @@ def _map_layer(name: str, mask: torch.Tensor) -> Callable[[torch.Tensor], torch.
     return layer
 
 
+def _regionnorm_l_parts(x: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """RegionNorm-L's work outside the normalization: its convolutions and its features."""
+    layer = norms.build_norm("regionnorm_l", x.shape[1])
+    spatial = (x.shape[0], 1, *x.shape[2:])
+    soft = torch.rand(spatial, requires_grad=True)
+    features = torch.randn(x.shape[0], 2, *x.shape[2:], requires_grad=True)
+    grads = [torch.randn(spatial), torch.randn(spatial), torch.randn(spatial)]
+    flat = x.detach().reshape(x.shape[0], x.shape[1], -1).requires_grad_()
+    grad_features = torch.randn(x.shape[0], 2, flat.shape[2])
+
+    def convs() -> None:
+        layer.zero_grad(set_to_none=True)
+        outputs = [layer.mask_conv(features), layer.gamma_conv(soft), layer.beta_conv(soft)]
+        torch.autograd.backward(outputs, grads)
+
+    def mean_max() -> None:
+        flat.grad = None
+        _ChannelMeanMax.apply(flat).backward(grad_features)
+
+    return {"(part) regionnorm_l convs": convs, "(part) regionnorm_l mean/max": mean_max}
+
+
 def _rows(
     title: str,
     baseline: str,
     stats: dict[str, tuple[float, float]],
-    target: Callable[[str], float],
+    target: Callable[[str], float | None],
 ) -> list[str]:
     base, base_min = stats[baseline]
     head = f"{'layer':<28}{'median ms':>10}{'ratio':>7}{'min ms':>8}{'ratio':>7}{'target':>7}  ok"
@@ -108,6 +159,9 @@ def _rows(
             lines.append(f"{row}{'-':>7}  (baseline)")
             continue
         goal = target(name)
+        if goal is None:
+            lines.append(f"{row}{'-':>7}")
+            continue
         verdict = "yes" if t / base <= goal else "NO"
         lines.append(f"{row}{goal:>7.1f}  {verdict}")
     return lines
@@ -119,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per layer")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
+    parser.add_argument(
+        "--compiled", action="store_true", help="add rows for the compiled kernels (norms.fusion)"
+    )
     args = parser.parse_args(argv)
     global CLOCK
     CLOCK = time.perf_counter if args.wall else time.thread_time
@@ -132,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     clock = "wall-clock" if args.wall else "thread CPU"
     out = [
         f"torch {torch.__version__}, {args.threads} thread(s), {clock} time, "
-        f"median of {repeats} interleaved repeats; ratio = median / baseline median"
+        f"median of {repeats} interleaved repeats; ratio = median / baseline median",
+        "load average (1, 5, 15 min) at the start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()),
     ]
+    compile_seconds: dict[str, float] = {}
 
     x = torch.randn(TOKEN_SHAPE, requires_grad=True)
     dy = torch.randn(TOKEN_SHAPE)
@@ -141,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in norms.available_norms("tokens"):
         label = name + (" (frozen)" if name == "fake_layernorm" else "")
         cases[label] = _fwd_bwd(_token_layer(name), x, dy)
+        if args.compiled and name in COMPILED:
+            compiled = f"{name} (compiled)"
+            run = _fwd_bwd(_token_layer(name), x, dy)
+            cases[compiled] = _compiled(run, compile_seconds, compiled)
     medians = _time_interleaved(cases, repeats)
     out += _rows(
         f"token norms, forward+backward, x {TOKEN_SHAPE} (train mode)", "torch.nn.LayerNorm",
@@ -155,10 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in norms.available_norms("maps"):
         label = name + (" (random mask)" if name == "regionnorm_b" else "")
         cases[label] = _fwd_bwd(_map_layer(name, mask), xm, dym)
+        if args.compiled and name in COMPILED:
+            compiled = f"{name} (compiled)"
+            run = _fwd_bwd(_map_layer(name, mask), xm, dym)
+            cases[compiled] = _compiled(run, compile_seconds, compiled)
+    cases.update(_regionnorm_l_parts(xm))
     medians = _time_interleaved(cases, repeats)
     out += _rows(
         f"map norms, forward+backward, x {MAP_SHAPE} (train mode)", "torch.nn.GroupNorm(32)",
-        medians, lambda n: 3.0,
+        medians, lambda n: None if n.startswith("(part)") else 3.0,
     )  # fmt: skip
     del cases
 
@@ -173,8 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     medians = _time_interleaved(cases, 3 * repeats)
     out += _rows(
         f"eval-mode forward, x {TOKEN_SHAPE}", "plain affine (addcmul)", medians,
-        lambda n: 1.1 if "(eval)" in n and "LayerNorm" not in n else float("inf"),
+        lambda n: 1.1 if "(eval)" in n and "LayerNorm" not in n else None,
     )  # fmt: skip
+    if compile_seconds:
+        out.append("\ncompile time (first call, wall-clock s): " + ", ".join(
+            f"{name} {seconds:.0f}" for name, seconds in compile_seconds.items()
+        ))  # fmt: skip
+    out.append("load average at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("\n".join(out))
     return 0
 

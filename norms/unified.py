@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from norms.powernorm import flatten_tokens, masked_mean
+from norms.powernorm import flatten_tokens, kept_mean, token_gradient_sums
 from norms.registry import check_layout, register_norm
 
 __all__ = ["UnifiedNorm"]
@@ -38,24 +38,21 @@ __all__ = ["UnifiedNorm"]
 class _UnifiedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, keep, choose, eps):
-        # x^2 goes into the buffer that then receives the output (fresh buffers are costly).
-        buffer = x2d * x2d
-        var, ratio, state = choose(masked_mean(buffer, keep))  # the layer updates its state
+        var, ratio, state = choose(kept_mean(x2d, x2d, keep))  # the layer updates its state
         inv = torch.rsqrt(var + eps)
         ctx.save_for_backward(x2d, weight, inv, ratio, keep)
         ctx.state = state
-        return torch.addcmul(bias, x2d, weight * inv, out=buffer)
+        return torch.addcmul(bias, x2d, weight * inv)
 
     @staticmethod
     def backward(ctx, grad_y):
         x2d, weight, inv, ratio, keep = ctx.saved_tensors
         layer, step, use_window, skipped = ctx.state
         grad_y = grad_y.contiguous()
-        gx = grad_y * x2d
-        grad_w = gx.sum(0) * inv * ratio
-        grad_b = grad_y.sum(0)
+        sum_gx, grad_b, mean_gx = token_gradient_sums(grad_y, x2d, keep)
+        grad_w = sum_gx * inv * ratio
         gscale = weight * ratio  # g = gscale * dL/dy
-        mean_gz = gscale * inv * masked_mean(gx, keep)
+        mean_gz = gscale * inv * mean_gx
         with torch.no_grad():
             window = layer.buffer_gz.shape[0]
             slot = step % window
@@ -63,7 +60,7 @@ class _UnifiedFunction(torch.autograd.Function):
             target = layer.buffer_gz.mean(0) if use_window else mean_gz
             layer.ema_gz.mul_(layer.momentum).add_((1.0 - layer.momentum) * target)
             corr = target if skipped else layer.ema_gz.clone()
-        grad_x = torch.mul(grad_y, gscale * inv, out=gx)  # reuse the dy * x buffer
+        grad_x = torch.mul(grad_y, gscale * inv)
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
         return grad_x, grad_w, grad_b, None, None, None
 

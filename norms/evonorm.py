@@ -27,7 +27,7 @@ from torch import nn
 from norms.basic import _largest_divisor_at_most
 from norms.fusion import Kernel
 from norms.reductions import row_sums
-from norms.registry import check_layout, register_norm
+from norms.registry import check_layout, in_dtype_of, register_norm
 
 __all__ = ["EvoNormB0", "EvoNormS0"]
 
@@ -65,29 +65,35 @@ def _b0_forward(flat, v, weight, bias, running_var, batch_stats: bool, eps: floa
 
 @Kernel
 def _b0_backward(dy, flat, v, weight, den, left, mean_bc, inst_std, mean_c, batch_stats: bool):
-    """Gradients of EvoNorm-B0 for x, v, weight and bias."""
+    """Gradients of EvoNorm-B0 for x, v, weight and bias.
+
+    Two fresh full-size buffers (a CPU spends more on the page faults of a new buffer than
+    on its arithmetic), everything else in place.
+    """
     b, c, n = flat.shape
-    # In-place chains on few fresh buffers: on CPU a pass into a new buffer costs several
-    # in-place ones.
+    w = weight.view(1, c, 1)
     u = torch.div(flat, den)
     grad_w, grad_b = (part.view(b, c).sum(0) for part in row_sums(dy, u, b * c))
-    t = torch.mul(dy, weight.view(1, c, 1)).div_(den)  # g / den
-    p = u.mul_(t)  # -dL/dden
-    p_sum = p.sum((0, 2)) if batch_stats else None
-    p_right = p.mul_(den > left)  # where the v x + S branch is the max
-    right_x, sum_right = row_sums(p_right, flat, b * c)
-    sum_right_bc = sum_right.view(b, c, 1)
-    grad_v = -right_x.view(b, c).sum(0)
+    q = u.mul_(dy).div_(den)  # x dy / den^2 = -dL/dden / w
+    q_sum = q.sum(2, keepdim=True) if batch_stats else None
+    # Where the v x + S branch is the max; the comparison is written as x's dtype, because
+    # multiplying by a bool tensor takes several times as long on a CPU.
+    right = torch.gt(den, left, out=torch.empty_like(den))
+    q_right = q.mul_(right)
+    right_x, sum_right = row_sums(q_right, flat, b * c)
+    grad_v = -(right_x.view(b, c) * weight).sum(0)
     # dS_bc/dx = (x - m_bc)/(n S_bc); dL_c/dx = (x - m_c)/(N L_c) (train only).
+    sum_right_bc = sum_right.view(b, c, 1) * w
     coef = -sum_right_bc / (n * inst_std)
     const = -mean_bc * coef
     if batch_stats:
-        sum_left_c = (sum_right_bc.sum((0, 2)) - p_sum).view(1, c, 1)
+        sum_left_c = (sum_right_bc - q_sum * w).sum(0, keepdim=True)
         coef_c = sum_left_c / (b * n * left)
         coef = coef + coef_c
         const = const - mean_c * coef_c
-    grad_x = t.addcmul_(p_right, v.view(1, c, 1), value=-1).addcmul_(flat, coef).add_(const)
-    return grad_x, grad_v, grad_w, grad_b
+    # dL/dx = w dy / den - w v q_right + coef x + const, in the buffer of the mask.
+    grad_x = torch.div(dy, den, out=right).addcmul_(q_right, v.view(1, c, 1), value=-1).mul_(w)
+    return grad_x.addcmul_(flat, coef).add_(const), grad_v, grad_w, grad_b
 
 
 class _EvoB0Function(torch.autograd.Function):
@@ -129,12 +135,13 @@ class EvoNormB0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layout(x, self.num_features, "maps", "evonorm_b0")
-        if self.v is None:
-            return torch.addcmul(_channel_view(self.bias, x), x, _channel_view(self.weight, x))
-        flat = x.reshape(x.shape[0], self.num_features, -1).contiguous()
-        y, var = _EvoB0Function.apply(
-            flat, self.v, self.weight, self.bias, self.training, self.running_var, self.eps
+        v, weight, bias, running_var = in_dtype_of(
+            x, self.v, self.weight, self.bias, self.running_var
         )
+        if v is None:
+            return torch.addcmul(_channel_view(bias, x), x, _channel_view(weight, x))
+        flat = x.reshape(x.shape[0], self.num_features, -1).contiguous()
+        y, var = _EvoB0Function.apply(flat, v, weight, bias, self.training, running_var, self.eps)
         if self.training:
             n = flat.numel() / self.num_features
             with torch.no_grad():
@@ -219,8 +226,9 @@ class EvoNormS0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layout(x, self.num_features, "maps", "evonorm_s0")
-        if self.v is None:
-            return torch.addcmul(_channel_view(self.bias, x), x, _channel_view(self.weight, x))
+        v, weight, bias = in_dtype_of(x, self.v, self.weight, self.bias)
+        if v is None:
+            return torch.addcmul(_channel_view(bias, x), x, _channel_view(weight, x))
         flat = x.reshape(x.shape[0], self.num_features, -1).contiguous()
-        y = _EvoS0Function.apply(flat, self.v, self.weight, self.bias, self.groups, self.eps)
+        y = _EvoS0Function.apply(flat, v, weight, bias, self.groups, self.eps)
         return y.view(x.shape)

@@ -19,6 +19,7 @@ import torch
 
 from norms.fusion import Kernel, compiled_kernels_enabled
 from norms.reductions import column_sums, row_sums
+from norms.registry import in_dtype_of
 
 __all__ = ["batch_norm_train", "crms_norm", "rms_norm"]
 
@@ -138,6 +139,7 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """weight * x / sqrt(mean(x^2, -1) + eps) over the last dim, in x's dtype."""
+    (weight,) = in_dtype_of(x, weight)
     if x.is_cuda:  # CUDA has a fused RMSNorm forward and backward; only CPU needs the detour
         return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
     if weight is None:
@@ -147,6 +149,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 
 def crms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """weight * x / sqrt((sum x^2 + (sum x)^2) / (C + 1) + eps) over the last dim (C = width)."""
+    (weight,) = in_dtype_of(x, weight)
     if weight is None:
         weight = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
     return _CRMSNormFunction.apply(_as_rows(x), weight, eps).view(x.shape)
@@ -196,4 +199,4 @@ def batch_norm_train(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training-mode BatchNorm of (B, C, *) maps: (output, batch mean, biased batch variance)."""
-    return _TrainBatchNorm.apply(x.contiguous(), weight, bias, eps)
+    return _TrainBatchNorm.apply(x.contiguous(), *in_dtype_of(x, weight, bias), eps)

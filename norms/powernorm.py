@@ -28,7 +28,7 @@ from torch import nn
 
 from norms.functional import rms_norm
 from norms.reductions import column_sums
-from norms.registry import check_layout, register_norm
+from norms.registry import check_layout, in_dtype_of, register_norm
 
 __all__ = ["PowerNorm", "flatten_tokens", "kept_mean", "token_gradient_sums"]
 
@@ -71,7 +71,7 @@ class _PowerFunction(torch.autograd.Function):
     def forward(ctx, x2d, weight, bias, keep, choose, ema_gz, alpha_bkw, eps):
         batch_psi2 = kept_mean(x2d, x2d, keep)
         psi2 = choose(batch_psi2)  # the layer picks batch / running psi^2 and updates its state
-        inv = torch.rsqrt(psi2 + eps)
+        inv = torch.rsqrt(psi2 + eps).to(x2d.dtype)
         ctx.save_for_backward(x2d, weight, inv, batch_psi2, keep)
         # The correction state is read and updated in backward, not saved: it changes between
         # the forward and the backward when the layer runs twice in one graph.
@@ -156,10 +156,12 @@ class PowerNorm(nn.Module):
         if self.group_scaling:
             x = self._group_scale(x)
         if not self.training:
-            return torch.addcmul(self.bias, x, self._eval_scale())
+            bias, scale = in_dtype_of(x, self.bias, self._eval_scale())
+            return torch.addcmul(bias, x, scale)
         x2d, keep = flatten_tokens(x, pad_mask, "powernorm")
+        weight, bias = in_dtype_of(x, self.weight, self.bias)
         y = _PowerFunction.apply(
-            x2d, self.weight, self.bias, keep, self._divisor, self.ema_gz, self.alpha_bkw, self.eps
+            x2d, weight, bias, keep, self._divisor, self.ema_gz, self.alpha_bkw, self.eps
         )
         return y.view(x.shape)
 
@@ -172,7 +174,7 @@ class PowerNorm(nn.Module):
             self.running_phi.mul_((step - 1) / step).add_(batch_psi2 / step)
             return batch_psi2
         psi2 = self.running_phi.clone()
-        self.running_phi.lerp_(batch_psi2, 1.0 - self.alpha_fwd)
+        self.running_phi.lerp_(batch_psi2.to(psi2.dtype), 1.0 - self.alpha_fwd)
         return psi2
 
     def extra_repr(self) -> str:

@@ -33,7 +33,7 @@ from torch import nn
 
 from norms.fusion import Kernel
 from norms.reductions import channel_sums
-from norms.registry import check_layout, register_norm
+from norms.registry import check_layout, in_dtype_of, register_norm
 
 __all__ = ["RegionNormB", "RegionNormL", "region_normalize"]
 
@@ -69,7 +69,7 @@ def _region_sums(t: torch.Tensor, tm: torch.Tensor, flat: torch.Tensor) -> tuple
 
 def _pixel_affine_grads(
     dy: torch.Tensor,
-    flat: torch.Tensor,
+    dy_x: torch.Tensor,
     masked: torch.Tensor,
     mask: torch.Tensor,
     a: torch.Tensor,
@@ -78,19 +78,19 @@ def _pixel_affine_grads(
     """Gradients of RN-L's pixel scale and shift, (B, 1, L) each.
 
     The scale multiplies z = a_r x + shift_r, so its gradient is the channel sum of dy * z: a
-    contraction of dy * x and of dy with the per-region coefficient rows (batched mat-vec
+    contraction of dy_x = dy * x and of dy with the per-region coefficient rows (batched mat-vec
     products, one read of each full-size tensor).
     """
     ones = torch.ones_like(a[0])
     delta_a, delta_shift = a[1] - a[0], shift[1] - shift[0]
     if mask.shape[1] == 1:
-        ax = torch.matmul(torch.stack([a[0], delta_a]), dy * flat)
+        ax = torch.matmul(torch.stack([a[0], delta_a]), dy_x)
         sd = torch.matmul(torch.stack([shift[0], delta_shift, ones]), dy)
         grad_scale = (ax[:, :1] + sd[:, :1]).addcmul_(ax[:, 1:] + sd[:, 1:2], mask)
         return grad_scale, sd[:, 2:]
     # Per-channel regions: the mask enters the contraction ((C,) @ (B, C, L) -> (B, L)).
     grad_scale = (
-        torch.matmul(a[0], dy * flat)
+        torch.matmul(a[0], dy_x)
         + torch.matmul(delta_a, dy * masked)
         + torch.matmul(shift[0], dy)
         + torch.matmul(delta_shift, dy * mask)
@@ -128,10 +128,13 @@ def _region_backward(dy, flat, mask, pix_scale, masked, mu, s, a, shift, counts)
     c = flat.shape[1]
     grad_pix_scale = grad_pix_shift = None
     if pix_scale is not None:
-        grad_pix_scale, grad_pix_shift = _pixel_affine_grads(dy, flat, masked, mask, a, shift)
-        dy = dy * pix_scale
-    dy_masked = dy * mask
-    total, total_x, sum1, sum1_x = _region_sums(dy, dy_masked, flat)
+        dy_x = dy * flat
+        grad_pix_scale, grad_pix_shift = _pixel_affine_grads(dy, dy_x, masked, mask, a, shift)
+        dy = torch.mul(dy, pix_scale, out=dy_x)  # dy_x is spent: reuse its buffer
+    # One fresh full-size buffer (a CPU spends more on the page faults of a new buffer than on
+    # its arithmetic): dy * mask for the region-1 sums, then the gradient built on top of it.
+    grad_x = dy * mask
+    total, total_x, sum1, sum1_x = _region_sums(dy, grad_x, flat)
     sdy = torch.stack([total - sum1, sum1])
     # Per region: sum of dy * xhat with xhat = (x - mu) s.
     sdxhat = s * (torch.stack([total_x - sum1_x, sum1_x]) - mu * sdy)
@@ -139,11 +142,9 @@ def _region_backward(dy, flat, mask, pix_scale, masked, mu, s, a, shift, counts)
     # BatchNorm's gradient per region, a (dy - mean(dy) - xhat mean(dy xhat)) = a dy + p x + q.
     p = -a * s * k
     q = a * (mu * s * k - sdy / counts)
-    grad_x = torch.addcmul(q[0].view(1, c, 1), dy, a[0].view(1, c, 1))
-    grad_x.addcmul_(flat, p[0].view(1, c, 1))
-    grad_x.addcmul_(dy_masked, (a[1] - a[0]).view(1, c, 1))
-    grad_x.addcmul_(masked, (p[1] - p[0]).view(1, c, 1))
-    grad_x.addcmul_(mask, (q[1] - q[0]).view(1, c, 1))
+    grad_x.mul_((a[1] - a[0]).view(1, c, 1)).addcmul_(dy, a[0].view(1, c, 1))
+    grad_x.addcmul_(flat, p[0].view(1, c, 1)).addcmul_(masked, (p[1] - p[0]).view(1, c, 1))
+    grad_x.addcmul_(mask, (q[1] - q[0]).view(1, c, 1)).add_(q[0].view(1, c, 1))
     return grad_x, sdxhat, sdy, grad_pix_scale, grad_pix_shift
 
 
@@ -189,9 +190,12 @@ class _ChannelMeanMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         flat, peak = ctx.saved_tensors
-        at_peak = flat == peak
-        share = grad[:, 1:] / at_peak.sum(1, keepdim=True)
-        return torch.mul(at_peak, share).add_(grad[:, :1] / flat.shape[1])
+        c = flat.shape[1]
+        # 1 where a channel holds the max, as x's dtype straight away (bool masks are slow to
+        # count and to multiply with), then its channel count by a mat-vec product.
+        at_peak = torch.eq(flat, peak, out=torch.empty_like(flat))
+        ties = torch.matmul(flat.new_ones(1, c), at_peak)
+        return torch.addcmul(grad[:, :1] / c, at_peak, grad[:, 1:] / ties, out=at_peak)
 
 
 def region_normalize(
@@ -243,7 +247,7 @@ class RegionNormB(nn.Module):
         if mask is None:
             return F.batch_norm(x, None, None, self.weight[1], self.bias[1], True, 0.0, self.eps)
         mask = _prepare_mask(mask, x, "regionnorm_b")
-        return region_normalize(x, mask, self.weight, self.bias, self.eps)
+        return region_normalize(x, mask, *in_dtype_of(x, self.weight, self.bias), self.eps)
 
 
 @register_norm("regionnorm_l", layouts=("maps",))
@@ -306,6 +310,5 @@ class RegionNormL(nn.Module):
             soft,
         )
         gamma, beta = both[:, :1], both[:, 1:]
-        return region_normalize(
-            x, mask, self._unit_weight, self._zero_bias, self.eps, 1.0 + gamma, beta
-        )
+        weight, bias = in_dtype_of(x, self._unit_weight, self._zero_bias)
+        return region_normalize(x, mask, weight, bias, self.eps, 1.0 + gamma, beta)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from norms.powernorm import flatten_tokens, kept_mean, token_gradient_sums
-from norms.registry import check_layout, register_norm
+from norms.registry import check_layout, in_dtype_of, register_norm
 
 __all__ = ["UnifiedNorm"]
 
@@ -39,7 +39,7 @@ class _UnifiedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, keep, choose, eps):
         var, ratio, state = choose(kept_mean(x2d, x2d, keep))  # the layer updates its state
-        inv = torch.rsqrt(var + eps)
+        inv, ratio = in_dtype_of(x2d, torch.rsqrt(var + eps), ratio)
         ctx.save_for_backward(x2d, weight, inv, ratio, keep)
         ctx.state = state
         return torch.addcmul(bias, x2d, weight * inv)
@@ -143,10 +143,11 @@ class UnifiedNorm(nn.Module):
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         check_layout(x, self.num_features, "tokens", "unifiednorm")
         if not self.training:
-            scale, shift = self.fused_affine()
+            scale, shift = in_dtype_of(x, *self.fused_affine())
             return torch.addcmul(shift, x, scale)
         x2d, keep = flatten_tokens(x, pad_mask, "unifiednorm")
-        y = _UnifiedFunction.apply(x2d, self.weight, self.bias, keep, self._step, self.eps)
+        weight, bias = in_dtype_of(x, self.weight, self.bias)
+        y = _UnifiedFunction.apply(x2d, weight, bias, keep, self._step, self.eps)
         return y.view(x.shape)
 
     @torch.no_grad()
@@ -159,7 +160,7 @@ class UnifiedNorm(nn.Module):
             ratio = torch.ones_like(var)
         else:
             ratio = torch.sqrt((var + self.eps) / (self.running_var + self.eps)).clamp(0.2, 5.0)
-        self.running_var.lerp_(var, 1.0 - self.momentum)
+        self.running_var.lerp_(var.to(self.running_var.dtype), 1.0 - self.momentum)
         return var, ratio, (self, step, use_window, skipped)
 
     def extra_repr(self) -> str:

@@ -693,3 +693,26 @@ def test_float32_kernels_agree_with_float64(name):
     y32.backward(dy.float())
     torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- autocast
+
+
+@pytest.mark.parametrize("name", norms.available_norms())
+def test_bfloat16_autocast_computes_in_the_input_dtype(name):
+    """Under CPU autocast a bfloat16 activation meets float32 parameters and buffers: the layer
+    returns bfloat16 close to its float32 result, trains, and keeps float32 buffers."""
+    tokens = norms.norm_spec(name).layouts[0] == "tokens"
+    options = {"warmup_iters": 1} if name in ("powernorm", "unifiednorm") else {}
+    layer = norms.build_norm(name, 8, **options).float()
+    shape = (3, 7, 8) if tokens else (3, 8, 5, 3)
+    x = torch.randn(shape, dtype=torch.float32) * 2 + 0.3
+    for _ in range(3):  # past PowerNorm's / UN's warm-up: running statistics in use
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x.bfloat16().requires_grad_())
+        y.float().square().sum().backward()
+    assert y.dtype == torch.bfloat16
+    reference = layer(x)
+    torch.testing.assert_close(y.float(), reference, rtol=5e-2, atol=5e-2)
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in layer.parameters())
+    assert all(b.dtype in (torch.float32, torch.long, torch.bool) for b in layer.buffers())

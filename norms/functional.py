@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from norms.fusion import Kernel, compiled_kernels_enabled
-from norms.reductions import column_sums, row_sums
+from norms.reductions import column_dots, row_sums
 from norms.registry import in_dtype_of
 
 __all__ = ["batch_norm_train", "crms_norm", "rms_norm"]
@@ -95,7 +95,7 @@ class _RMSNormFunction(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         need_w = ctx.needs_input_grad[1]
         if compiled_kernels_enabled():
-            grad_w = column_sums(grad_y, x2d, r)[0] if need_w else None
+            grad_w = column_dots(grad_y, x2d, r) if need_w else None
             return _rms_input_grad(grad_y, x2d, weight, r), grad_w, None
         grad_x, grad_w = _layer_norm_input_grad(grad_y, x2d, weight, r, need_w)
         # Add back r * mean(g), the derivative of the centring that RMSNorm does not do.
@@ -119,7 +119,7 @@ class _CRMSNormFunction(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         need_w = ctx.needs_input_grad[1]
         if compiled_kernels_enabled():
-            grad_w = column_sums(grad_y, x2d, r)[0] if need_w else None
+            grad_w = column_dots(grad_y, x2d, r) if need_w else None
             return _crms_input_grad(grad_y, x2d, weight, r, sum_x), grad_w, None
         # Wanted: dx_j = r g_j - r^3/d (x_j + sum x) (g . x), with g = grad_y * weight.
         # The LayerNorm backward with mean 0 and rstd r gives r g - r^3 (g . x) x / c - r sum(g)/c;

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from norms.functional import rms_norm
-from norms.reductions import column_sums
+from norms.reductions import column_dots, column_sums
 from norms.registry import check_layout, in_dtype_of, register_norm
 
 __all__ = ["PowerNorm", "flatten_tokens", "kept_mean", "token_gradient_sums"]
@@ -53,7 +53,7 @@ def flatten_tokens(
 
 def kept_mean(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """Per-channel mean of a * b over the kept rows of (M, C) ``a``, ``b`` (one fused pass)."""
-    total, _ = column_sums(a, b, keep)
+    total = column_dots(a, b, keep)
     return total / (a.shape[0] if keep is None else keep.sum())
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["channel_sums", "column_sums", "row_sums"]
+__all__ = ["channel_sums", "column_dots", "column_sums", "row_sums"]
 
 
 def column_sums(
@@ -25,12 +25,24 @@ def column_sums(
 
     ``row_weight`` w is (M, 1) (default all ones); it weights the first sum only.
     """
+    ab, sum_a = _layer_norm_sums(a, b, row_weight, with_sum_a=True)
+    return ab, sum_a
+
+
+def column_dots(
+    a: torch.Tensor, b: torch.Tensor, row_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """sum_m w_m a_mc b_mc per column c: :func:`column_sums` without the second sum (cheaper)."""
+    return _layer_norm_sums(a, b, row_weight, with_sum_a=False)[0]
+
+
+def _layer_norm_sums(a, b, row_weight, with_sum_a: bool):
     rows, width = a.shape
     if row_weight is None:
         row_weight = a.new_ones(rows, 1)
     ones = a.new_ones(width)  # the kernel computes the affine gradients only when they exist
     _, ab, sum_a = torch.ops.aten.native_layer_norm_backward(
-        a, b, [width], a.new_zeros(rows, 1), row_weight, ones, ones, [False, True, True]
+        a, b, [width], a.new_zeros(rows, 1), row_weight, ones, ones, [False, True, with_sum_a]
     )
     return ab, sum_a
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -592,17 +594,20 @@ def test_batchnorm_matches_torch_train_and_eval(shape):
 # ----------------------------------------------------------------------------- memory layouts
 
 
+def _layer_and_copy(name):
+    """A layer with random gains, an exact copy, and whether it takes tokens."""
+    layer = norms.build_norm(name, 8)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.dim() <= 2:  # the gains; RN-L's conv kernels keep their initialisation
+                p.uniform_(0.5, 1.5)
+    return layer, copy.deepcopy(layer), norms.norm_spec(name).layouts[0] == "tokens"
+
+
 @pytest.mark.parametrize("name", norms.available_norms())
 def test_non_contiguous_inputs_give_the_contiguous_results(name):
     """Channels-last maps and transposed token views: same outputs, gradients and buffers."""
-    import copy
-
-    tokens = norms.norm_spec(name).layouts[0] == "tokens"
-    first = norms.build_norm(name, 8)
-    with torch.no_grad():
-        for p in first.parameters():
-            p.uniform_(0.5, 1.5)
-    second = copy.deepcopy(first)
+    first, second, tokens = _layer_and_copy(name)
     if tokens:
         strided = torch.randn(6, 3, 8).transpose(0, 1)
     else:
@@ -675,15 +680,8 @@ def test_regionnorm_l_matches_autograd_of_its_formula():
 @pytest.mark.parametrize("name", norms.available_norms())
 def test_float32_kernels_agree_with_float64(name):
     """The same layer and input in float32 and float64: outputs and gradients within 1e-4."""
-    import copy
-
-    tokens = norms.norm_spec(name).layouts[0] == "tokens"
-    layer64 = norms.build_norm(name, 8)
-    with torch.no_grad():
-        for p in layer64.parameters():
-            if p.dim() <= 2:  # the gains; RN-L's conv kernels keep their initialisation
-                p.uniform_(0.5, 1.5)
-    layer32 = copy.deepcopy(layer64).float()
+    layer64, layer32, tokens = _layer_and_copy(name)
+    layer32.float()
     shape = (3, 7, 8) if tokens else (3, 8, 5, 3)
     x64 = (torch.randn(shape) * 2 + 0.3).requires_grad_()
     x32 = x64.detach().float().requires_grad_()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from norms.reductions import channel_sums, column_sums, row_sums
+from norms.reductions import channel_sums, column_dots, column_sums, row_sums
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-4}
 
@@ -22,6 +22,7 @@ def test_column_sums(dtype, shape):
     weighted, sum_a = column_sums(a, b, weight)
     torch.testing.assert_close(weighted, (weight * a * b).sum(0), rtol=tol, atol=tol)
     torch.testing.assert_close(sum_a, a.sum(0), rtol=tol, atol=tol)  # the weight is not in it
+    torch.testing.assert_close(column_dots(a, b, weight), weighted, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -401,6 +401,24 @@ def test_batchchannelnorm_formula_train_and_eval():
     torch.testing.assert_close(layer.running_mean, 0.1 * batch_mean)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_batchchannelnorm_gradcheck(train):
+    """Through norms.moments: x and all four parameter vectors, batch and running statistics."""
+    layer = norms.build_norm("batchchannelnorm", 6, num_groups=3).train(train)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.uniform_(0.5, 1.5)
+        layer.running_mean.normal_(), layer.running_var.uniform_(0.5, 2.0)
+    x = (torch.randn(2, 6, 3, 2) * 2 + 0.5).requires_grad_()
+    names = ["bn_weight", "bn_bias", "weight", "bias"]
+    params = [getattr(layer, n) for n in names]
+
+    def f(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
 def test_weight_standardization_statistics_and_conv():
     conv = torch.nn.Conv2d(3, 6, 3)
     with torch.no_grad():

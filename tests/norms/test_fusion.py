@@ -43,7 +43,8 @@ def _layer_and_input(name, shape, dtype, per_channel_mask=False):
     layer = norms.build_norm(name, channels).to(dtype)
     with torch.no_grad():
         for param in layer.parameters():
-            param.uniform_(-0.6, 1.4)  # negative v and gains included
+            if param.dim() <= 2:  # negative v and gains included; RN-L's conv kernels as built
+                param.uniform_(-0.6, 1.4)
     x = (torch.randn(shape, dtype=dtype) * 2 + 0.3).requires_grad_()
     kwargs = {}
     if name == "regionnorm_b":

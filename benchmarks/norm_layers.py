@@ -60,7 +60,7 @@ def _keep_freed_memory() -> None:
     """glibc keeps freed blocks of up to 32 MB for reuse (no unmapping, no trimming)."""
     libc = ctypes.CDLL("libc.so.6")
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers (malloc.h)
-    if not (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 40)):
+    if not (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
         raise OSError("mallopt refused the thresholds")
 
 

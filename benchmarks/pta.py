@@ -14,7 +14,7 @@ References:
     J. S. Speagle, "dynesty: a dynamic nested sampling package for estimating Bayesian
     posteriors and evidences", arXiv:1904.02180.
     J. Skilling, "Nested sampling for general Bayesian computation", Bayesian Anal. 1 (2006).
-    A. Afzal et al. (NANOGrav), arXiv:2306.17219.
+    A. Afzal et al. (NANOGrav), arXiv:2306.16219.
 """
 
 from __future__ import annotations

@@ -1,113 +1,270 @@
-r"""Command line: ``python -m flows.pta compare ...`` and ``python -m flows.pta models``.
+"""Rank stochastic gravitational-wave background models by Bayes factor on a PTA free spectrum.
 
-    python -m flows.pta compare --data ../shared/data/ng15/ptarcade_30f_fshd_ceffyl \
-        --models powerlaw,smbhb,pt_sound+smbhb,domain_walls+smbhb,cosmic_strings+smbhb \
-        [--reference smbhb] [--nfreqs 14] [--json] [--out results/]
+    python -m flows.pta compare --models powerlaw,smbhb,pt_sound+smbhb,domain_walls+smbhb
+    python -m flows.pta compare --data path/to/ceffyl_dir --models smbhb,sigw_gauss+smbhb
+    python -m flows.pta models
 
-Prints the ln Z / ln B table (or, with --json, ``{"reference", "models": [...]}``), and writes
-``comparison.json``, ``corner_<model>.png`` (posterior vs flow samples) and
-``free_spectrum.png`` (median model spectra over the data violins) under --out.
-Errors print one line starting with "error: " and exit with status 2.
+compare: for each model, emcee chains on the refit posterior, a normalising flow fitted to
+them and ln Z by the learned harmonic mean (checked by flow importance sampling, and by a grid
+integral for models with at most 3 parameters); prints the ln Z / ln B table with every
+warning under it, and writes comparison.json, one record per model (models/) and the plots to
+--out. Each model's record is written as soon as the model is done, and comparison.json says
+"complete": false until all are; --resume reuses the finished models of an interrupted run
+when their settings match. The NANOGrav 15-year free spectrum ships with the package (--data
+ng15-hd, the default, or ng15-cp); any ceffyl/PTArcade folder (EPTA, PPTA, IPTA, ...) works.
 
-References:
-    A. Afzal et al. (NANOGrav), arXiv:2306.17219; A. Mitridate et al., arXiv:2306.16377.
+Exit status: 0 done; 2 bad input (one "error:" line); 3 a ln Z is unreliable by its own
+diagnostics (its JSON entry says "reliable": false; --allow-unreliable exits 0 instead);
+1 a bug (with its traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import math
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-from .compare import compare_models, format_table
-from .data import DEFAULT_FREQUENCIES, MAX_FREQUENCIES, load_free_spectrum
-from .models import available_models, build_model
-from .plots import corner_plot, free_spectrum_plot, median_spectrum
+from .datasets import BUNDLED, DEFAULT_DATA, DEFAULT_FREQUENCIES, MAX_FREQUENCIES
+
+# the flow kinds of flows.posterior (kept here so that --help does not import torch; a test
+# checks that the two agree)
+FLOW_KINDS = ("spline", "transformer")
+FLOW_SAMPLES = 4000  # flow draws kept per model for the corner plots
+EXIT_UNRELIABLE = 3
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows.pta", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list the spectral models")
-    cmp = sub.add_parser("compare", help="rank spectral models by Bayes factor")
-    cmp.add_argument("--data", required=True, help="ceffyl/PTArcade free-spectrum directory")
-    cmp.add_argument("--models", required=True, help="comma-separated model names")
-    cmp.add_argument("--reference", default="smbhb", help="ln B reference model (smbhb)")
-    cmp.add_argument("--nfreqs", type=int, default=DEFAULT_FREQUENCIES,
-                     help=f"frequencies used, 1..{MAX_FREQUENCIES} (default 14)")
-    cmp.add_argument("--steps", type=int, default=None,
-                     help="emcee production steps per ensemble (default: adaptive, 25 tau)")
-    cmp.add_argument("--ensembles", type=int, default=2, help="independent emcee ensembles")
-    cmp.add_argument("--flow", default="spline", help="flow kind for flows.posterior")
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--json", action="store_true", help="print the table as JSON")
-    cmp.add_argument("--out", default="results", help="folder for JSON and plots")
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every default shown; descriptions kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.const, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Usage errors become one ``error:`` line with exit status 2 (see :func:`main`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(f"{message} (see {self.prog} --help)")
+
+
+def _int_at_least(low: int, high: int | None = None):  # noqa: ANN202 - argparse type factory
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"{low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog="python -m flows.pta",
+        description=__doc__.split("\n\n")[0],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{compare,models}")
+    sub.add_parser(
+        "models", help="list the spectral models and their parameters",
+        description="List every spectral model the registry builds, with its parameters.",
+    )
+    cmp = sub.add_parser(
+        "compare", help="rank spectral models by Bayes factor",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    cmp.add_argument("--models", required=True,
+                     help="comma-separated model names (see: python -m flows.pta models)")
+    cmp.add_argument("--data", default=DEFAULT_DATA,
+                     help=f"bundled data set ({', '.join(BUNDLED)}) or a ceffyl/PTArcade "
+                     "free-spectrum folder")
+    cmp.add_argument("--reference", default="smbhb", help="the model ln B is measured against")
+    cmp.add_argument("--nfreqs", type=_int_at_least(1, MAX_FREQUENCIES),
+                     default=DEFAULT_FREQUENCIES, help="lowest frequency bins used")
+    cmp.add_argument("--steps", type=_int_at_least(50), default=None,
+                     help="emcee production steps per ensemble (default: adaptive, until 25 "
+                     "autocorrelation times)")
+    cmp.add_argument("--ensembles", type=_int_at_least(1), default=2,
+                     help="independent emcee ensembles per model")
+    cmp.add_argument("--flow", choices=FLOW_KINDS, default="spline",
+                     help="flow kind fitted to the chains")
+    cmp.add_argument("--epochs", type=_int_at_least(1), default=200,
+                     help="maximum flow-training epochs (early stopping ends most fits sooner)")
+    cmp.add_argument("--seed", type=_int_at_least(0), default=0,
+                     help="seeds the chains and the flows")
+    cmp.add_argument("--out", default="results",
+                     help="folder for comparison.json, models/ and the plots")
+    again = cmp.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="reuse the finished models in --out whose settings match")
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete an earlier comparison in --out first")
     cmp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    cmp.add_argument("--json", action="store_true",
+                     help="print the result as one JSON object on one line")
+    cmp.add_argument("--allow-unreliable", action="store_true",
+                     help="exit 0 even when a ln Z is unreliable")
+    cmp.add_argument("--threads", type=_int_at_least(1), default=None,
+                     help="torch threads (default: torch's choice, one per core); use 1 when "
+                     "the machine is shared or several runs go at once")
     return parser
 
 
-def _write_outputs(comparison, data, out: Path, plots: bool) -> list[Path]:  # noqa: ANN001
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "comparison.json"]
-    written[0].write_text(json.dumps(comparison.as_dict(), indent=2))
-    if not plots:
-        return written
-    medians = {}
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _list_models() -> int:
+    from .models import available_models, build_model
+
+    for name in available_models():
+        model = build_model(name)
+        print(f"{name:<30} {model.ndim:>2}  {', '.join(model.param_names)}")
+    return 0
+
+
+def _summary(run: dict[str, Any], results: list, reference: str, nfreqs: int,
+             pending: list[str]) -> dict[str, Any]:
+    """comparison.json while models are still running: finished entries, ln B where possible."""
+    ref = next((r for r in results if r.name == reference), None)
+    models = []
+    for r in results:
+        entry = r.entry()
+        if ref is not None:
+            entry["ln_b"] = r.ln_z - ref.ln_z
+            entry["ln_b_err"] = (r.ln_z_err**2 + ref.ln_z_err**2) ** 0.5
+        models.append(entry)
+    return {"complete": False, **run, "reference": reference, "nfreqs": nfreqs,
+            "pending": pending, "models": models}
+
+
+def _write_plots(comparison, data, out: Path) -> list[Path]:  # noqa: ANN001
+    from .models import build_model
+    from .plots import corner_plot, free_spectrum_plot, median_spectrum
+
+    written, medians = [], {}
     for r in comparison.results:
-        model = build_model(r.name)
         flat = r.chains.flat()
-        medians[r.name] = median_spectrum(model, flat, data)
-        written.append(
-            corner_plot(
-                flat, r.param_names, out / f"corner_{r.name.replace('+', '_plus_')}.png",
-                other=r.flow_samples, title=f"{r.name}: MCMC vs flow",
-            )
-        )
-    written.append(
-        free_spectrum_plot(data, medians, out / "free_spectrum.png",
-                           title=f"NANOGrav free spectrum ({data.nfreqs} bins) and model medians")
-    )
+        medians[r.name] = median_spectrum(build_model(r.name), flat, data)
+        written.append(corner_plot(
+            flat, r.param_names, out / f"corner_{r.name.replace('+', '_plus_')}.png",
+            other=r.flow_samples, title=f"{r.name}: MCMC vs flow",
+        ))
+    written.append(free_spectrum_plot(
+        data, medians, out / "free_spectrum.png",
+        title=f"free spectrum ({data.nfreqs} bins) and model medians",
+    ))
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "models":
-        for name in available_models():
-            model = build_model(name)
-            print(f"{name:<24} {', '.join(model.param_names)}")
-        return 0
-    start = time.perf_counter()
-    try:
-        if args.steps is not None and args.steps < 50:
-            raise ValueError(f"--steps must be >= 50; got {args.steps}")
-        if args.ensembles < 1:
-            raise ValueError(f"--ensembles must be >= 1; got {args.ensembles}")
-        names = [n for n in args.models.split(",") if n.strip()]
-        for n in names + [args.reference]:
-            build_model(n)
-        data = load_free_spectrum(args.data, nfreqs=args.nfreqs)
-        comparison = compare_models(
-            data, names, reference=args.reference, steps=args.steps,
-            ensembles=args.ensembles, seed=args.seed,
-            evidence_options={"flow": args.flow},
-        )
-        written = _write_outputs(comparison, data, Path(args.out), not args.no_plots)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if exc.args else str(exc)
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    elapsed = time.perf_counter() - start
+def _compare(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from .compare import ModelResult, compare_models, format_table, model_order
+    from .data import load_free_spectrum
+    from .models import build_model
+    from .store import ResultsFolder, data_fingerprint, model_fingerprint
+
+    # everything that can be wrong is checked before the first model starts
+    order = model_order(args.models.split(","), args.reference)
+    reference = build_model(args.reference).name
+    data = load_free_spectrum(args.data, nfreqs=args.nfreqs)
+    folder = ResultsFolder(args.out)
+    folder.prepare(resume=args.resume, overwrite=args.overwrite)
+
+    common = {
+        "data_sha256": data_fingerprint(data.freqs, data.log10_rho_grid, data.ln_density),
+        "nfreqs": args.nfreqs, "steps": args.steps, "ensembles": args.ensembles,
+        "flow": args.flow, "epochs": args.epochs, "seed": args.seed,
+        "flow_samples": FLOW_SAMPLES,
+    }
+    settings = {
+        name: {**common, "model": name,
+               "spectrum_sha256": model_fingerprint(build_model(name), data.freqs, data.tspan)}
+        for name in order
+    }
+    finished: dict[str, ModelResult] = {}
+    if args.resume:
+        for name in order:
+            record = folder.load_model(name, settings[name])
+            if record is not None:
+                finished[name] = ModelResult.from_entry(
+                    record["entry"], record["chains"], record["flow_samples"]
+                )
+    run = {"started": _now(), "data": str(args.data), "settings": common,
+           "reused": list(finished)}
+    done = [finished[n] for n in order if n in finished]
+    folder.write_summary(_summary(run, done, reference, data.nfreqs,
+                                  [n for n in order if n not in finished]))
+
+    def on_result(result: ModelResult) -> None:
+        folder.save_model(result, settings[result.name], result.entry())
+        done.append(result)
+        names = {r.name for r in done}
+        folder.write_summary(_summary(run, done, reference, data.nfreqs,
+                                      [n for n in order if n not in names]))
+
+    comparison = compare_models(
+        data, order, reference=reference, steps=args.steps, ensembles=args.ensembles,
+        seed=args.seed, evidence_options={"flow": args.flow,
+                                          "fit_options": {"epochs": args.epochs}},
+        flow_samples=FLOW_SAMPLES, progress=not args.json, finished=finished,
+        on_result=on_result,
+    )
+    written = [] if args.no_plots else _write_plots(comparison, data, folder.root)
+    result = {"complete": True, **run, "finished": _now(), **comparison.as_dict()}
+    folder.write_summary(result)
+    written.insert(0, folder.summary)
     if args.json:
-        print(json.dumps(comparison.as_dict(), indent=2))
-        print(f"total time {elapsed:.1f} s", file=sys.stderr)
+        print(json.dumps(_json_ready(result), allow_nan=False), flush=True)
     else:
         print(format_table(comparison))
+        if finished:
+            print("reused from the earlier run: " + ", ".join(finished))
         print("wrote " + ", ".join(str(p) for p in written))
-        print(f"total time {elapsed:.1f} s")
-    return 0
+    if comparison.reliable or args.allow_unreliable:
+        return 0
+    bad = [r.name for r in comparison.results if not r.reliable]
+    print(f"error: unreliable ln Z for {', '.join(bad)} (see the warnings); "
+          "--allow-unreliable accepts it", file=sys.stderr)
+    return EXIT_UNRELIABLE
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no inf / nan
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, report; the exit status (see the module docstring)."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "models":
+            return _list_models()
+        return _compare(args)
+    except (ValueError, OSError) as exc:
+        message = " ".join(str(exc.args[0] if exc.args else exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

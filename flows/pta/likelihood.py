@@ -21,7 +21,7 @@ Grid-edge behaviour (documented choice):
 References:
     W. G. Lamb, S. R. Taylor, R. van Haasteren, arXiv:2303.15442 (ceffyl refits).
     A. Mitridate et al., "PTArcade", arXiv:2306.16377.
-    A. Afzal et al. (NANOGrav), arXiv:2306.17219, Sec. 2.
+    A. Afzal et al. (NANOGrav), arXiv:2306.16219 (the refit likelihood).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@ r"""Plots of the PTA comparison: corner plots (posterior vs flow samples) and th
 with each model's median spectrum over the data violins (as in Afzal et al. 2023, Fig. 1).
 
 References:
-    A. Afzal et al. (NANOGrav), arXiv:2306.17219, Fig. 1 (free-spectrum violins).
+    A. Afzal et al. (NANOGrav), arXiv:2306.16219, Fig. 1 (free-spectrum violins).
 """
 
 from __future__ import annotations

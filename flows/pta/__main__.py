@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,7 +176,7 @@ def _compare(args: argparse.Namespace) -> int:
     from .compare import ModelResult, compare_models, format_table, model_order
     from .data import load_free_spectrum
     from .models import build_model
-    from .store import ResultsFolder, data_fingerprint, model_fingerprint
+    from .store import ResultsFolder, data_fingerprint, json_ready, model_fingerprint
 
     # everything that can be wrong is checked before the first model starts
     order = model_order(args.models.split(","), args.reference)
@@ -230,7 +229,7 @@ def _compare(args: argparse.Namespace) -> int:
     folder.write_summary(result)
     written.insert(0, folder.summary)
     if args.json:
-        print(json.dumps(_json_ready(result), allow_nan=False), flush=True)
+        print(json.dumps(json_ready(result), allow_nan=False), flush=True)
     else:
         print(format_table(comparison))
         if finished:
@@ -242,16 +241,6 @@ def _compare(args: argparse.Namespace) -> int:
     print(f"error: unreliable ln Z for {', '.join(bad)} (see the warnings); "
           "--allow-unreliable accepts it", file=sys.stderr)
     return EXIT_UNRELIABLE
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no inf / nan
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

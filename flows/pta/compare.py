@@ -36,6 +36,7 @@ from .grid import grid_evidence
 from .likelihood import ModelPosterior
 from .models import SpectralModel, build_model
 from .sampling import ChainResult, run_ensembles
+from .store import json_ready
 
 __all__ = ["Comparison", "ModelResult", "compare_models", "format_table", "run_model"]
 
@@ -91,7 +92,7 @@ class ModelResult:
             "sampling": self.chains.summary(),
             "times_s": {k: round(v, 2) for k, v in self.times.items()},
             "warnings": list(self.warnings),
-            "diagnostics": _plain(self.diagnostics),
+            "diagnostics": json_ready(self.diagnostics),
         }
 
     @classmethod
@@ -123,16 +124,6 @@ class ModelResult:
 
 def _number(value: float | None) -> float:
     return math.nan if value is None else float(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 @dataclass

@@ -37,6 +37,7 @@ __all__ = [
     "ResultsFolder",
     "atomic_write",
     "data_fingerprint",
+    "json_ready",
     "model_fingerprint",
 ]
 
@@ -58,15 +59,15 @@ def atomic_write(path: Path, payload: bytes) -> None:
 
 
 def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n").encode()
+    return (json.dumps(json_ready(obj), indent=1, allow_nan=False) + "\n").encode()
 
 
-def _finite(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-ready: numpy scalars to Python, non-finite floats to None (JSON has no inf/nan)."""
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):
@@ -160,7 +161,8 @@ class ResultsFolder:
             return None
         try:
             record = json.loads(path.read_text())
-            if record.get("schema") != SCHEMA or record.get("settings") != _finite(dict(settings)):
+            wanted = json_ready(dict(settings))
+            if record.get("schema") != SCHEMA or record.get("settings") != wanted:
                 return None
             with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
                 loaded = {k: np.array(arrays[k]) for k in arrays.files}

@@ -76,7 +76,9 @@ class FreeSpectrumLikelihood:
             )
         g0 = float(self.data.log10_rho_grid[0])
         step = self.data.grid_step
-        pos = (log10_rho - g0) / step  # fractional grid index
+        # fractional grid index; NaN (a spectrum undefined outside the prior, e.g. a negative
+        # shape parameter) counts as above the grid: -inf or the floor, never an index
+        pos = torch.nan_to_num((log10_rho - g0) / step, nan=math.inf)
         rows = torch.arange(n, device=log10_rho.device).expand_as(pos)
         if self.interpolation == "nearest":
             idx = torch.round(pos).clamp(0, g - 1).long()
@@ -86,8 +88,7 @@ class FreeSpectrumLikelihood:
             lo = clamped.floor().long().clamp(0, g - 2)
             t = clamped - lo
             val = (1 - t) * table[rows, lo] + t * table[rows, lo + 1]
-        # NaN (e.g. from a NaN theta) falls through to the "above" branch: -inf or the floor.
-        outside = ~(pos <= g - 1 + 0.5 * (self.interpolation == "nearest"))
+        outside = pos > g - 1 + 0.5 * (self.interpolation == "nearest")
         if self.above == "-inf":
             fill = torch.full_like(val, -math.inf)
         else:

@@ -157,6 +157,11 @@ def test_grid_edges_below_takes_lowest_bin_above_is_minus_inf_or_floor(tmp_path:
         per = floor.per_frequency(above).numpy()[0]
         assert per[2] == pytest.approx(data.ln_density[2].min())
         assert np.isfinite(floor(above).item())
+        # NaN (a spectrum undefined outside the prior) counts as above the grid
+        undefined = torch.tensor([[-7.0, math.nan, -7.0]], dtype=torch.float64)
+        assert like(undefined).item() == -math.inf
+        assert floor.per_frequency(undefined)[0, 1].item() == pytest.approx(
+            data.ln_density[1].min())
     with pytest.raises(ValueError, match="interpolation must be"):
         FreeSpectrumLikelihood(data, interpolation="cubic")
 

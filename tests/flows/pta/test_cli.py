@@ -253,3 +253,11 @@ def test_cli_end_to_end_real_pipeline(tmp_path: Path, capsys: pytest.CaptureFixt
     assert abs(fixed["ln_z"] - fixed["ln_z_grid"]) < 3 * fixed["ln_z_err"] + 0.02
     for name in ("free_spectrum.png", "corner_smbhb.png", "corner_smbhb_fixed.png"):
         assert (out / name).stat().st_size > 1000
+
+
+def test_every_compare_option_is_in_the_docs() -> None:
+    compare = build_parser()._subparsers._group_actions[0].choices["compare"]
+    options = {s for a in compare._actions for s in a.option_strings if s.startswith("--")}
+    page = (REPO / "docs" / "pta.md").read_text()
+    missing = sorted(o for o in options - {"--help"} if f"`{o}`" not in page)
+    assert not missing, f"docs/pta.md does not describe {missing}"

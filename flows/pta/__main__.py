@@ -168,6 +168,39 @@ def _write_plots(comparison, data, out: Path) -> list[Path]:  # noqa: ANN001
     return written
 
 
+def _settings(args: argparse.Namespace, order: list[str], data) -> tuple[dict, dict]:  # noqa: ANN001
+    """What a model's result depends on: the run's settings, and per model its spectrum."""
+    from .models import build_model
+    from .store import data_fingerprint, model_fingerprint
+
+    common = {
+        "data_sha256": data_fingerprint(data.freqs, data.log10_rho_grid, data.ln_density),
+        "nfreqs": args.nfreqs, "steps": args.steps, "ensembles": args.ensembles,
+        "flow": args.flow, "epochs": args.epochs, "seed": args.seed,
+        "flow_samples": FLOW_SAMPLES,
+    }
+    per_model = {
+        name: {**common, "model": name,
+               "spectrum_sha256": model_fingerprint(build_model(name), data.freqs, data.tspan)}
+        for name in order
+    }
+    return common, per_model
+
+
+def _reusable(folder, order: list[str], settings: dict) -> dict:  # noqa: ANN001
+    """The finished models of an earlier run in ``folder`` made with the same settings."""
+    from .compare import ModelResult
+
+    finished = {}
+    for name in order:
+        record = folder.load_model(name, settings[name])
+        if record is not None:
+            finished[name] = ModelResult.from_entry(
+                record["entry"], record["chains"], record["flow_samples"]
+            )
+    return finished
+
+
 def _compare(args: argparse.Namespace) -> int:
     if args.threads is not None:
         import torch
@@ -176,7 +209,7 @@ def _compare(args: argparse.Namespace) -> int:
     from .compare import ModelResult, compare_models, format_table, model_order
     from .data import load_free_spectrum
     from .models import build_model
-    from .store import ResultsFolder, data_fingerprint, json_ready, model_fingerprint
+    from .store import ResultsFolder, json_ready
 
     # everything that can be wrong is checked before the first model starts
     order = model_order(args.models.split(","), args.reference)
@@ -185,25 +218,8 @@ def _compare(args: argparse.Namespace) -> int:
     folder = ResultsFolder(args.out)
     folder.prepare(resume=args.resume, overwrite=args.overwrite)
 
-    common = {
-        "data_sha256": data_fingerprint(data.freqs, data.log10_rho_grid, data.ln_density),
-        "nfreqs": args.nfreqs, "steps": args.steps, "ensembles": args.ensembles,
-        "flow": args.flow, "epochs": args.epochs, "seed": args.seed,
-        "flow_samples": FLOW_SAMPLES,
-    }
-    settings = {
-        name: {**common, "model": name,
-               "spectrum_sha256": model_fingerprint(build_model(name), data.freqs, data.tspan)}
-        for name in order
-    }
-    finished: dict[str, ModelResult] = {}
-    if args.resume:
-        for name in order:
-            record = folder.load_model(name, settings[name])
-            if record is not None:
-                finished[name] = ModelResult.from_entry(
-                    record["entry"], record["chains"], record["flow_samples"]
-                )
+    common, settings = _settings(args, order, data)
+    finished = _reusable(folder, order, settings) if args.resume else {}
     run = {"started": _now(), "data": str(args.data), "settings": common,
            "reused": list(finished)}
     done = [finished[n] for n in order if n in finished]

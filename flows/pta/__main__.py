@@ -22,10 +22,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from core.cli import (
+    ArgumentParser,
+    add_threads_option,
+    non_negative_int,
+    positive_int,
+    print_json,
+    run_cli,
+)
 
 from .datasets import BUNDLED, DEFAULT_DATA, DEFAULT_FREQUENCIES, MAX_FREQUENCIES
 
@@ -36,34 +44,16 @@ FLOW_SAMPLES = 4000  # flow draws kept per model for the corner plots
 EXIT_UNRELIABLE = 3
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every default shown; descriptions kept as written."""
+def _int_in(low: int, high: int | None = None):  # noqa: ANN202 - argparse type factory
+    """argparse type: an integer in [low, high] (no upper bound when high is None)."""
+    allowed = f"{low}..{high}" if high is not None else f">= {low}"
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or isinstance(action.const, bool):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """Usage errors become one ``error:`` line with exit status 2 (see :func:`main`)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"{message} (see {self.prog} --help)")
-
-
-def _int_at_least(low: int, high: int | None = None):  # noqa: ANN202 - argparse type factory
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            allowed = f"{low}..{high}" if high is not None else f">= {low}"
+            value = None
+        if value is None or value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}")
         return value
 
@@ -71,7 +61,7 @@ def _int_at_least(low: int, high: int | None = None):  # noqa: ANN202 - argparse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m flows.pta",
         description=__doc__.split("\n\n")[0],
     )
@@ -90,18 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"bundled data set ({', '.join(BUNDLED)}) or a ceffyl/PTArcade "
                      "free-spectrum folder")
     cmp.add_argument("--reference", default="smbhb", help="the model ln B is measured against")
-    cmp.add_argument("--nfreqs", type=_int_at_least(1, MAX_FREQUENCIES),
+    cmp.add_argument("--nfreqs", type=_int_in(1, MAX_FREQUENCIES),
                      default=DEFAULT_FREQUENCIES, help="lowest frequency bins used")
-    cmp.add_argument("--steps", type=_int_at_least(50), default=None,
+    cmp.add_argument("--steps", type=_int_in(50), default=None,
                      help="emcee production steps per ensemble (default: adaptive, until 25 "
                      "autocorrelation times)")
-    cmp.add_argument("--ensembles", type=_int_at_least(1), default=2,
+    cmp.add_argument("--ensembles", type=positive_int, default=2,
                      help="independent emcee ensembles per model")
     cmp.add_argument("--flow", choices=FLOW_KINDS, default="spline",
                      help="flow kind fitted to the chains")
-    cmp.add_argument("--epochs", type=_int_at_least(1), default=200,
+    cmp.add_argument("--epochs", type=positive_int, default=200,
                      help="maximum flow-training epochs (early stopping ends most fits sooner)")
-    cmp.add_argument("--seed", type=_int_at_least(0), default=0,
+    cmp.add_argument("--seed", type=non_negative_int, default=0,
                      help="seeds the chains and the flows")
     cmp.add_argument("--out", default="results",
                      help="folder for comparison.json, models/ and the plots")
@@ -115,9 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the result as one JSON object on one line")
     cmp.add_argument("--allow-unreliable", action="store_true",
                      help="exit 0 even when a ln Z is unreliable")
-    cmp.add_argument("--threads", type=_int_at_least(1), default=None,
-                     help="torch threads (default: torch's choice, one per core); use 1 when "
-                     "the machine is shared or several runs go at once")
+    add_threads_option(cmp)
     return parser
 
 
@@ -202,14 +190,10 @@ def _reusable(folder, order: list[str], settings: dict) -> dict:  # noqa: ANN001
 
 
 def _compare(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     from .compare import ModelResult, compare_models, format_table, model_order
     from .data import load_free_spectrum
     from .models import build_model
-    from .store import ResultsFolder, json_ready
+    from .store import ResultsFolder
 
     # everything that can be wrong is checked before the first model starts
     order = model_order(args.models.split(","), args.reference)
@@ -245,7 +229,7 @@ def _compare(args: argparse.Namespace) -> int:
     folder.write_summary(result)
     written.insert(0, folder.summary)
     if args.json:
-        print(json.dumps(json_ready(result), allow_nan=False), flush=True)
+        print_json(result)
     else:
         print(format_table(comparison))
         if finished:
@@ -259,17 +243,14 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_UNRELIABLE
 
 
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return _list_models() if args.command == "models" else _compare(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, report; the exit status (see the module docstring)."""
-    try:
-        args = build_parser().parse_args(argv)
-        if args.command == "models":
-            return _list_models()
-        return _compare(args)
-    except (ValueError, OSError) as exc:
-        message = " ".join(str(exc.args[0] if exc.args else exc).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    return run_cli(_run, argv)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@ with lnpdf_k the tabulated KDE of the free-spectrum posterior of log10 rho_k (rh
 on an evenly spaced grid g_0 < ... < g_{G-1} (the free-spectrum prior is uniform, so the
 posterior density is the likelihood up to a constant that cancels in Bayes factors).
 
-Grid-edge behaviour (documented choice):
-    * ``interpolation="nearest"`` (default, the binned lookup of ceffyl): the value of the grid
-      point nearest to x; ``"linear"``: linear interpolation between the two neighbours.
+Interpolation and grid edges (documented choices):
+    * ``interpolation="linear"`` (default): linear interpolation between the two grid points
+      around x; ``"nearest"``: the value of the nearest grid point (ceffyl's binned lookup).
+      The KDE is smooth on the scale of the grid (steps of 0.0015 in log10 rho, bandwidths of
+      0.05 or more), so both give the same ln Z (power law on NANOGrav 15-yr: -18.3368 and
+      -18.3365), but the binned lookup makes ln L a staircase, whose steps a tail diagnostic of
+      the harmonic-mean terms reads as a heavy tail (Pareto k 0.82 binned, 0.37 linear, power
+      law, same seed).
     * below the grid (x < g_0): the lowest bin, lnpdf_k(g_0). A model predicting far less
       power than the data resolve is as good as one at the bottom of the grid (the KDE is flat
       there: the data only bound rho from above).
@@ -47,7 +52,7 @@ class FreeSpectrumLikelihood:
     """
 
     def __init__(
-        self, data: FreeSpectrum, interpolation: str = "nearest", above: str = "-inf"
+        self, data: FreeSpectrum, interpolation: str = "linear", above: str = "-inf"
     ) -> None:
         if interpolation not in ("nearest", "linear"):
             raise ValueError(
@@ -116,7 +121,7 @@ class ModelPosterior:
         self,
         model: SpectralModel,
         data: FreeSpectrum,
-        interpolation: str = "nearest",
+        interpolation: str = "linear",
         above: str = "-inf",
     ) -> None:
         self.model = model

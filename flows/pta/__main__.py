@@ -138,16 +138,19 @@ def _summary(run: dict[str, Any], results: list, reference: str, nfreqs: int,
 
 
 def _write_plots(comparison, data, out: Path) -> list[Path]:  # noqa: ANN001
+    from flows.posterior.plot import corner_plot
+
     from .models import build_model
-    from .plots import corner_plot, free_spectrum_plot, median_spectrum
+    from .plots import free_spectrum_plot, median_spectrum
 
     written, medians = [], {}
     for r in comparison.results:
         flat = r.chains.flat()
         medians[r.name] = median_spectrum(build_model(r.name), flat, data)
         written.append(corner_plot(
-            flat, r.param_names, out / f"corner_{r.name.replace('+', '_plus_')}.png",
-            other=r.flow_samples, title=f"{r.name}: MCMC vs flow",
+            flat, out / f"corner_{r.name.replace('+', '_plus_')}.png", r.param_names,
+            other=r.flow_samples, labels=("posterior (MCMC)", "flow"),
+            title=f"{r.name}: MCMC vs flow",
         ))
     written.append(free_spectrum_plot(
         data, medians, out / "free_spectrum.png",

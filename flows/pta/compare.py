@@ -40,13 +40,6 @@ from .store import json_ready
 
 __all__ = ["Comparison", "ModelResult", "compare_models", "format_table", "run_model"]
 
-# Until flows.posterior's EvidenceResult carries its own verdict: the estimator's diagnostics
-# that make ln Z meaningless (the same thresholds as its warnings).
-_MAX_LOG_TERM_STD = 10.0
-_DOMINANT_WEIGHT = 0.5
-_MIN_TOTAL_ESS = 20.0
-
-
 @dataclass
 class ModelResult:
     """Everything measured for one model (``entry()`` is its JSON-ready part)."""
@@ -172,23 +165,6 @@ class Comparison:
         }
 
 
-def _verdict(ev: Any) -> tuple[bool, list[str]]:
-    """(reliable, reasons) of an evidence result: its own verdict when it carries one."""
-    if hasattr(ev, "reliable"):
-        return bool(ev.reliable), list(getattr(ev, "unreliable_because", []))
-    diag = ev.diagnostics
-    reasons = []
-    if diag["log_term_std"] > _MAX_LOG_TERM_STD:
-        reasons.append(f"the log terms spread hugely (std {diag['log_term_std']:.1f})")
-    if diag["max_weight_fraction"] > _DOMINANT_WEIGHT:
-        reasons.append(f"one sample carries {100 * diag['max_weight_fraction']:.0f}% of it")
-    if sum(diag["ess_per_chain"]) < _MIN_TOTAL_ESS:
-        reasons.append(f"only {sum(diag['ess_per_chain']):.0f} effective samples in all")
-    if getattr(ev, "agree", None) is False:
-        reasons.append("learned harmonic mean and importance sampling disagree")
-    return not reasons, reasons
-
-
 def _evidence(post: ModelPosterior, chains: ChainResult, seed: int, options: dict[str, Any]):
     return evidence(
         chains.samples,
@@ -254,7 +230,6 @@ def run_model(
         ln_z_grid, ln_z_grid_err = g.ln_z, g.ln_z_err
         times["grid"] = time.perf_counter() - t0
     times["total"] = sum(times.values())
-    reliable, because = _verdict(ev)
     return ModelResult(
         name=model.name,
         param_names=model.param_names,
@@ -272,8 +247,8 @@ def run_model(
         flow_samples=_flow_samples(ev, flow_samples, seed) if flow_samples else None,
         warnings=list(chains.warnings) + list(getattr(ev, "warnings", [])),
         diagnostics=dict(getattr(ev, "diagnostics", {}) or {}),
-        reliable=reliable,
-        unreliable_because=because,
+        reliable=bool(ev.reliable),
+        unreliable_because=list(ev.unreliable_because),
     )
 
 

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import zipfile
 from collections.abc import Mapping
 from dataclasses import fields
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from flows.posterior.files import write_atomically
 
 from .sampling import ChainResult
 
@@ -46,16 +47,8 @@ _CHAIN_ARRAYS = ("samples", "ln_posterior", "ensemble_means")
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
-    """Replace ``path`` by ``payload`` atomically (temporary sibling, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Replace ``path`` by ``payload`` atomically (a temporary sibling renamed into place)."""
+    write_atomically(path, lambda tmp: tmp.write_bytes(payload))
 
 
 def _json_bytes(obj: Any) -> bytes:

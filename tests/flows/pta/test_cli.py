@@ -65,7 +65,7 @@ def test_help_loads_neither_torch_nor_numpy_and_shows_defaults() -> None:
 
 
 def test_flow_choices_are_the_posterior_flow_kinds() -> None:
-    from flows.posterior.fit import FLOWS
+    from flows.posterior.kinds import FLOWS
 
     assert tuple(FLOW_KINDS) == tuple(FLOWS)
 

@@ -293,6 +293,15 @@ def test_ensembles_recover_a_gaussian_despite_a_plateau() -> None:
     assert res.thin >= 1 and res.steps >= 500
 
 
+def test_production_stops_only_when_long_and_tau_has_settled() -> None:
+    from flows.pta.sampling import MIN_TAUS, long_enough
+
+    assert not long_enough(1000, 30.0, math.inf)  # the first estimate cannot have settled
+    assert long_enough(1000, 30.0, 29.5)
+    assert not long_enough(1000, 30.0, 24.0)  # still growing by 25%: keep sampling
+    assert not long_enough(MIN_TAUS * 50 - 1, 50.0, 50.0)  # settled but too short
+
+
 def test_stranded_walkers_are_detected_and_moved_to_good_ones() -> None:
     import emcee
 

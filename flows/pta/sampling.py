@@ -42,7 +42,7 @@ def default_steps(ndim: int) -> tuple[int, int]:
     and the estimate of tau changed by less than TAU_SETTLED since the previous check
     (checked every CHUNK steps after the first MIN_PRODUCTION).
     """
-    return 300 + 100 * ndim, 800 + 400 * ndim
+    return 300 + 100 * ndim, 800 + 600 * ndim
 
 
 MIN_TAUS = 25

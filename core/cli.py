@@ -35,6 +35,7 @@ CLI's parser imports torch). A CLI module looks like::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -92,9 +93,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     written (examples stay laid out)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or isinstance(action.const, bool):
+        if not _shows_default(action):
             return action.help  # nothing to show for "not given" and on/off switches
         return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and _shows_default(action):  # argparse skips help-less options
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    return action.default not in (None, argparse.SUPPRESS) and not isinstance(action.const, bool)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -9,9 +9,9 @@ examples:
     python -m diffusion.sample --checkpoint runs/normal_aligned --normal-map normals.png \\
         --out color.png
 
-The same sampler as ``python sample.py`` with the same options, defaults and JSON summary (one
-line on stdout): the checkpoint's ``model.name`` (normal_adapted or normal_aligned) picks it.
-Bad input prints one line starting with "error: " and exits with code 2.
+The same sampler as python sample.py, with the same options, defaults and JSON summary (one
+line on stdout): the checkpoint's model.name (normal_adapted or normal_aligned) picks it. Bad
+input prints one line starting with "error: " and exits with code 2.
 """
 
 from __future__ import annotations

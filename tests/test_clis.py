@@ -124,3 +124,8 @@ def test_documented_commands_use_real_options() -> None:
     wrong = sorted({(page, command, option) for page, command, option in uses
                     if option not in _options(_parser(command))})
     assert not wrong, f"documented options that the CLI does not have: {wrong}"
+
+
+@pytest.mark.parametrize("command", sorted(CLIS))
+def test_every_cli_takes_threads(command: str) -> None:
+    assert "--threads" in _options(_parser(command))

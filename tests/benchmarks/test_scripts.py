@@ -57,5 +57,17 @@ def test_help_runs_as_documented(script: str) -> None:
     done = subprocess.run([sys.executable, f"benchmarks/{script}", "--help"], cwd=ROOT,
                           env=_environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith(f"usage: {script}") or done.stdout.startswith("usage: ")
-    assert "--help" in done.stdout
+    assert done.stdout.startswith("usage: ") and "--help" in done.stdout
+    offered = set(re.findall(r"--[a-z][a-z0-9-]*", done.stdout))
+    assert _documented_options(script) <= offered  # the docs use no option it lacks
+
+
+def _documented_options(script: str) -> set[str]:
+    """Options passed to ``script`` by the commands in README.md and docs/benchmarks.md."""
+    text = "\n".join((ROOT / page).read_text() for page in ("README.md", "docs/benchmarks.md"))
+    text = re.sub(r"\\\n\s*", " ", text)  # join continued lines
+    options = set()
+    for line in text.splitlines():
+        for rest in re.findall(rf"python benchmarks/{re.escape(script)}([^`#\n]*)", line):
+            options |= set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest))
+    return options

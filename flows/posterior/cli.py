@@ -18,14 +18,13 @@ one estimate is unreliable by its own diagnostics (its JSON entry says ``"reliab
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
+from core.cli import ArgumentParser, add_threads_option, json_line, run_cli
 from flows.posterior.readers import FORMATS as READERS
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_UNRELIABLE", "build_parser", "main"]
@@ -38,12 +37,6 @@ FLOWS = ("spline", "transformer")  # flows.posterior.kinds.FLOWS, named here to 
 
 class UsageError(ValueError):
     """Bad input: reported as one ``error:`` line with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _number(kind: type, low: float | None = None, high: float | None = None,
@@ -74,13 +67,12 @@ def _temperature(text: str) -> float | str:
     return _number(float, 0.0, 1.0, low_open=True)(text)
 
 
-def build_parser(prog: str = "python -m flows.posterior") -> argparse.ArgumentParser:
-    parser = _Parser(
+def build_parser(prog: str = "python -m flows.posterior") -> ArgumentParser:
+    parser = ArgumentParser(
         prog=prog,
         description="ln Z (learned harmonic mean with a normalising flow) and Bayes factors "
         "from posterior chains. Exit status: 0 ok, 2 bad input, 3 an estimate is unreliable "
         "(see --allow-unreliable), 1 a bug.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("files", nargs="+", help="chain files or folders (see --format)")
     parser.add_argument("--format", default="auto", choices=FORMATS,
@@ -97,9 +89,8 @@ def build_parser(prog: str = "python -m flows.posterior") -> argparse.ArgumentPa
                         help="maximum flow training epochs (0: the Gaussian fit)")
     parser.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=0,
                         help="seeds the chain split, the flow fit and importance draws")
-    parser.add_argument("--threads", type=_number(int, 1, 1024), default=1,
-                        help="torch CPU threads (1 is fastest for these small flows on a "
-                        "busy machine; see docs/posterior.md)")
+    add_threads_option(parser, default=1, help="torch CPU threads (1 is fastest for these "
+                       "small flows on a busy machine; see docs/posterior.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (one line)")
     parser.add_argument("--out", default=None, help="also write the JSON report to this file")
     parser.add_argument("--plot", default=None, help="corner plot PNG (one per file)")
@@ -225,23 +216,14 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m flows.posterior") -> int:
-    """Parse, compute, print; the exit status (see the module docstring)."""
+def _run(argv: list[str] | None, prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        report = run(args)
-        text = json.dumps(report)
-        if args.out:
-            from flows.posterior.files import write_text_atomically
+    report = run(args)
+    text = json_line(report)
+    if args.out:
+        from flows.posterior.files import write_text_atomically
 
-            write_text_atomically(args.out, text + "\n")
-    except (ValueError, OSError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception:  # noqa: BLE001 - a bug: keep its traceback, distinct status
-        traceback.print_exc()
-        return 1
+        write_text_atomically(args.out, text + "\n")
     print(text if args.json else format_table(report))
     if all(r["reliable"] for r in report["results"]) or args.allow_unreliable:
         return 0
@@ -249,3 +231,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.posterior")
     print(f"error: unreliable estimate for {', '.join(unreliable)} (see the warnings); "
           "--allow-unreliable accepts it", file=sys.stderr)
     return EXIT_UNRELIABLE
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m flows.posterior") -> int:
+    """Parse, compute, print; the exit status (see the module docstring)."""
+    return run_cli(lambda args: _run(args, prog), argv)

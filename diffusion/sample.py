@@ -14,25 +14,22 @@ Bad input prints one line starting with "error: " and exits with code 2.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from .sampling import sample_aligned, sample_normals
+from core.cli import ArgumentParser, finite_float, positive_int, print_json, run_cli
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffusion.sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _sample(argv: list[str] | None) -> None:
+    parser = ArgumentParser(prog="python -m diffusion.sample", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="run dir or checkpoint-<step> dir")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="normal_adapted: e.g. 'front view, full body'")
     what.add_argument("--normal-map", help="normal_aligned: PNG of a normal map (or a grid)")
     parser.add_argument("--out", required=True, help="output PNG")
-    parser.add_argument("--num", type=int, default=8)
+    parser.add_argument("--num", type=positive_int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--steps", type=positive_int, default=25)
+    parser.add_argument("--guidance", type=finite_float, default=2.0)
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpm"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-ema", action="store_true", help="use the raw (non-EMA) weights")
@@ -40,16 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(num=args.num, seed=args.seed, out=args.out, steps=args.steps,
                   guidance=args.guidance, device=args.device, sampler=args.sampler,
                   use_ema=not args.no_ema)
-    try:
-        if args.prompt is not None:
-            summary = sample_normals(args.checkpoint, args.prompt, **common)
-        else:
-            summary = sample_aligned(args.checkpoint, args.normal_map, **common)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    from .sampling import sample_aligned, sample_normals
+
+    if args.prompt is not None:
+        summary = sample_normals(args.checkpoint, args.prompt, **common)
+    else:
+        summary = sample_aligned(args.checkpoint, args.normal_map, **common)
+    print_json(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_sample, argv)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ def files(tmp_path_factory) -> Path:
     """Shared inputs: a tiny flow checkpoint, a trained smoke run, chain files."""
     root = tmp_path_factory.mktemp("inputs")
     write_tiny_flow(root / "flow")
-    result = run([*TRAIN, f"trainer.output_dir={root / 'smoke'}", "trainer.max_steps=4",
-                  "trainer.checkpoint_every=2", "trainer.keep_last=5"])
-    assert result.returncode == 0, result.stderr
+    status = _in_process([*TRAIN, f"trainer.output_dir={root / 'smoke'}",
+                             "trainer.max_steps=4", "trainer.checkpoint_every=2",
+                             "trainer.keep_last=5"])
+    assert status == 0
     rng = np.random.default_rng(0)
     np.savez(root / "chain.npz", samples=rng.normal(size=(400, 2)),
              ln_posterior=-0.5 * rng.normal(size=400) ** 2)
@@ -235,19 +236,66 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_error_line_and_exit_2(case: str, files: Path, tmp_path: Path) -> None:
-    build, expected = CASES[case]
-    work = tmp_path / "work"
-    work.mkdir()
-    argv = build(files, work)
-    before = _snapshot(work)
-    result = run(argv, cwd=work)
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+def _main(argv: list[str]) -> tuple[Callable[[list[str]], int], list[str]]:
+    """The entry point a command line runs, and the arguments it gets."""
+    import importlib
+
+    module = argv[1] if argv[0] == "-m" else Path(argv[0]).stem
+    rest = argv[2:] if argv[0] == "-m" else argv[1:]
+    module = {"flows.posterior": "flows.posterior.cli", "flows.video": "flows.video.__main__",
+              "flows.pta": "flows.pta.__main__"}.get(module, module)
+    return importlib.import_module(module).main, rest
+
+
+def _in_process(argv: list[str]) -> int:
+    """The exit status of the CLI run through its ``main`` in this process."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # several trainer runs in one process
+    main, rest = _main(argv)
+    try:
+        return main(rest)
+    except SystemExit as stop:  # an argparse usage error of a parser that exits itself
+        return stop.code
+
+
+def _check(case: str, status: int, err: str, before: dict, work: Path) -> None:
+    expected = CASES[case][1]
+    assert status == 2, (status, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
     assert expected in lines[0], lines[0]
     assert _snapshot(work) == before  # nothing written, moved or deleted
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_error_line_and_exit_2(
+    case: str, files: Path, tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = CASES[case][0](files, work)
+    before = _snapshot(work)
+    monkeypatch.chdir(work)
+    capfd.readouterr()
+    status = _in_process(argv)
+    _check(case, status, capfd.readouterr().err, before, work)
+
+
+# one case per command line, run as a user runs it: the module's entry point and exit status
+AS_SUBPROCESS = ["train max_grad_norm=-1", "resume truncated optimizer", "sample --guidance nan",
+                 "sample weights of another width", "video --frames 0", "diffusion --steps 0",
+                 "evidence --epochs -1", "evidence truncated npz", "pta --out file"]
+
+
+@pytest.mark.parametrize("case", AS_SUBPROCESS)
+def test_as_a_subprocess(case: str, files: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = CASES[case][0](files, work)
+    before = _snapshot(work)
+    result = run(argv, cwd=work)
+    _check(case, result.returncode, result.stderr, before, work)
 
 
 def _snapshot(folder: Path) -> dict[Path, int]:

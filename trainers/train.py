@@ -516,10 +516,11 @@ def _train(config: TrainConfig) -> TrainResult:
         mixed_precision=tc.mixed_precision,
     )
     stop_with_launcher()
-    _say(accelerator, f"resolved config:\n{config.to_yaml()}")
     lock = RunLock(tc.output_dir)
     try:
         resume_from, run_id = _claim_run_folder(config, accelerator, lock)
+        # printed once the folder is ours: a refused run says only why, in one line
+        _say(accelerator, f"resolved config:\n{config.to_yaml()}")
         run = _set_up(config, accelerator, resume_from, run_id)
         try:
             _loop(run)

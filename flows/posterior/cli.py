@@ -92,7 +92,10 @@ def build_parser(prog: str = "python -m flows.posterior") -> ArgumentParser:
     add_threads_option(parser, default=1, help="torch CPU threads (1 is fastest for these "
                        "small flows on a busy machine; see docs/posterior.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (one line)")
-    parser.add_argument("--out", default=None, help="also write the JSON report to this file")
+    parser.add_argument("--out", default=None, help="also write the JSON report to this file "
+                        "(rewritten after every file: \"complete\": false until all are done)")
+    parser.add_argument("--resume", action="store_true", help="reuse the files an interrupted "
+                        "run finished in --out (those computed with the same settings)")
     parser.add_argument("--plot", default=None, help="corner plot PNG (one per file)")
     parser.add_argument("--allow-unreliable", action="store_true",
                         help="exit 0 even when an estimate is unreliable")
@@ -132,10 +135,55 @@ def _check_output(option: str, value: str | None, suffix: str | None = None) -> 
         raise UsageError(f"{option} {value!r} must end in {suffix}")
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a file's result depends on besides the file: a resumed row must match them."""
+    return {key: getattr(args, key) for key in
+            ("format", "column", "burn_in", "temperature", "flow", "epochs", "seed")}
+
+
+def _finished_rows(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """file -> row of the earlier report in ``--out`` computed with ``settings`` (--resume)."""
+    if not args.out:
+        raise UsageError("--resume needs --out (the report of the run to continue)")
+    path = Path(args.out)
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+        rows = report["results"] if report.get("settings") == settings else []
+        return {row["file"]: row for row in rows}
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise UsageError(f"--resume: {args.out!r} is not a report of this CLI ({error})") \
+            from None
+
+
+def _report(settings: dict[str, Any], rows: list[dict[str, Any]], complete: bool) -> dict:
+    factors = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            ln_za, ln_zb = (math.nan if r["ln_z"] is None else r["ln_z"] for r in (a, b))
+            err_a, err_b = (math.inf if r["ln_z_err"] is None else r["ln_z_err"] for r in (a, b))
+            ln_b, err = ln_za - ln_zb, math.hypot(err_a, err_b)
+            factors.append({
+                "a": a["file"], "b": b["file"],
+                "ln_b": ln_b if math.isfinite(ln_b) else None,
+                "ln_b_err": err if math.isfinite(err) else None,
+                "reliable": a["reliable"] and b["reliable"],
+            })
+    return {"complete": complete, "settings": settings, "results": rows,
+            "bayes_factors": factors if complete else []}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Read every file, compute, and return the report (no printing)."""
+    """Read every file, compute, and return the report (no printing).
+
+    With ``--out`` the report is rewritten (atomically) after every file, marked
+    ``"complete": false`` until the last one is done; ``--resume`` reuses its finished rows.
+    """
     _check_output("--out", args.out)
     _check_output("--plot", args.plot, ".png")
+    settings = _settings(args)
+    finished = _finished_rows(args, settings) if args.resume else {}
     from flows.posterior.readers import load_chains
 
     column = _column(args.column)
@@ -143,11 +191,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from flows.posterior.evidence import bayes_factor, evidence
+    from flows.posterior.evidence import evidence
+    from flows.posterior.files import write_text_atomically
 
     torch.set_num_threads(args.threads)
-    results = []
+    rows = []
     for index, (file, chain) in enumerate(zip(args.files, chains), 1):
+        if file in finished:
+            rows.append(finished[file])
+            continue
         result = evidence(
             chain.samples,
             chain.ln_posterior,
@@ -158,26 +210,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress=not args.json and sys.stderr.isatty(),
             fit_options={"epochs": args.epochs},
         )
-        results.append(result)
+        rows.append({"file": file, "format": chain.format, "names": chain.names,
+                     **result.as_dict()})
         if args.plot:
             from flows.posterior.plot import corner_plot
 
             flow_samples = result.flow.sample(min(20000, chain.samples[..., 0].size)).numpy()
             corner_plot(chain.samples, _plot_path(args.plot, index, len(args.files), file),
                         chain.names, other=flow_samples, weights=chain.weights)
-    rows = [
-        {"file": file, "format": chain.format, "names": chain.names, **result.as_dict()}
-        for file, chain, result in zip(args.files, chains, results)
-    ]
-    factors = []
-    for i in range(len(results)):
-        for j in range(i + 1, len(results)):
-            ln_b, err = bayes_factor(results[i], results[j])
-            factors.append({
-                "a": args.files[i], "b": args.files[j], "ln_b": ln_b, "ln_b_err": err,
-                "reliable": results[i].reliable and results[j].reliable,
-            })
-    return {"results": rows, "bayes_factors": factors}
+        if args.out and index < len(args.files):  # a kill now keeps what is done
+            write_text_atomically(args.out, json.dumps(_report(settings, rows, False)) + "\n")
+    return _report(settings, rows, True)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -204,10 +247,12 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"{'a':<{width}}  {'b':<{width}}  {'ln B':>10}  {'+-':>9}  {'B':>11}  notes")
         for f in report["bayes_factors"]:
-            b = math.exp(f["ln_b"]) if abs(f["ln_b"]) < 700 else math.inf * (f["ln_b"] > 0)
+            ln_b = math.nan if f["ln_b"] is None else f["ln_b"]
+            err = math.inf if f["ln_b_err"] is None else f["ln_b_err"]
+            b = math.exp(ln_b) if abs(ln_b) < 700 else math.inf * (ln_b > 0)
             lines.append(
-                f"{f['a']:<{width}}  {f['b']:<{width}}  {f['ln_b']:>10.4f}  "
-                f"{f['ln_b_err']:>9.4f}  {b:>11.4g}  {'' if f['reliable'] else 'UNRELIABLE'}"
+                f"{f['a']:<{width}}  {f['b']:<{width}}  {ln_b:>10.4f}  "
+                f"{err:>9.4f}  {b:>11.4g}  {'' if f['reliable'] else 'UNRELIABLE'}"
                 .rstrip()
             )
     if notes:

@@ -18,6 +18,7 @@ one estimate is unreliable by its own diagnostics (its JSON entry says ``"reliab
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys

@@ -22,11 +22,11 @@ __all__ = ["sample_grid"]
 
 
 def sample_grid(accelerator: Any, model: nn.Module, num: int, seed: int, path: Path) -> None:
-    """``model.sample_for_logging(num, generator)`` -> PNG at ``path`` (main process writes)."""
-    from accelerate.utils import DistributedType
+    """``model.sample_for_logging(num, generator)`` -> PNG at ``path``, on the main process.
 
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    if not (accelerator.is_main_process or sharded):
+    ``model`` holds whole weights (the trainer gathers a sharded model's first).
+    """
+    if not accelerator.is_main_process:
         return
     device = accelerator.device
     devices = [device] if device.type == "cuda" else []
@@ -36,5 +36,4 @@ def sample_grid(accelerator: Any, model: nn.Module, num: int, seed: int, path: P
         model.eval()
         images = model.sample_for_logging(num, generator)
         model.train(was_training)
-    if accelerator.is_main_process:
-        save_image_grid(images, path)
+    save_image_grid(images, path)

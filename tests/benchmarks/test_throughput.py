@@ -82,3 +82,18 @@ def test_quick_two_rank_run_measures_every_variant(tmp_path):
         assert row["step_s"] > 0 and row["peak_memory"] > 0 and row["mfu"] is None
         # 2 ranks x 4 videos x 4 frames x 16 tokens per frame
         assert row["tokens_per_s"] == pytest.approx(2 * 4 * 4 * 16 / row["step_s"])
+
+
+def test_realistic_config_is_a_deep_shallow_video_flow_of_the_promised_size():
+    from core.registry import get_model
+    from norms.transformer import TransformerBlock
+    from trainers.config import load_config
+
+    config = load_config(_PATH.parents[1] / "configs" / "video_realistic.yaml", check_model=True)
+    model = get_model(config.model.name)(**config.model.kwargs)
+    assert model.config.frames == 16 and model.tokens_per_frame == 256
+    deep = [m for m in model.global_block.modules() if isinstance(m, TransformerBlock)]
+    shallow = [[m for m in b.modules() if isinstance(m, TransformerBlock)] for b in model.local]
+    assert len(deep) >= 12 and config.model.kwargs["width"] >= 384
+    assert shallow and all(0 < len(blocks) < len(deep) for blocks in shallow)
+    assert 25e6 < sum(p.numel() for p in model.parameters()) < 32e6  # "about 28 M" (header)

@@ -10,8 +10,8 @@ Layout (written by ``write_checkpoint``)::
         training_state.safetensors  optimizer moments, NaP targets, the model's auxiliary tensors
         training_state.json       the rest of that state: optimizer param groups and step counts,
                                   scheduler, EMA update count, auxiliary scalars, grad scaler
-                                  (under FSDP: training_state-rank<r>.* per rank, each rank's
-                                  shards; resuming those is not supported yet)
+                                  (under FSDP2: training_state-rank<r>.* written by each rank,
+                                  holding its shards; model/ and ema/ hold gathered weights)
         rng-rank<r>.json          python / numpy / torch / cuda generator states of rank r
         trainer_state.json        step, epoch, batches consumed in the epoch, non-finite counters,
                                   run id, world size (written last: its presence marks completion)
@@ -45,7 +45,14 @@ from core.checkpoint import (
     resolve_checkpoint,
 )
 from trainers.config import TrainConfig, _yaml_load, config_from_dict
-from trainers.state_io import CheckpointError, load_state, read_json, read_tensors, save_state
+from trainers.state_io import (
+    CheckpointError,
+    load_state,
+    read_json,
+    read_tensors,
+    save_state,
+    state_file_names,
+)
 
 __all__ = [  # the finding and loading functions live in core.checkpoint (shared with sample.py)
     "CHECKPOINT_PATTERN",
@@ -113,6 +120,7 @@ class Trainables:
     scheduler: Any
     ema: Any = None       # trainers.ema.EMA
     projector: Any = None  # NaP targets (anything with state_dict/load_state_dict)
+    sharded: bool = False  # FSDP2 (trainers.sharding): weights, grads and moments are DTensors
 
     def auxiliary(self) -> Any:
         """The model's optional ``auxiliary_state()`` (trainers.protocol), or None."""
@@ -139,6 +147,10 @@ class Trainables:
         if state["optimizer_class"] != self._optimizer_class():
             raise ValueError(f"it holds {state['optimizer_class']} optimizer state; this run "
                              f"builds {self._optimizer_class()} (optimizer.name)")
+        if self.sharded:
+            from trainers.sharding import restore_optimizer_shards
+
+            restore_optimizer_shards(self.optimizer, state["optimizer"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
@@ -183,23 +195,15 @@ def load_checkpoint_model(path: str | Path, use_ema: bool = True) -> tuple[Any, 
 # --------------------------------------------------------------------------- writing
 
 
-def _sharded(accelerator: Any) -> bool:
-    from accelerate.utils import DistributedType
+def _save_model_folder(parts: Trainables, module: Any, path: Path) -> None:
+    """save_pretrained of ``module`` (the model or the EMA copy; gathered when sharded)."""
+    accelerator = parts.accelerator
+    if parts.sharded:
+        from trainers.sharding import gathered_copy
 
-    return accelerator.distributed_type == DistributedType.FSDP
-
-
-def _save_model_folder(parts: Trainables, path: Path) -> None:
-    """save_pretrained of the trained weights (gathered first when they are sharded)."""
-    accelerator, model = parts.accelerator, parts.model
-    if _sharded(accelerator):
-        state = accelerator.get_state_dict(parts.wrapper)
-        if accelerator.is_main_process:
-            full = type(model).from_config(model.config)
-            full.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-            full.save_pretrained(str(path))
-    elif accelerator.is_main_process:
-        model.save_pretrained(str(path))
+        module = gathered_copy(module, accelerator.is_main_process)  # every rank takes part
+    if accelerator.is_main_process:
+        module.save_pretrained(str(path))
 
 
 def write_checkpoint_files(
@@ -214,14 +218,14 @@ def write_checkpoint_files(
         folder.mkdir(parents=True)
     accelerator.wait_for_everyone()
     (folder / f"rng-rank{rank}.json").write_text(json.dumps(capture_rng_state()))
-    _save_model_folder(parts, folder / "model")
-    if _sharded(accelerator):  # every rank holds its own shard of the optimizer state
+    _save_model_folder(parts, parts.model, folder / "model")
+    if parts.ema is not None:
+        _save_model_folder(parts, parts.ema.model, folder / "ema")
+    if parts.sharded:  # every rank holds its own shard of the optimizer state
         save_state(folder, TRAINING_STATE, parts.training_state(), rank=rank)
+    elif accelerator.is_main_process:
+        save_state(folder, TRAINING_STATE, parts.training_state())
     if accelerator.is_main_process:
-        if parts.ema is not None:
-            parts.ema.model.save_pretrained(str(folder / "ema"))
-        if not _sharded(accelerator):
-            save_state(folder, TRAINING_STATE, parts.training_state())
         (folder / "config.yaml").write_text(config.to_yaml())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -268,33 +272,49 @@ def read_weights(folder: Path) -> dict[str, Any]:
     return tensors
 
 
-def _load_weights(module: Any, folder: Path) -> None:
+def _load_weights(module: Any, folder: Path, sharded: bool = False) -> None:
+    weights = read_weights(folder)
     try:
-        module.load_state_dict(read_weights(folder))
-    except RuntimeError as error:
+        if sharded:
+            from trainers.sharding import load_whole_state_dict
+
+            load_whole_state_dict(module, weights)
+        else:
+            module.load_state_dict(weights)
+    except (RuntimeError, CheckpointError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]  # torch's first line is a heading
         raise CheckpointError(f"the weights in {str(folder)!r} do not fit this model (another "
                               f"architecture or config?): {detail[:200]}") from None
 
 
-def check_resumable(folder: Path, world_size: int) -> TrainerState:
+def check_resumable(folder: Path, world_size: int, sharded: bool = False) -> TrainerState:
     """The trainer state of a checkpoint to resume, once its files are known to be there.
 
     Run by the main process before any rank loads, so a missing file stops every rank with the
-    same line (``CheckpointError``); the contents are checked while loading.
+    same line (``CheckpointError``); the contents are checked while loading. ``sharded``: this
+    run is FSDP2, whose checkpoints keep one training-state file per rank.
     """
     if (folder / "accelerator").is_dir() and not (folder / f"{TRAINING_STATE}.json").exists():
         raise CheckpointError(
             f"checkpoint {str(folder)!r} keeps its training state in Accelerate pickles "
             "(accelerator/), which are never read because a pickle can run code; start a new run "
             "(its model/ folder can still be sampled)")
-    if (folder / f"{TRAINING_STATE}-rank0.json").exists():
-        raise CheckpointError(
-            f"checkpoint {str(folder)!r} holds sharded (FSDP) training state, which cannot be "
-            "resumed yet (issue 13); its model/ folder holds the gathered weights")
     state = TrainerState.read(folder / STATE_FILE)
-    needed = [f"{TRAINING_STATE}.json", f"{TRAINING_STATE}.safetensors", "model"]
+    written_sharded = (folder / f"{TRAINING_STATE}-rank0.json").exists()
+    if written_sharded != sharded or (sharded and state.world_size != world_size):
+        written = (f"FSDP2 on {state.world_size} ranks" if written_sharded
+                   else f"{state.world_size} unsharded process(es)")
+        now = f"FSDP2 on {world_size} ranks" if sharded else f"{world_size} unsharded process(es)"
+        raise CheckpointError(
+            f"checkpoint {str(folder)!r} was written by {written}, this run is {now}: resume it "
+            "the way it was written (its model/ folder holds whole weights for sampling or a "
+            "new run)")
+    if sharded:
+        needed = [name for rank in range(world_size)
+                  for name in state_file_names(TRAINING_STATE, rank)] + ["model"]
+    else:
+        needed = list(state_file_names(TRAINING_STATE)) + ["model"]
     if state.world_size == world_size:
         needed += [f"rng-rank{rank}.json" for rank in range(world_size)]
     missing = [name for name in needed if not (folder / name).exists()]
@@ -313,11 +333,12 @@ def restore_checkpoint(folder: Path, parts: Trainables) -> TrainerState:
     from trainers.rng import restore_rng_state
 
     accelerator = parts.accelerator
-    state = check_resumable(folder, accelerator.num_processes)
-    _load_weights(parts.model, folder / "model")
+    state = check_resumable(folder, accelerator.num_processes, parts.sharded)
+    _load_weights(parts.model, folder / "model", parts.sharded)
     if parts.ema is not None:
-        _load_weights(parts.ema.model, folder / "ema")
-    training = load_state(folder, TRAINING_STATE)
+        _load_weights(parts.ema.model, folder / "ema", parts.sharded)
+    rank = accelerator.process_index if parts.sharded else None
+    training = load_state(folder, TRAINING_STATE, rank=rank)
     try:
         parts.load_training_state(training)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:

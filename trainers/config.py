@@ -107,6 +107,9 @@ class TrainerConfig:
     the gradient norm is then not logged); ``.inf`` logs the norm without clipping.
     ``threads``: torch intra-op threads of each process (null: torch's default, one per core).
     ``overwrite``: start a new run in a folder that holds an earlier one, deleting its outputs.
+    ``activation_checkpointing``: recompute each transformer block's activations in the backward
+    pass (diffusers UNets: their gradient checkpointing); ``compile``: ``torch.compile`` the loss
+    (``trainers.speedups``). Sharding (FSDP2) is chosen by the launch (``trainers.sharding``).
     """
 
     output_dir: str = "runs/default"
@@ -115,6 +118,8 @@ class TrainerConfig:
     gradient_accumulation_steps: int = _bounded(1, 1)
     max_grad_norm: float | None = _bounded(1.0, 0, inf_ok=True, note="0 or null: no clipping")
     mixed_precision: str = "no"
+    activation_checkpointing: bool = False
+    compile: bool = False
     warmup_steps: int = _bounded(0, 0)
     lr_schedule: str = "cosine"
     min_lr_ratio: float = _bounded(0.0, 0, 1)

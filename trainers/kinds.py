@@ -1,7 +1,9 @@
-"""The trainer's own model kind, declared for :mod:`core.registry`: ``smoke_mlp`` on ``smoke``.
+"""The trainer's own model kinds, declared for :mod:`core.registry`: ``smoke_mlp`` and
+``smoke_transformer``, both on ``smoke``.
 
-A tiny denoising regressor (see :mod:`trainers.smoke`) that trains in seconds: the trainer's
-smoke test and first example. It has no sampler and ships no weights.
+Tiny denoising regressors (see :mod:`trainers.smoke`) that train in seconds: the trainer's smoke
+tests and first example (the transformer one carries the blocks FSDP2 and activation
+checkpointing act on). They have no sampler and ship no weights.
 """
 
 from core.registry import ModelKind
@@ -10,6 +12,11 @@ KINDS = (
     ModelKind(
         name="smoke_mlp",
         model="trainers.smoke:SmokeMLP",
+        datasets={"smoke": "trainers.smoke:SmokeDataset"},
+    ),
+    ModelKind(
+        name="smoke_transformer",
+        model="trainers.smoke:SmokeTransformer",
         datasets={"smoke": "trainers.smoke:SmokeDataset"},
     ),
 )

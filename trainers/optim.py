@@ -26,6 +26,15 @@ parameters, as in the paper). Every update runs in the parameter's own floating 
 or float64; half-precision parameters are promoted to float32 inside Newton-Schulz and SVD), on
 CPU or CUDA. In data-parallel runs gradients are all-reduced before ``step`` so every rank
 computes the same update.
+
+Under FSDP2 (parameters, gradients and moments are DTensors sharded on dim 0) the elementwise
+rules (AdamW and the moments of every optimizer) work on each rank's shard. What needs a whole
+matrix gathers it (``full_tensor``, an all-gather per matrix and step) and every rank computes
+the same whole update, of which it applies its own shard: Muon and NorMuon orthogonalise the
+gathered momentum direction (NorMuon's per-row second moment is kept whole, one number per row),
+Conda gathers the gradient and keeps its state whole (the SVD basis needs the whole first
+moment), AdamP/SGDP gather weight, gradient and step for their projection test. The result is
+the data-parallel update up to float summation order.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim import Optimizer
+
+from trainers.sharding import local_part, whole
 
 __all__ = [
     "MATRIX_OPTIMIZERS",
@@ -102,11 +113,14 @@ def _evaluate_closure(closure: Callable[[], torch.Tensor] | None) -> torch.Tenso
 def _check_dense(p: torch.Tensor, name: str) -> None:
     if p.grad is not None and p.grad.is_sparse:
         raise ValueError(f"{name} does not support sparse gradients")
-    if type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
-        raise ValueError(
-            f"{name} needs whole weight matrices; with FSDP (sharded DTensor parameters) "
-            "use optimizer.name=adamw"
-        )
+
+
+def _descend(p: torch.Tensor, update: torch.Tensor, step_size: float,
+             group: dict[str, Any]) -> None:
+    """``W <- W (1 - lr wd) - step_size update``; a whole ``update`` is cut to ``p``'s shard."""
+    if group["weight_decay"]:
+        p.mul_(1.0 - group["lr"] * group["weight_decay"])
+    p.add_(local_part(p, update.reshape(p.shape)), alpha=-step_size)
 
 
 # --------------------------------------------------------------------------- hybrid base
@@ -210,13 +224,11 @@ class Muon(_HybridOptimizer):
     def _orthogonal_update(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
         state = self.state[p]
         direction = _momentum_direction(p, state, group["momentum"], group["nesterov"])
-        return newton_schulz(_as_matrix(direction), steps=group["ns_steps"])
+        return newton_schulz(_as_matrix(whole(direction)), steps=group["ns_steps"])
 
     def _matrix_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         update = self._orthogonal_update(p, group)
-        if group["weight_decay"]:
-            p.mul_(1.0 - group["lr"] * group["weight_decay"])
-        p.add_(update.reshape(p.shape), alpha=-group["lr"] * _shape_scale(p))
+        _descend(p, update, group["lr"] * _shape_scale(p), group)
 
 
 class NorMuon(Muon):
@@ -256,9 +268,7 @@ class NorMuon(Muon):
         v.lerp_(ortho.square().mean(dim=1, keepdim=True), 1.0 - group["beta2"])
         normalized = ortho / (v.sqrt() + group["eps"])
         normalized.mul_(ortho.norm() / (normalized.norm() + group["eps"]))
-        if group["weight_decay"]:
-            p.mul_(1.0 - group["lr"] * group["weight_decay"])
-        p.add_(normalized.reshape(p.shape), alpha=-group["lr"] * _shape_scale(p))
+        _descend(p, normalized, group["lr"] * _shape_scale(p), group)
 
 
 class Conda(_HybridOptimizer):
@@ -290,7 +300,7 @@ class Conda(_HybridOptimizer):
         super().__init__(params, defaults)
 
     def _matrix_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        grad = _as_matrix(p.grad)
+        grad = _as_matrix(whole(p.grad))
         state = self.state[p]
         if not state:
             state["step"] = 0
@@ -319,9 +329,7 @@ class Conda(_HybridOptimizer):
         state["exp_avg_sq"].mul_(beta2).addcmul_(g_proj, g_proj, value=1.0 - beta2)
         direction = project_back(project(exp_avg) / (state["exp_avg_sq"].sqrt() + group["eps"]))
         step_size = group["lr"] * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-        if group["weight_decay"]:
-            p.mul_(1.0 - group["lr"] * group["weight_decay"])
-        p.add_(direction.reshape(p.shape), alpha=-step_size)
+        _descend(p, direction, step_size, group)
 
 
 # --------------------------------------------------------------------------- AdamP / SGDP
@@ -349,10 +357,15 @@ def _radial_projection(
 def _projected_update(
     p: torch.Tensor, grad: torch.Tensor, update: torch.Tensor, group: dict[str, Any]
 ) -> tuple[torch.Tensor, bool]:
-    """AdamP/SGDP: ``update`` projected as ``_radial_projection`` does, for ``ndim >= 2`` only."""
+    """AdamP/SGDP: ``update`` projected as ``_radial_projection`` does, for ``ndim >= 2`` only.
+
+    Sharded tensors are gathered for the test and the projection, which is then cut back.
+    """
     if p.ndim < 2:
         return update, False
-    return _radial_projection(p, grad, update, group["delta"], group["eps"])
+    projected, done = _radial_projection(whole(p), whole(grad), whole(update), group["delta"],
+                                         group["eps"])
+    return (local_part(p, projected) if done else update), done
 
 
 class AdamP(Optimizer):

@@ -26,11 +26,11 @@ MIN_TILE_SIDE = 16
 
 
 def sample_grid(accelerator: Any, model: nn.Module, num: int, seed: int, path: Path) -> None:
-    """``model.sample_for_logging(num, generator)`` -> PNG at ``path`` (main process writes)."""
-    from accelerate.utils import DistributedType
+    """``model.sample_for_logging(num, generator)`` -> PNG at ``path``, on the main process.
 
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    if not (accelerator.is_main_process or sharded):
+    ``model`` holds whole weights (the trainer gathers a sharded model's first).
+    """
+    if not accelerator.is_main_process:
         return
     device = accelerator.device
     devices = [device] if device.type == "cuda" else []
@@ -40,6 +40,5 @@ def sample_grid(accelerator: Any, model: nn.Module, num: int, seed: int, path: P
         model.eval()
         images = model.sample_for_logging(num, generator)
         model.train(was_training)
-    if accelerator.is_main_process:
-        side = min(images.shape[-2:])
-        save_image_grid(images, path, scale=max(1, -(-MIN_TILE_SIDE // side)))
+    side = min(images.shape[-2:])
+    save_image_grid(images, path, scale=max(1, -(-MIN_TILE_SIDE // side)))

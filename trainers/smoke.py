@@ -1,11 +1,14 @@
-"""A tiny model and dataset that train in seconds: the trainer's smoke test and first example.
+"""Tiny models and a dataset that train in seconds: the trainer's smoke tests and first example.
 
 ``smoke_mlp`` is a denoising regressor: it reads ``x`` with a little Gaussian noise added
 (so the loss draws random numbers, which exercises the RNG state saved in checkpoints) and
 predicts ``y = sin(x A)`` for a fixed random matrix ``A``. With ``aux_lr > 0`` it also learns an
 output offset with its own SGD (momentum 0.9) outside the trainer's optimizer, the way the video
 flow trains its denoiser: that SGD's momentum is the model's ``auxiliary_state()``, which the
-trainer's checkpoints carry. It follows ``trainers.protocol`` (diffusers ``ModelMixin +
+trainer's checkpoints carry. ``smoke_transformer`` solves the same task with a stack of
+``norms.transformer.TransformerBlock`` s over the input cut into tokens (Vaswani et al., "Attention
+Is All You Need", arXiv:1706.03762): the smallest model the scale-out paths (FSDP2 units,
+activation checkpointing) act on. Both follow ``trainers.protocol`` (diffusers ``ModelMixin +
 ConfigMixin``; von Platen et al., https://github.com/huggingface/diffusers).
 """
 
@@ -17,7 +20,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.utils.data import Dataset
 
-__all__ = ["SmokeDataset", "SmokeMLP"]
+__all__ = ["SmokeDataset", "SmokeMLP", "SmokeTransformer"]
 
 
 def _check(name: str, value: float, ok: bool, allowed: str) -> None:
@@ -102,6 +105,49 @@ class SmokeMLP(ModelMixin, ConfigMixin):
     def auxiliary_state(self) -> torch.optim.Optimizer | None:
         """The offset's SGD (its momentum is training state outside the trainer's optimizer)."""
         return self._offset_sgd
+
+
+class SmokeTransformer(ModelMixin, ConfigMixin):
+    """``dim`` inputs as ``dim / token_dim`` tokens -> embed -> transformer blocks -> head."""
+
+    @register_to_config
+    def __init__(
+        self,
+        dim: int = 8,
+        token_dim: int = 2,
+        width: int = 16,
+        depth: int = 2,
+        num_heads: int = 2,
+        noise_std: float = 0.1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        from norms.transformer import TransformerStack
+
+        if dim % token_dim:
+            raise ValueError(f"token_dim {token_dim} must divide dim {dim}")
+        self.embed = nn.Linear(token_dim, width)
+        self.position_embed = nn.Parameter(0.02 * torch.randn(dim // token_dim, width))
+        self.stack = TransformerStack(width, depth, num_heads, dropout=dropout)
+        self.head = nn.Linear(width, token_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(x.shape[0], -1, self.config.token_dim)
+        h = self.stack(self.embed(tokens) + self.position_embed, causal=False)
+        return self.head(h).reshape(x.shape)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch["x"], batch["y"]
+        noisy = x + self.config.noise_std * torch.randn_like(x)
+        error = (self(noisy) - y).pow(2).mean(dim=-1)
+        return {"loss": error.mean(), "max_error": error.max().detach()}
+
+    @torch.no_grad()
+    def sample_for_logging(self, num: int, generator: torch.Generator) -> torch.Tensor:
+        """Predictions on random inputs as ``(num, 1, 1, dim)`` grey images in [0, 1]."""
+        param = next(self.parameters())
+        x = torch.randn(num, self.config.dim, generator=generator, device=generator.device)
+        return torch.sigmoid(self(x.to(param))).reshape(num, 1, 1, self.config.dim).float()
 
 
 class SmokeDataset(Dataset):

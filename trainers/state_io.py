@@ -14,6 +14,9 @@ https://github.com/huggingface/safetensors), chosen because loading it cannot ru
 
 A sharded (FSDP2) state fits the same scheme: each rank flattens its local shards and writes
 ``<name>-rank<r>`` files (``save_state(..., rank=r)``), the skeleton being identical across ranks.
+A DTensor is stored as its local shard under the marker ``{"shard": "<key>"}`` and comes back as a
+:class:`LocalShard`, which the loader turns into a DTensor again with the placement of the live
+parameter it belongs to (``trainers.sharding``): a shard is never mistaken for a whole tensor.
 
 >>> import torch
 >>> tensors, skeleton = flatten({"state": {0: {"step": 3, "m": torch.ones(2)}}, "b": (0.9, 1.0)})
@@ -28,13 +31,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # torch is imported when a state is flattened: trainers imports stay light
     import torch
 
 __all__ = [
     "CheckpointError",
+    "LocalShard",
     "flatten",
     "load_state",
     "read_json",
@@ -46,11 +50,17 @@ __all__ = [
 
 FORMAT = "normkit-state-1"
 # A JSON object with exactly one of these keys is a marker, not a plain dict.
-_MARKERS = ("tensor", "tuple", "float", "dict")
+_MARKERS = ("tensor", "shard", "tuple", "float", "dict")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged or does not fit the model (one-line message)."""
+
+
+class LocalShard(NamedTuple):
+    """This rank's part of a DTensor, as ``unflatten`` returns it (``tensor`` is a plain tensor)."""
+
+    tensor: torch.Tensor
 
 
 def flatten(state: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
@@ -71,9 +81,10 @@ def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         key = path or "tensor"
         if key in tensors:  # e.g. the keys 0 and "0" side by side
             raise ValueError(f"state entry {key} appears twice")
-        local = value.to_local() if hasattr(value, "to_local") else value  # DTensor shard
+        sharded = hasattr(value, "to_local")  # a DTensor: keep this rank's shard
+        local = value.to_local() if sharded else value
         tensors[key] = local.detach().cpu().contiguous()
-        return {"tensor": key}
+        return {"shard" if sharded else "tensor": key}
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -103,10 +114,10 @@ def unflatten(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
         return skeleton
     if len(skeleton) == 1 and next(iter(skeleton)) in _MARKERS:
         (kind, payload), = skeleton.items()
-        if kind == "tensor":
+        if kind in ("tensor", "shard"):
             if payload not in tensors:
                 raise CheckpointError(f"the state names tensor {payload!r}, which is missing")
-            return tensors[payload]
+            return tensors[payload] if kind == "tensor" else LocalShard(tensors[payload])
         if kind == "tuple" and isinstance(payload, list):
             return tuple(unflatten(tensors, v) for v in payload)
         if kind == "float" and payload in ("inf", "-inf", "nan"):

@@ -11,6 +11,8 @@ Data-parallel on one node (N GPUs), many nodes, FSDP2 (see configs/accelerate/):
         --main_process_ip HOST -m trainers.train --config configs/X.yaml
     accelerate launch --config_file configs/accelerate/fsdp2.yaml -m trainers.train ...
 
+FSDP2 is applied by the trainer itself (``trainers.sharding``: the same code on CPU and GPU
+ranks); ``trainer.activation_checkpointing`` and ``trainer.compile`` by ``trainers.speedups``.
 The loop: gradient accumulation (``accelerator.accumulate``), clipping on the synchronising
 micro-step, bf16/fp16 autocast, warm-up + cosine learning rate, EMA of weights and buffers,
 the NaP projection after each step (``trainer.nap``), atomic pickle-free checkpoints with exact
@@ -136,7 +138,16 @@ def _nap_projector_class() -> Any:
 
 def preflight(config: TrainConfig) -> None:
     """Checks that need more than the config itself; raise before anything is written."""
+    from trainers.sharding import fsdp_request
+
     trainer = config.trainer
+    if fsdp_request() is not None:
+        if trainer.mixed_precision == "fp16":
+            raise ValueError("trainer.mixed_precision=fp16 does not run under FSDP2 (its loss "
+                             "scaler is not shard-aware); use bf16")
+        if trainer.nap:
+            raise ValueError("trainer.nap=true does not run under FSDP2 (the projection needs "
+                             "whole weight norms); set trainer.nap=false")
     if trainer.tensorboard:
         try:
             import tensorboard  # noqa: F401
@@ -166,6 +177,7 @@ class _Run:
 
     config: TrainConfig
     parts: ckpt.Trainables
+    loss_fn: Any  # what a micro-step calls: the wrapper, or its compiled form
     loader: Any
     sampler: EpochSampler
     data_generator: torch.Generator
@@ -175,7 +187,9 @@ class _Run:
     last_checkpoint: Path | None
 
 
-def _claim_run_folder(config: TrainConfig, accelerator: Any, lock: Any) -> tuple[Path | None, str]:
+def _claim_run_folder(
+    config: TrainConfig, accelerator: Any, lock: Any, sharded: bool
+) -> tuple[Path | None, str]:
     """Lock and check the run folder on the main process; ``(resume checkpoint, run id)``.
 
     Every rank gets the main process's decision, or raises its error, so none waits for a peer
@@ -187,7 +201,7 @@ def _claim_run_folder(config: TrainConfig, accelerator: Any, lock: Any) -> tuple
     decision, failure = "", None
     if accelerator.is_main_process:
         try:
-            decision = _decide_on_main(config, accelerator.num_processes, lock)
+            decision = _decide_on_main(config, accelerator.num_processes, lock, sharded)
         except (ValueError, OSError) as error:
             failure, decision = error, f"error:{error}"
     decision = broadcast_text(accelerator, decision)
@@ -199,7 +213,7 @@ def _claim_run_folder(config: TrainConfig, accelerator: Any, lock: Any) -> tuple
     return (Path(resume_text) if resume_text else None), run_id
 
 
-def _decide_on_main(config: TrainConfig, processes: int, lock: Any) -> str:
+def _decide_on_main(config: TrainConfig, processes: int, lock: Any, sharded: bool) -> str:
     """Lock, pick the checkpoint to resume, check the folder: ``"<run id>:<checkpoint>"``."""
     from trainers.run_folder import claim_run_folder
 
@@ -215,7 +229,8 @@ def _decide_on_main(config: TrainConfig, processes: int, lock: Any) -> str:
         print(note, flush=True)
     ckpt.remove_stale_temporaries(output_dir)
     if resume_from is not None:
-        return f"{ckpt.check_resumable(resume_from, processes).run_id}:{resume_from}"
+        state = ckpt.check_resumable(resume_from, processes, sharded)
+        return f"{state.run_id}:{resume_from}"
     if tc.resume == "latest":
         print(f"no checkpoint in {output_dir}: starting from step 0", flush=True)
     return f"{uuid.uuid4().hex[:12]}:"
@@ -231,14 +246,16 @@ def _check_batch_size(config: TrainConfig, dataset_size: int, processes: int) ->
 
 
 def _set_up(
-    config: TrainConfig, accelerator: Any, resume_from: Path | None, run_id: str
+    config: TrainConfig, accelerator: Any, resume_from: Path | None, run_id: str,
+    fsdp: Any = None,
 ) -> _Run:
-    """Model, data, optimizer, schedule, EMA, NaP; restored from ``resume_from`` if given."""
+    """Model, data, optimizer, schedule, EMA, NaP; restored from ``resume_from`` if given.
+
+    ``fsdp`` (a ``trainers.sharding.FsdpRequest``) shards the model instead of DDP.
+    """
     from accelerate.utils import set_seed
 
-    from trainers.ema import EMA
     from trainers.metrics import MetricsLog
-    from trainers.optim import build_optimizer
 
     tc = config.trainer
     # Same initial weights on every rank, then rank-specific randomness (noise, dropout).
@@ -252,15 +269,16 @@ def _set_up(
         dataset, batch_size=config.data.batch_size, sampler=sampler, drop_last=tc.drop_last,
         num_workers=config.data.num_workers, generator=data_generator,
     )
-    optimizer = build_optimizer(model, config.optimizer)
-    # Stepped by hand once per optimizer step (prepared, Accelerate would step it per process).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
-    wrapper, optimizer, loader = accelerator.prepare(LossModule(model), optimizer, loader)
-    model = accelerator.unwrap_model(wrapper).model
-    ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
-    # NaP targets are the initial norms: built before any step, restored on resume.
-    projector = _nap_projector_class()(model) if tc.nap else None
-    parts = ckpt.Trainables(accelerator, wrapper, model, optimizer, scheduler, ema, projector)
+    build = _build_sharded if fsdp is not None else _build_data_parallel
+    parts, loader, scale = build(config, accelerator, model, loader, fsdp)
+    loss_fn = parts.wrapper
+    if tc.compile:
+        from trainers.speedups import compile_loss
+
+        loss_fn, unavailable = compile_loss(parts.wrapper, accelerator.device)
+        if unavailable:
+            _say(accelerator, f"warning: trainer.compile=true but {unavailable}: running eager")
+        scale["compile"] = f"off ({unavailable})" if unavailable else "on (torch.compile, inductor)"
     set_seed(tc.seed, device_specific=True)
 
     state = ckpt.TrainerState(run_id=run_id)
@@ -278,15 +296,80 @@ def _set_up(
         metrics = MetricsLog(output_dir, state.step if resume_from else None, tc.tensorboard)
         for note in metrics.notes:
             print(note, flush=True)
-    _describe_run(config, accelerator, len(dataset), len(loader), state.step)
-    return _Run(config, parts, loader, sampler, data_generator, state, output_dir, metrics,
-                resume_from)
+    _describe_run(config, accelerator, len(dataset), len(loader), state.step, scale)
+    return _Run(config, parts, loss_fn, loader, sampler, data_generator, state, output_dir,
+                metrics, resume_from)
+
+
+def _optimizer_and_schedule(model: nn.Module, config: TrainConfig) -> tuple[Any, Any]:
+    from trainers.optim import build_optimizer
+
+    optimizer = build_optimizer(model, config.optimizer)
+    # Stepped by hand once per optimizer step (prepared, Accelerate would step it per process).
+    tc = config.trainer
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
+    return optimizer, scheduler
+
+
+def _checkpointing(model: nn.Module, config: TrainConfig, forced: bool = False) -> str:
+    """Activation checkpointing when asked (after the EMA copy: that one keeps plain blocks)."""
+    if not (config.trainer.activation_checkpointing or forced):
+        return "off"
+    from trainers.speedups import enable_activation_checkpointing
+
+    return f"on ({enable_activation_checkpointing(model)})"
+
+
+def _build_data_parallel(
+    config: TrainConfig, accelerator: Any, model: nn.Module, loader: Any, fsdp: Any
+) -> tuple[ckpt.Trainables, Any, dict[str, str]]:
+    """One process, or DDP through Accelerate: the model whole on every rank."""
+    from trainers.ema import EMA
+
+    tc = config.trainer
+    optimizer, scheduler = _optimizer_and_schedule(model, config)
+    wrapper, optimizer, loader = accelerator.prepare(LossModule(model), optimizer, loader)
+    model = accelerator.unwrap_model(wrapper).model
+    ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
+    # NaP targets are the initial norms: built before any step, restored on resume.
+    projector = _nap_projector_class()(model) if tc.nap else None
+    processes = accelerator.num_processes
+    scale = {"parallelism": "one process" if processes == 1
+             else f"data parallel (DDP) over {processes} processes",
+             "activation checkpointing": _checkpointing(model, config)}
+    parts = ckpt.Trainables(accelerator, wrapper, model, optimizer, scheduler, ema, projector)
+    return parts, loader, scale
+
+
+def _build_sharded(
+    config: TrainConfig, accelerator: Any, model: nn.Module, loader: Any, fsdp: Any
+) -> tuple[ckpt.Trainables, Any, dict[str, str]]:
+    """FSDP2 (``trainers.sharding``): shard units per transformer block, EMA sharded alike."""
+    from trainers import sharding
+    from trainers.ema import EMA
+
+    tc = config.trainer
+    model.to(accelerator.device)
+    ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
+    checkpointing = _checkpointing(model, config, forced=fsdp.activation_checkpointing)
+    wrapper = LossModule(model)
+    layout = sharding.shard_model(wrapper, model, fsdp, accelerator.device)
+    if ema is not None:
+        sharding.shard_like(ema.model, model)
+    optimizer, scheduler = _optimizer_and_schedule(model, config)
+    # The sharded module is not prepared (Accelerate would wrap it in DDP): only these are.
+    optimizer, loader = accelerator.prepare(optimizer, loader)
+    scale = {"parallelism": layout.describe(), "activation checkpointing": checkpointing}
+    parts = ckpt.Trainables(accelerator, wrapper, model, optimizer, scheduler, ema, None,
+                            sharded=True)
+    return parts, loader, scale
 
 
 def _describe_run(
-    config: TrainConfig, accelerator: Any, items: int, batches: int, start: int
+    config: TrainConfig, accelerator: Any, items: int, batches: int, start: int,
+    scale: dict[str, str],
 ) -> None:
-    """Two lines at start: what will be run, and on what."""
+    """Three lines at start: what will be run, on what, and how it is spread and sped up."""
     tc = config.trainer
     processes = accelerator.num_processes
     steps_per_epoch = math.ceil(batches / tc.gradient_accumulation_steps)
@@ -302,6 +385,11 @@ def _describe_run(
          f"running on {accelerator.device} with {processes} process(es) "
          f"(distributed type {accelerator.distributed_type.value}, precision "
          f"{accelerator.mixed_precision}, {torch.get_num_threads()} torch threads per process)")
+    precision = "fp32" if accelerator.mixed_precision == "no" else \
+        f"{accelerator.mixed_precision} autocast, fp32 weights"
+    _say(accelerator,
+         f"scale: {scale['parallelism']}; precision {precision}; activation checkpointing "
+         f"{scale['activation checkpointing']}; compile {scale.get('compile', 'off')}")
 
 
 # --------------------------------------------------------------------------- one step
@@ -323,7 +411,8 @@ class _Window:
 def _forward_backward(run: _Run, batch: dict[str, torch.Tensor], window: _Window) -> None:
     """One micro-step; a non-finite loss on any rank makes every rank skip the whole step."""
     accelerator, wrapper = run.parts.accelerator, run.parts.wrapper
-    outputs = wrapper(batch)
+    with accelerator.autocast():  # the sharded module is not prepared: autocast here for both
+        outputs = run.loss_fn(batch)
     loss = outputs["loss"]
     window.keys = sorted(k for k, v in outputs.items() if k != "loss" and v.numel() == 1)
     finite = torch.isfinite(loss.detach()).to(torch.float32)
@@ -335,8 +424,12 @@ def _forward_backward(run: _Run, batch: dict[str, torch.Tensor], window: _Window
         accelerator.backward(loss)
     else:
         window.bad = True
-        # Keep DDP's reducer in step with a zero-gradient backward.
-        accelerator.backward(sum((p * 0).sum() for p in wrapper.parameters()))
+        if run.parts.sharded:
+            # Every rank runs FSDP's backward collectives; the step is skipped, grads dropped.
+            accelerator.backward(loss)
+        else:
+            # Keep DDP's reducer in step with a zero-gradient backward.
+            accelerator.backward(sum((p * 0).sum() for p in wrapper.parameters()))
     window.values.append(gathered[:, 1:].mean(dim=0))
 
 
@@ -351,8 +444,10 @@ def _optimizer_step(run: _Run, window: _Window) -> tuple[float, Any]:
     else:
         state.nonfinite_consecutive = 0
         if tc.max_grad_norm:
-            grad_norm = parts.accelerator.clip_grad_norm_(parts.wrapper.parameters(),
-                                                          tc.max_grad_norm)
+            from trainers.sharding import whole
+
+            grad_norm = whole(parts.accelerator.clip_grad_norm_(parts.wrapper.parameters(),
+                                                                tc.max_grad_norm))
         parts.optimizer.step()
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scheduler.step()
@@ -373,6 +468,8 @@ def _train_on_batch(run: _Run, batch: dict[str, torch.Tensor], window: _Window) 
     accelerator = run.parts.accelerator
     run.state.batch_in_epoch += 1
     with accelerator.accumulate(run.parts.wrapper):
+        if run.parts.sharded:  # FSDP2 reduce-scatters only on the synchronising micro-step
+            run.parts.wrapper.set_requires_gradient_sync(accelerator.sync_gradients)
         _forward_backward(run, batch, window)
         if accelerator.sync_gradients:
             return _optimizer_step(run, window)
@@ -444,6 +541,10 @@ def _after_step(run: _Run) -> None:
     can_sample = callable(getattr(parts.model, "sample_for_logging", None))
     if tc.sample_every and can_sample and step % tc.sample_every == 0:
         model = parts.ema.model if parts.ema is not None else parts.model
+        if parts.sharded:  # whole weights on the main process (a collective)
+            from trainers.sharding import gathered_copy
+
+            model = gathered_copy(model, parts.accelerator.is_main_process)
         sample_grid(parts.accelerator, model, tc.num_samples, tc.seed,
                     run.output_dir / "samples" / f"step-{step:07d}.png")
     if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.max_steps:
@@ -509,19 +610,26 @@ def _train(config: TrainConfig) -> TrainResult:
 
     from trainers.ranks import stop_with_launcher
     from trainers.run_folder import RunLock
+    from trainers.sharding import accelerator_without_fsdp, fsdp_request
 
     tc = config.trainer
-    accelerator = Accelerator(
-        gradient_accumulation_steps=tc.gradient_accumulation_steps,
-        mixed_precision=tc.mixed_precision,
-    )
+    fsdp = fsdp_request()
+    with accelerator_without_fsdp():  # the trainer shards by itself (trainers.sharding)
+        accelerator = Accelerator(
+            gradient_accumulation_steps=tc.gradient_accumulation_steps,
+            mixed_precision=tc.mixed_precision,
+        )
     stop_with_launcher()
+    if fsdp is not None and accelerator.num_processes == 1:
+        _say(accelerator, "note: FSDP2 requested for a single process: nothing to shard, "
+                          "running unsharded")
+        fsdp = None
     lock = RunLock(tc.output_dir)
     try:
-        resume_from, run_id = _claim_run_folder(config, accelerator, lock)
+        resume_from, run_id = _claim_run_folder(config, accelerator, lock, fsdp is not None)
         # printed once the folder is ours: a refused run says only why, in one line
         _say(accelerator, f"resolved config:\n{config.to_yaml()}")
-        run = _set_up(config, accelerator, resume_from, run_id)
+        run = _set_up(config, accelerator, resume_from, run_id, fsdp)
         try:
             _loop(run)
             _checkpoint(run)

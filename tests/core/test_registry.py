@@ -16,7 +16,8 @@ from core.registry import ModelKind, ShippedModel
 from tests.core.helpers import sandbox_registry
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILT_IN = {"tarflow", "video_tarflow", "normal_adapted", "normal_aligned", "smoke_mlp"}
+BUILT_IN = {"tarflow", "video_tarflow", "normal_adapted", "normal_aligned", "smoke_mlp",
+            "smoke_transformer"}
 
 
 def test_every_declared_string_resolves() -> None:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.trainers.helpers import ROOT, SMOKE
+from tests.trainers.helpers import ROOT, SMOKE, run_ranks
 from trainers import checkpoint as ckpt
 from trainers import load_checkpoint_model, load_config
 from trainers.ema import EMA
@@ -173,16 +173,7 @@ def _two_rank_worker(output_dir: str) -> None:
 
 
 def test_two_rank_data_parallel_equals_single_process_and_resumes_exactly(tmp_path):
-    # The two ranks are forked from a fresh interpreter: forking this pytest process after
-    # earlier tests ran multi-threaded (OpenMP) kernels can deadlock the children's matmuls.
-    launch = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from tests.trainers import test_train;"
-        "from accelerate import debug_launcher;"
-        "debug_launcher(test_train._two_rank_worker, args=(sys.argv[2],), num_processes=2)"
-    )
-    root = str(ROOT)
-    result = subprocess.run([sys.executable, "-c", launch, root, str(tmp_path / "ddp")],
-                            capture_output=True, text=True, timeout=600)
+    result = run_ranks("tests.trainers.test_train:_two_rank_worker", str(tmp_path / "ddp"))
     assert result.returncode == 0, result.stderr[-3000:]
     rng = [(tmp_path / "ddp" / "checkpoint-6" / f"rng-rank{r}.json").read_text() for r in (0, 1)]
     assert rng[0] != rng[1]  # every rank keeps its own random streams

@@ -69,3 +69,15 @@ def test_an_absent_family_module_gives_a_row_not_a_crash(monkeypatch) -> None:
     monkeypatch.setitem(quality.FAMILIES, "ghost", "benchmarks.quality_ghost")
     (row,) = quality.measure_model("ghost", quick=True)
     assert row["model"] == "ghost" and "quality_ghost.py is absent" in row["measure"]
+
+
+def test_real_digits_and_frames_lie_on_the_lattices_of_the_diagnostics() -> None:
+    from flows.data import digits
+
+    real = digits("test", size=16).images.flatten(1).double().numpy() / 255.0
+    assert np.array_equal(quality_flows.digits_lattice(real, 16), real)
+    noisy = real + np.random.default_rng(0).normal(0, 0.004, real.shape)
+    assert np.array_equal(quality_flows.digits_lattice(noisy, 16), real)
+    frames = np.round(np.arange(17) / 16 * 255) / 255
+    assert np.array_equal(quality_flows.grey_levels(frames), frames)
+    assert np.array_equal(quality_flows.grey_levels(frames + 0.02), frames)

@@ -144,10 +144,30 @@ def _sample(argv: list[str] | None) -> None:
     checkpoint = resolve_source(args.checkpoint or DEFAULT_MODEL)
     config = read_config(checkpoint)
     sampler = registry.get_sampler(config["model"]["name"])
-    # Only what the user gave travels: each sampler fills in its own defaults.
-    skip = {"checkpoint", "list", "threads"}
-    options = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
-    print_json(sampler(checkpoint, config, options))
+    # Only what the user gave travels, over the checkpoint's own sampling defaults (if any);
+    # each sampler fills in the rest.
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in NOT_OPTIONS}
+    print_json(sampler(checkpoint, config, {**sampling_defaults(config), **given}))
+
+
+NOT_OPTIONS = {"checkpoint", "list", "threads", "help"}
+
+
+def sampling_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``sample`` section of a checkpoint's config.yaml: options it was tuned to sample with.
+
+    A shipped model records there what its quality was measured with (e.g. its guidance
+    weight), so ``python sample.py --checkpoint NAME`` gives what benchmarks/quality.py reports.
+    """
+    defaults = config.get("sample") or {}
+    known = {action.dest for action in build_parser()._actions} - NOT_OPTIONS
+    if not isinstance(defaults, dict) or set(defaults) - known:
+        wrong = sorted(set(defaults) - known) if isinstance(defaults, dict) else defaults
+        raise ValueError(
+            f"config.yaml section 'sample' must map sample.py options to values; got {wrong!r}, "
+            f"options are: {', '.join(sorted(known))}"
+        )
+    return defaults
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,15 @@ def _uint8_pixels(images: torch.Tensor) -> np.ndarray:
     return (levels / 255.0).flatten(1).double().numpy()
 
 
+def _sampling(
+    config: dict[str, Any], overrides: dict[str, Any] | None, names: tuple[str, ...]
+) -> dict[str, Any]:
+    """The sampling options a user of ``sample.py`` gets: the checkpoint's ``sample`` section
+    (see sample.py), then ``overrides``; only ``names`` are kept (the rest are file options)."""
+    options = {"method": "auto", **(config.get("sample") or {}), **(overrides or {})}
+    return {key: value for key, value in options.items() if key in names}
+
+
 # ---------------------------------------------------------------------------- digits
 def digit_classifier(size: int) -> Any:
     """An RBF support vector classifier fitted on the training digits at ``size`` pixels."""
@@ -87,16 +96,15 @@ def digits_rows(
     from core.checkpoint import load_model
     from flows.data import digits
 
-    model, _ = load_model(source, kind="tarflow")
+    model, config = load_model(source, kind="tarflow")
+    sampling = _sampling(config, sampling, ("guidance", "guidance_rule", "method"))
     size = model.config.image_size
     test = digits("test", size=size)
     real = test.images.flatten(1).double().numpy() / 255.0
     labels = test.labels
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    images, _ = model.sample(
-        len(labels), labels, generator=generator, **{"method": "auto", **(sampling or {})}
-    )
+    images, _ = model.sample(len(labels), labels, generator=generator, **sampling)
     seconds = time.perf_counter() - start
     fake = _uint8_pixels(images)
     classifier = digit_classifier(size)
@@ -300,9 +308,7 @@ def sample_clips(
     out = []
     for s in range(0, len(captions), batch):
         text = model.encode_prompts(captions[s : s + batch])
-        video, _ = model.sample(
-            len(text), frames, text=text, generator=generator, **{"method": "auto", **sampling}
-        )
+        video, _ = model.sample(len(text), frames, text=text, generator=generator, **sampling)
         out.append(_uint8_pixels(video.flatten(0, 1)).reshape(len(text), frames, -1))
     return np.concatenate(out)
 
@@ -334,6 +340,7 @@ def video_rows(
     from core.checkpoint import load_model
 
     model, config = load_model(source, kind="video_tarflow")
+    sampling = _sampling(config, sampling, ("guidance", "guidance_rule", "method", "denoise"))
     data = config["data"]
     window, long = model.config.frames, 3 * model.config.frames
     num = 60 if quick else 200
@@ -342,7 +349,7 @@ def video_rows(
     real = _clips("test", num, window, data)
     real_long = _clips("test", num, long, data)
     start = time.perf_counter()
-    fake = sample_clips(model, real["captions"], long, sampling or {})
+    fake = sample_clips(model, real["captions"], long, sampling)
     seconds = time.perf_counter() - start
     rows = [_row(name, f"sampling {num} clips of {long} frames (s)", seconds, "report")]
     parts = (

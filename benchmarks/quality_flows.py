@@ -95,6 +95,7 @@ def digits_rows(
     """
     from core.checkpoint import load_model
     from flows.data import digits
+    from flows.sampling import ImageFlowSampler
 
     model, config = load_model(source, kind="tarflow")
     sampling = _sampling(config, sampling, ("guidance", "guidance_rule", "method"))
@@ -104,7 +105,8 @@ def digits_rows(
     labels = test.labels
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    images, _ = model.sample(len(labels), labels, generator=generator, **sampling)
+    sampler = ImageFlowSampler(model, method=sampling.pop("method"))
+    images, _ = sampler.sample(len(labels), labels, generator=generator, **sampling)
     seconds = time.perf_counter() - start
     fake = _uint8_pixels(images)
     classifier = digit_classifier(size)
@@ -153,8 +155,8 @@ def digits_lattice(pixels: np.ndarray, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- video
 def _clips(split: str, num: int, frames: int, data: dict[str, Any]) -> dict[str, Any]:
     """Real moving-digit clips of ``split``: pixels (N, F, H*W) in [0, 1], captions, pairs."""
-    from flows.text import TextTokenizer
-    from flows.video_data import moving_digits
+    from flows.video.data import moving_digits
+    from flows.video.text import TextTokenizer
 
     options = {
         k: v
@@ -304,11 +306,15 @@ def sample_clips(
     model: Any, captions: list[str], frames: int, sampling: dict[str, Any], batch: int = 50
 ) -> np.ndarray:
     """Clips (N, frames, H*W) in [0, 1] (8-bit levels) for the prompts ``captions``."""
+    from flows.video.sampling import VideoFlowSampler
+
+    options = dict(sampling)
+    sampler = VideoFlowSampler(model, method=options.pop("method"))
     generator = torch.Generator().manual_seed(0)
     out = []
     for s in range(0, len(captions), batch):
         text = model.encode_prompts(captions[s : s + batch])
-        video, _ = model.sample(len(text), frames, text=text, generator=generator, **sampling)
+        video, _ = sampler.sample(len(text), frames, text=text, generator=generator, **options)
         out.append(_uint8_pixels(video.flatten(0, 1)).reshape(len(text), frames, -1))
     return np.concatenate(out)
 
@@ -390,7 +396,13 @@ def _motion_row(model: str, measure: str, value: float, real: float) -> dict[str
 
 @torch.no_grad()
 def jacobi_rows(model: Any, name: str, repeats: int) -> list[dict[str, Any]]:
-    """Sequential vs Jacobi inversion of one clip (batch 1), same noise, interleaved repeats."""
+    """Sequential vs Jacobi inversion of one clip (batch 1), same noise, interleaved repeats.
+
+    "jacobi" is what ``--method jacobi`` runs: the deep block in one-frame chunks, the
+    per-frame blocks in one chunk, at the default threshold.
+    """
+    from flows.video.sampling import VideoFlowSampler
+
     generator = torch.Generator().manual_seed(1)
     z = torch.randn((1, model.config.frames, *model.frame_shape), generator=generator)
     text = model.encode_prompts(["a 3 and a 7 moving apart"])
@@ -399,7 +411,8 @@ def jacobi_rows(model: Any, name: str, repeats: int) -> list[dict[str, Any]]:
     for _ in range(repeats):
         for method in times:
             start = time.perf_counter()
-            outputs[method], _ = model.reverse(z, text=text, method=method)
+            sampler = VideoFlowSampler(model, method=method)
+            outputs[method], _ = sampler.reverse(z, text=text)
             times[method].append(time.perf_counter() - start)
     seconds = {method: sorted(t)[len(t) // 2] for method, t in times.items()}
     diff = float((outputs["jacobi"] - outputs["sequential"]).abs().max())

@@ -68,3 +68,33 @@ def test_video_samples_past_its_training_length(name, tmp_path, capsys) -> None:
         gif.seek(frames - 1)
         last = torch.tensor(list(gif.convert("L").getdata()), dtype=torch.float32)
     assert last.max() > 100  # the last frame past the window still shows bright strokes
+
+
+@pytest.mark.parametrize("name", [_installed("moving_digits_video")])
+def test_video_mp4_reads_back(name, tmp_path, capsys) -> None:
+    pytest.importorskip("av")
+    from flows.video.io import read_video
+
+    out = tmp_path / "clip.mp4"
+    args = ["--checkpoint", name, "--prompt", "a 1 and a 4", "--frames", "3", "--out",
+            str(out), "--scale", "2", "--no-progress"]  # fmt: skip
+    assert sample.main(args) == 0
+    assert read_video(out).shape == (3, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", [_installed("moving_digits_video")])
+def test_mp4_without_pyav_is_one_line_naming_the_install(name, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda module, *a: None if module == "av" else find_spec(module, *a),
+    )
+    out = tmp_path / "clip.mp4"
+    args = ["--checkpoint", name, "--prompt", "a 1 and a 4", "--out", str(out)]
+    assert sample.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "pip install av" in err
+    assert ".gif" in err and not out.exists()

@@ -70,6 +70,8 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
+        if value and abs(value) < 0.01:  # Jacobi differences: 1e-4 must not print as 0.000
+            return f"{value:.1e}"
         return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
 

@@ -81,3 +81,10 @@ def test_real_digits_and_frames_lie_on_the_lattices_of_the_diagnostics() -> None
     frames = np.round(np.arange(17) / 16 * 255) / 255
     assert np.array_equal(quality_flows.grey_levels(frames), frames)
     assert np.array_equal(quality_flows.grey_levels(frames + 0.02), frames)
+
+
+def test_small_values_keep_their_magnitude() -> None:
+    row = {"model": "m", "measure": "Jacobi max abs difference", "value": 8.8e-5, "goal": "",
+           "met": None}  # fmt: skip
+    assert "| 8.8e-05 |" in quality.table([row])
+    assert "| 0.000 |" in quality.table([{**row, "value": 0.0}])

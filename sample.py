@@ -22,6 +22,7 @@ Bad input (a missing or damaged checkpoint, an unknown name, nan or a count belo
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,13 +104,20 @@ def _size(folder: Path) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def _training(config: dict[str, Any]) -> str:
-    """How a checkpoint was trained, in a few words, from its config."""
+def _training(config: dict[str, Any], folder: Path) -> str:
+    """How a checkpoint was trained, in a few words, from its config and trainer_state.json
+    (the step it was saved at, when that is not the end of its schedule)."""
     trainer, optimizer = config.get("trainer") or {}, config.get("optimizer") or {}
     batch = (config.get("data") or {}).get("batch_size", "?")
-    words = [f"{trainer.get('max_steps', '?')} steps", f"{optimizer.get('name', '?')}",
-             f"lr {optimizer.get('lr', '?')}", f"batch {batch}"]
-    if trainer.get("ema_decay"):
+    steps = f"{trainer.get('max_steps', '?')} steps"
+    state = folder / "trainer_state.json"
+    if state.is_file():
+        step = json.loads(state.read_text()).get("step")
+        if step is not None and step != trainer.get("max_steps"):
+            steps = f"step {step} of {steps}"
+    words = [steps, f"{optimizer.get('name', '?')}", f"lr {optimizer.get('lr', '?')}",
+             f"batch {batch}"]
+    if trainer.get("ema_decay") and (folder / "ema").is_dir():
         words.append(f"EMA {trainer['ema_decay']}")
     return ", ".join(words)
 
@@ -123,7 +131,9 @@ def shipped_rows() -> list[list[str]]:
         kind, shipped = registry.shipped_models()[name]
         config = read_config(folder)
         data = (config.get("data") or {}).get("name", "?")
-        rows.append([name, kind.name, data, _size(folder), _training(config), shipped.description])
+        rows.append(
+            [name, kind.name, data, _size(folder), _training(config, folder), shipped.description]
+        )
     return rows
 
 
@@ -146,10 +156,30 @@ def _sample(argv: list[str] | None) -> None:
     checkpoint = resolve_source(args.checkpoint or DEFAULT_MODEL)
     config = read_config(checkpoint)
     sampler = registry.get_sampler(config["model"]["name"])
-    # Only what the user gave travels: each sampler fills in its own defaults.
-    skip = {"checkpoint", "list", "threads"}
-    options = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
-    print_json(sampler(checkpoint, config, options))
+    # Only what the user gave travels, over the checkpoint's own sampling defaults (if any);
+    # each sampler fills in the rest.
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in NOT_OPTIONS}
+    print_json(sampler(checkpoint, config, {**sampling_defaults(config), **given}))
+
+
+NOT_OPTIONS = {"checkpoint", "list", "threads", "help"}
+
+
+def sampling_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``sample`` section of a checkpoint's config.yaml: options it was tuned to sample with.
+
+    A shipped model records there what its quality was measured with (e.g. its guidance
+    weight), so ``python sample.py --checkpoint NAME`` gives what benchmarks/quality.py reports.
+    """
+    defaults = config.get("sample") or {}
+    known = {action.dest for action in build_parser()._actions} - NOT_OPTIONS
+    if not isinstance(defaults, dict) or set(defaults) - known:
+        wrong = sorted(set(defaults) - known) if isinstance(defaults, dict) else defaults
+        raise ValueError(
+            f"config.yaml section 'sample' must map sample.py options to values; got {wrong!r}, "
+            f"options are: {', '.join(sorted(known))}"
+        )
+    return defaults
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,3 +226,25 @@ def test_trainer_checkpoint_round_trip(tmp_path, capsys) -> None:
     assert code == 0, err
     summary = json.loads(out)
     assert summary["checkpoint"].endswith("checkpoint-3") and summary["sample_shape"] == [1, 8, 8]
+
+
+def test_config_sample_section_sets_defaults_the_user_overrides(tmp_path, capsys) -> None:
+    folder = write_tiny_flow(tmp_path / "tuned")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "sample": {"guidance": 1.5}}))
+    common = ["--num", "4", "--class", "1", "--method", "sequential"]
+
+    def grid(*args: str) -> tuple[bytes, float]:
+        out = tmp_path / f"{len(list(tmp_path.glob('*.png')))}.png"
+        code, text, err = _run([*common, *args, "--out", str(out)], capsys)
+        assert code == 0, err
+        return out.read_bytes(), json.loads(text)["guidance"]
+
+    tuned, guidance = grid("--checkpoint", str(folder))
+    assert guidance == 1.5
+    assert grid("--checkpoint", str(folder), "--guidance", "1.5") == (tuned, 1.5)
+    plain, guidance = grid("--checkpoint", str(folder), "--guidance", "0")
+    assert guidance == 0 and plain != tuned
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "sample": {"guidanse": 1}}))
+    code, out, err = _run(["--checkpoint", str(folder), "--out", str(tmp_path / "x.png")], capsys)
+    assert code == 2 and "section 'sample'" in err and "'guidanse'" in err

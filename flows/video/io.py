@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,22 @@ __all__ = [
     "GIF_SUFFIXES",
     "MP4_SUFFIXES",
     "read_video",
+    "require_pyav",
     "write_filmstrip",
     "write_video",
 ]
 
 GIF_SUFFIXES = (".gif",)
 MP4_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+
+def require_pyav(path: str | Path) -> None:
+    """ValueError naming the pip command when ``path`` is an MP4-like file and PyAV is absent."""
+    if Path(path).suffix.lower() in MP4_SUFFIXES and importlib.util.find_spec("av") is None:
+        raise ValueError(
+            f"{str(path)!r} needs PyAV for {Path(path).suffix} files: pip install av "
+            "(or use a .gif, or a .png filmstrip)"
+        )
 
 
 def _to_uint8_frames(video: torch.Tensor, scale: int) -> np.ndarray:
@@ -74,6 +85,7 @@ def _write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    require_pyav(path)
     import av
 
     # yuv420p subsamples chroma 2x2, so libx264 needs even sizes: pad by edge replication.
@@ -143,6 +155,7 @@ def _read_gif(path: Path) -> np.ndarray:
 
 
 def _read_av(path: Path) -> np.ndarray:
+    require_pyav(path)
     import av
 
     try:

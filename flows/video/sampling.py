@@ -242,6 +242,11 @@ def _check(options: dict[str, Any]) -> None:
     out = options["out"]
     if Path(out).suffix.lower() not in (".mp4", ".gif", ".png"):
         raise ValueError(f"--out {out!r} must end in .mp4, .gif or .png")
+    from flows.video.io import require_pyav
+
+    for path in (out, options["video"]):
+        if path:
+            require_pyav(path)  # before minutes of sampling, not after
     if options["scale"] < 1 or options["fps"] < 1:
         raise ValueError(
             f"--scale and --fps must be >= 1, got {options['scale']} and {options['fps']}"

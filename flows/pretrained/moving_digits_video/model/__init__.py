@@ -1,0 +1,1 @@
+"""Weights folder of the shipped moving-digits video flow (diffusers save_pretrained layout)."""

@@ -102,15 +102,16 @@ def sample_normals(
     num: int = 8,
     seed: int = 0,
     out: str | Path = "normals.png",
-    steps: int = 25,
-    guidance: float = 2.0,
+    steps: int | None = None,
+    guidance: float | None = None,
     device: str = "cpu",
-    sampler: str = "ddim",
+    sampler: str | None = None,
     use_ema: bool = True,
 ) -> dict[str, Any]:
     """Sample ``num`` normal maps for ``prompt`` from a ``normal_adapted`` checkpoint.
 
-    Writes the decoded, renormalised maps as a PNG grid at ``out`` and returns a summary:
+    ``steps``, ``guidance`` and ``sampler`` default to the model's own (its config). Writes the
+    decoded, renormalised maps as a PNG grid at ``out`` and returns a summary:
     ``out``, ``prompt``, ``label``, ``num``, ``norm_error`` (mean | ||n|| - 1 | before
     renormalisation), ``back_facing`` (fraction of foreground normals with n_z < 0),
     ``foreground`` (fraction of pixels).
@@ -137,10 +138,10 @@ def sample_aligned(
     num: int = 4,
     seed: int = 0,
     out: str | Path = "color.png",
-    steps: int = 25,
-    guidance: float = 2.0,
+    steps: int | None = None,
+    guidance: float | None = None,
     device: str = "cpu",
-    sampler: str = "ddim",
+    sampler: str | None = None,
     use_ema: bool = True,
 ) -> dict[str, Any]:
     """Images following the normal map(s) of a PNG from a ``normal_aligned`` checkpoint.

@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--num", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=2.0)
-    parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpm"])
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's")
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    parser.add_argument("--sampler", default=None, choices=["ddim", "dpm"],
+                        help="default: the model's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-ema", action="store_true", help="use the raw (non-EMA) weights")
     args = parser.parse_args(argv)

@@ -98,7 +98,7 @@ def measure_adapted(model, quick: bool, name: str = "normal_adapted") -> list[di
     held = _renders(res, 96 if quick else 512, HELDOUT_SEED)
     probe_data = _renders(res, 512 if quick else 2048, PROBE_SEED)
     probe = train_view_probe(probe_data["x"], probe_data["view"], probe_data["framing"],
-                             steps=300 if quick else 1500, seed=0)
+                             steps=200 if quick else 600, seed=0)
     ceiling = probe_accuracy(probe, held["x"], held["view"], held["framing"])
 
     labels = held["view"] * len(FRAMINGS) + held["framing"]

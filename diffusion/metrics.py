@@ -36,12 +36,12 @@ def clean_normal_maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(mask.unsqueeze(1), normals, -torch.ones_like(normals)), mask
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU(),
-        nn.MaxPool2d(2),
-    )
+def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(cout), nn.SiLU()]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
 
 
 class ViewProbe(nn.Module):
@@ -51,12 +51,13 @@ class ViewProbe(nn.Module):
     where a feature sits (a nose left or right of the head, toes up or down) still counts.
     """
 
-    def __init__(self, resolution: int = 32, width: int = 32) -> None:
+    def __init__(self, resolution: int = 32, width: int = 16, convs: int = 1) -> None:
         super().__init__()
         if resolution % 8:
             raise ValueError(f"resolution must be divisible by 8, got {resolution}")
         self.features = nn.Sequential(
-            _block(3, width), _block(width, 2 * width), _block(2 * width, 4 * width),
+            _block(3, width, convs), _block(width, 2 * width, convs),
+            _block(2 * width, 4 * width, convs),
         )
         side = resolution // 8
         outputs = len(VIEWS) + len(FRAMINGS)
@@ -78,8 +79,8 @@ def _mirror(maps: torch.Tensor, views: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def train_view_probe(
-    maps: torch.Tensor, views: torch.Tensor, framings: torch.Tensor, steps: int = 1500,
-    batch_size: int = 64, lr: float = 2e-3, seed: int = 0, width: int = 32,
+    maps: torch.Tensor, views: torch.Tensor, framings: torch.Tensor, steps: int = 600,
+    batch_size: int = 64, lr: float = 2e-3, seed: int = 0, width: int = 16, convs: int = 1,
 ) -> ViewProbe:
     """Fit a :class:`ViewProbe` on clean rendered maps (random mirroring; cosine-decayed Adam).
 
@@ -91,7 +92,7 @@ def train_view_probe(
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        probe = ViewProbe(maps.shape[-1], width)
+        probe = ViewProbe(maps.shape[-1], width, convs)
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
     probe.train()
     for step in range(steps):

@@ -65,14 +65,10 @@ def _renders(resolution: int, num: int, seed: int):
 
 
 def load_model(name: str, checkpoint: str | Path | None = None):
-    """The shipped model ``name`` (or the trainer checkpoint given) in eval mode on the CPU."""
-    from trainers import load_checkpoint_model
+    """The shipped model ``name`` (or the checkpoint / run folder given, of that kind)."""
+    from core.checkpoint import load_model as load
 
-    folder = ROOT / "diffusion" / "pretrained" / name if checkpoint is None else Path(checkpoint)
-    model, config = load_checkpoint_model(folder)
-    if config.model.name != name:
-        raise ValueError(f"{str(folder)!r} holds a {config.model.name!r} model, not {name!r}")
-    return model.eval()
+    return load(name if checkpoint is None else checkpoint, kind=name)[0]
 
 
 def _batched(fn, items: torch.Tensor, seed: int, batch: int = 64) -> torch.Tensor:

@@ -22,8 +22,8 @@ _LAZY = {
     "NormalAlignedDiffusion": "models",
     "NormalAdaptedPipeline": "pipelines",
     "NormalAlignedPipeline": "pipelines",
-    "sample_normals": "cli",
-    "sample_aligned": "cli",
+    "sample_normals": "sampling",
+    "sample_aligned": "sampling",
 }
 
 __all__ = sorted(_LAZY)

@@ -20,8 +20,6 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from trainers.registry import register_dataset
-
 from .normal_maps import encode_normals, flip_normals
 from .render import (
     FRAMINGS,
@@ -66,7 +64,6 @@ def prompt_to_label(prompt: str) -> int:
     return views[0] * len(FRAMINGS) + (framings[0] if framings else 0)
 
 
-@register_dataset("normal_maps")
 class NormalMapDataset(Dataset):
     """Procedural mannequin normal maps rendered once (in memory, optionally cached on disk).
 

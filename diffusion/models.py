@@ -33,7 +33,6 @@ diffusers ``AutoencoderKL`` (loaded offline; kept out of the state dict and the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +42,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from trainers.registry import register_model
+from core.latent import LatentSpace
 
 from .data import NUM_LABELS
 from .norm_swap import swap_norms
@@ -77,21 +76,6 @@ def training_scheduler(
         num_train_timesteps=num_train_timesteps, beta_start=1e-4, beta_end=0.02,
         beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=clip_sample,
     )
-
-
-def load_local_vae(path: str | Path) -> Any:
-    """A frozen (``requires_grad`` False, eval mode) diffusers AutoencoderKL from a local folder."""
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"vae folder {str(path)!r} has no config.json; give the folder of a local "
-            "diffusers AutoencoderKL (saved with save_pretrained)"
-        )
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-    vae.requires_grad_(False)
-    return vae.eval()
 
 
 def _check_sizes(
@@ -165,68 +149,45 @@ def _drop(keep_prob: float, batch: int, device: torch.device, training: bool) ->
 class _LatentSpace:
     """Pixels, or the latent space of a local frozen AutoencoderKL (shared by both models).
 
-    The autoencoder stays out of the state dict and the parameters (``object.__setattr__`` skips
-    nn.Module registration): frozen, loaded from its own folder, never optimized. The config
-    keeps the folder's absolute path, so ``from_pretrained`` loads it again.
+    The autoencoder (:class:`core.latent.LatentSpace`) stays out of the state dict and the
+    parameters (``object.__setattr__`` skips nn.Module registration): frozen, loaded from its
+    own folder, never optimized. The config keeps the folder's absolute path, so
+    ``from_pretrained`` loads it again.
     """
 
     def _init_latent(
         self, vae: str | None, latent_scale: float | None, resolution: int
     ) -> tuple[int, int]:
-        object.__setattr__(self, "_vae", load_local_vae(vae) if vae is not None else None)
+        space = LatentSpace(vae, latent_scale) if vae is not None else None
+        object.__setattr__(self, "_latent", space)
         size, channels = resolution, 3
         self.latent_scale = 1.0
-        if self._vae is not None:
-            self.register_to_config(vae=str(Path(vae).resolve()))
-            vae_config = self._vae.config
-            factor = 2 ** (len(vae_config.block_out_channels) - 1)
-            if resolution % factor:
-                raise ValueError(
-                    f"resolution {resolution} must be divisible by the autoencoder's "
-                    f"downsampling factor {factor}"
-                )
-            if vae_config.in_channels != 3:
+        if space is not None:
+            self.register_to_config(vae=str(space.folder))
+            if space.image_channels != 3:
                 raise ValueError(
                     f"the autoencoder must take 3-channel images, "
-                    f"got in_channels={vae_config.in_channels}"
+                    f"got in_channels={space.image_channels}"
                 )
-            size, channels = resolution // factor, vae_config.latent_channels
-            self.latent_scale = float(
-                latent_scale if latent_scale is not None else vae_config.scaling_factor
-            )
+            size, channels = space.latent_side(resolution), space.channels
+            self.latent_scale = space.scale
         self.sample_shape = (channels, size, size)
         return size, channels
 
     @property
     def vae(self) -> Any:
         """The frozen AutoencoderKL (latent mode) or None (pixels)."""
-        return self._vae
-
-    def _vae_like(self, x: torch.Tensor) -> Any:
-        # Move the autoencoder only when needed (diffusers warns on every dtype cast).
-        p = next(self._vae.parameters())
-        if p.device != x.device or p.dtype != x.dtype:
-            self._vae.to(x.device, x.dtype)
-        return self._vae
+        return None if self._latent is None else self._latent.autoencoder
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> the UNet's space (scaled latent means; identity in pixels)."""
-        if self._vae is None:
-            return images
-        vae = self._vae_like(images)
-        with torch.no_grad():
-            return vae.encode(images).latent_dist.mean * self.latent_scale
+        return images if self._latent is None else self._latent.encode(images)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """The UNet's space -> images (about [-1, 1]; identity in pixels)."""
-        if self._vae is None:
-            return x
-        vae = self._vae_like(x)
-        with torch.no_grad():
-            return vae.decode(x / self.latent_scale).sample
+        return x if self._latent is None else self._latent.decode(x)
 
 
-@register_model("normal_adapted")
 class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     """UNet2DModel (pixels, or latents with ``vae``) generating normal maps from (view, framing)
     labels.
@@ -294,7 +255,7 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         )
         swap_norms(self.unet, norm)
         self.scheduler = training_scheduler(
-            num_train_timesteps, self._vae is None, prediction_type, beta_schedule
+            num_train_timesteps, self._latent is None, prediction_type, beta_schedule
         )
 
     @property
@@ -326,7 +287,6 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-@register_model("normal_aligned")
 class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     """Image diffusion conditioned on a normal map (channel concatenation and/or ControlNet).
 
@@ -406,7 +366,7 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         swap_norms(self.unet, norm)
         self.token = nn.Parameter(torch.randn(1, 1, cross_attention_dim) * 0.02)
         self.scheduler = training_scheduler(
-            num_train_timesteps, self._vae is None, prediction_type, beta_schedule
+            num_train_timesteps, self._latent is None, prediction_type, beta_schedule
         )
 
     def condition(self, normals: torch.Tensor) -> torch.Tensor:

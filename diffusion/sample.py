@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from .cli import sample_aligned, sample_normals
+from .sampling import sample_aligned, sample_normals
 
 
 def main(argv: list[str] | None = None) -> int:

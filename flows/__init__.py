@@ -1,6 +1,8 @@
 """normkit.flows: transformer autoregressive flows (TARFlow / STARFlow) and their samplers.
 
-Names are imported lazily so that ``import flows`` (and ``sample.py``) stays fast.
+The model kinds of this package (``tarflow``, ``video_tarflow``: model class, datasets,
+sampler, shipped models) are declared in :mod:`flows.kinds` for :mod:`core.registry`. The
+classes below are imported lazily, so that ``import flows`` (and ``sample.py``) stays fast.
 """
 
 from __future__ import annotations
@@ -8,26 +10,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# public name -> (module, attribute); the trainer's registry resolves "flows:<name>" through it
+# public name -> module that defines it
 _LAZY = {
-    "AutoregressiveBlock": ("flows.autoregressive", "AutoregressiveBlock"),
-    "Permutation": ("flows.autoregressive", "Permutation"),
-    "TransformerFlow": ("flows.image", "TransformerFlow"),
-    "DigitsDataset": ("flows.data", "digits"),
-    "LFWFacesDataset": ("flows.data", "lfw_faces"),
-    "ImageFolderDataset": ("flows.data", "image_folder"),
-    "VideoTransformerFlow": ("flows.video", "VideoTransformerFlow"),
-    "MovingDigitsDataset": ("flows.video_data", "moving_digits"),
-    "BouncingShapesDataset": ("flows.video_data", "bouncing_shapes"),
-    "TinyClipDataset": ("flows.video_data", "tiny_clip"),
-    "VideoFolderDataset": ("flows.video_data", "video_folder"),
+    "AutoregressiveBlock": "flows.autoregressive",
+    "Permutation": "flows.autoregressive",
+    "TransformerFlow": "flows.image",
+    "VideoTransformerFlow": "flows.video",
 }
 
-__all__ = sorted(name for name, (module, _) in _LAZY.items() if "video" not in module)
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'flows' has no attribute {name!r}")
-    module, attribute = _LAZY[name]
-    return getattr(importlib.import_module(module), attribute)
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -8,7 +8,7 @@ References:
 
 Every dataset yields ``{"x": (C, H, W) float in [-1, 1], "y": long label}`` with 8-bit levels
 ``x = x_int / 127.5 - 1`` (x_int in 0..255), so a model can recover the integers for uniform
-dequantisation. Registered names (trainers/registry.py): ``digits``, ``lfw_faces``,
+dequantisation. Dataset names (declared in flows/kinds.py): ``digits``, ``lfw_faces``,
 ``image_folder``; each factory takes ``split="train" | "test"`` and its own options.
 """
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock, Permutation
 
 __all__ = ["DEFAULT_JACOBI_THRESHOLD", "METHODS", "TransformerFlow"]
@@ -433,14 +433,3 @@ def samples_for_logging(
     model.train(was_training)
     return (samples + 1) / 2
 
-
-def load_local_vae(path: str) -> Any:
-    """A frozen diffusers AutoencoderKL from a local folder (never a hub download)."""
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"vae folder {path!r} has no config.json (a local AutoencoderKL)")
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-    vae.requires_grad_(False)
-    return vae.eval()

@@ -1,4 +1,5 @@
-"""Sampling helpers: the per-call choice between sequential and Jacobi inversion, image grids.
+"""Sampling helpers: the per-call choice between sequential and Jacobi inversion, sample.py's
+entry point for ``tarflow`` checkpoints.
 
 References:
     Zhang, et al. Accelerate TarFlow Sampling with GS-Jacobi Iteration. arXiv:2505.12849, 2025
@@ -28,12 +29,14 @@ from typing import Any
 
 import torch
 
+from core.checkpoint import load_model
+from core.images import save_image_grid
+
 __all__ = [
     "choose_method",
     "predicted_costs",
     "record_jacobi_work",
     "sample_image_flow",
-    "save_image_grid",
     "timed_pass",
 ]
 
@@ -108,49 +111,6 @@ def choose_method(model: Any, batch: int, device: torch.device | str) -> str:
     return "jacobi" if costs["jacobi"] < costs["sequential"] else "sequential"
 
 
-def save_image_grid(
-    images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1
-) -> Path:
-    """Write (B, C, H, W) images in [0, 1] as one PNG grid (1 px gaps); returns the path."""
-    from PIL import Image
-
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected images (B, 1 or 3, H, W), got {tuple(images.shape)}")
-    b, c, h, w = images.shape
-    nrow = nrow or max(1, int(round(b**0.5)))
-    ncol = -(-b // nrow)
-    grid = torch.ones(c, ncol * (h + 1) + 1, nrow * (w + 1) + 1)
-    for i, image in enumerate(images.detach().float().cpu().clamp(0, 1)):
-        r, k = divmod(i, nrow)
-        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = (
-            image
-        )
-    array = (grid * 255).round().byte().permute(1, 2, 0).numpy()
-    picture = Image.fromarray(array[..., 0] if c == 1 else array)
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
-    return path
-
-
-def _load_flow(checkpoint: Path, config: dict[str, Any], device: str) -> Any:
-    """A TransformerFlow from a checkpoint folder: EMA weights when present."""
-    from flows.image import TransformerFlow
-
-    weights = checkpoint / "ema" if (checkpoint / "ema").is_dir() else checkpoint / "model"
-    if not (weights / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no model weights folder")
-    try:
-        model = TransformerFlow.from_pretrained(str(weights))
-    except Exception as error:  # diffusers raises many kinds on a damaged folder
-        raise ValueError(f"cannot load the weights in {str(weights)!r}: {error}") from error
-    if model.config.num_classes != config.get("model", {}).get("num_classes", 0):
-        raise ValueError(f"{str(weights)!r} does not match the checkpoint's config.yaml")
-    return model.to(device).eval()
-
-
 def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[str, Any]) -> dict:
     """sample.py entry point for ``tarflow`` checkpoints: write a PNG grid, return a summary.
 
@@ -164,7 +124,7 @@ def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
     if num < 1:
         raise ValueError(f"--num must be a positive number of samples, got {num}")
     torch.manual_seed(options.get("seed", 0))
-    model = _load_flow(checkpoint, config, device)
+    model = load_model(checkpoint, options.get("use_ema", True), kind="tarflow")[0].to(device)
     classes = model.config.num_classes
     label = options.get("class_label")
     if label is not None:
@@ -198,7 +158,7 @@ def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
     # one column per class when the labels cycle through the classes
     nrow = classes if classes and label is None and num >= classes else None
     out = save_image_grid(
-        (images + 1) / 2, options.get("out", "samples.png"), nrow=nrow, scale=max(1, 64 // side)
+        (images + 1) / 2, options.get("out", "samples.png"), columns=nrow, scale=max(1, 64 // side)
     )
 
     return {

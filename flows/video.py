@@ -69,6 +69,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from core.latent import load_local_vae
 from flows.autoregressive import (
     GUIDANCE_RULES,
     AutoregressiveBlock,
@@ -76,7 +77,7 @@ from flows.autoregressive import (
     jacobi_change,
 )
 from flows.denoiser import FlowScoreDenoiser
-from flows.image import load_local_vae, patchify, samples_for_logging, unpatchify
+from flows.image import patchify, samples_for_logging, unpatchify
 from flows.text import TextEmbedding, TextTokenizer
 from norms.transformer import KVCache
 

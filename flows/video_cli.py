@@ -9,8 +9,9 @@ whose ``model.name`` is ``video_tarflow``; it also runs on its own::
     python -m flows.video_cli --checkpoint DIR --first-frame img.png --out video.gif
     python -m flows.video_cli --checkpoint DIR --video in.mp4 --frames 32 --out more.mp4
 
-For ``sample.py``: ``SAMPLERS["video_tarflow"] = "flows.video_cli:sample_video_flow"``, called
-as ``sample_video_flow(checkpoint, config, options)`` with the option names of :data:`DEFAULTS`.
+For ``sample.py``: the ``video_tarflow`` kind (flows/kinds.py) names
+``flows.video_cli:sample_video_flow``, called as ``sample_video_flow(checkpoint, config,
+options)`` with the option names of :data:`DEFAULTS`.
 
 ``--frames`` is the length of the output video, given frames included (it may exceed the
 training length: the window slides). The output suffix picks the format: .mp4 (PyAV, libx264),
@@ -31,7 +32,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULTS", "build_parser", "load_frames", "load_model", "main", "sample_video_flow"]
+from core.checkpoint import load_model, read_config, resolve_source
+
+__all__ = ["DEFAULTS", "build_parser", "load_frames", "main", "sample_video_flow"]
 
 MODEL_NAME = "video_tarflow"
 
@@ -141,21 +144,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def load_model(checkpoint: Path, use_ema: bool = True) -> Any:
-    """The VideoTransformerFlow of a checkpoint folder (EMA weights when present and asked)."""
-    from flows.video import VideoTransformerFlow
-
-    weights = checkpoint / "ema" if use_ema and (checkpoint / "ema").is_dir() else None
-    weights = weights or checkpoint / "model"
-    if not (weights / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no model weights folder")
-    try:
-        model = VideoTransformerFlow.from_pretrained(str(weights))
-    except Exception as error:  # diffusers raises many kinds on a damaged folder
-        raise ValueError(f"cannot load the weights in {str(weights)!r}: {error}") from error
-    return model.eval()
-
-
 def sample_video_flow(checkpoint: Path, config: dict[str, Any], options: dict[str, Any]) -> dict:
     """sample.py entry point for ``video_tarflow`` checkpoints: write the video, return a summary.
 
@@ -169,7 +157,7 @@ def sample_video_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
         raise ValueError(
             f"checkpoint {str(checkpoint)!r} holds a {name!r} model, not {MODEL_NAME!r}"
         )
-    model = load_model(checkpoint, options["use_ema"]).to(options["device"])
+    model = load_model(checkpoint, options["use_ema"], kind=MODEL_NAME)[0].to(options["device"])
     cfg = model.config
     num = options["num"]
     y = text = given = None
@@ -244,18 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     options["use_ema"] = not args.no_ema
     options["progress"] = not args.no_progress
     try:
-        import yaml
-
-        from trainers.checkpoint import resolve_checkpoint
-
-        checkpoint = resolve_checkpoint(args.checkpoint, require_trainer_state=False)
-        try:
-            config = yaml.safe_load((checkpoint / "config.yaml").read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise ValueError(f"cannot read {str(checkpoint / 'config.yaml')!r}: {error}") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{str(checkpoint / 'config.yaml')!r} is not a config mapping")
-        summary = sample_video_flow(checkpoint, config, options)
+        checkpoint = resolve_source(args.checkpoint)
+        summary = sample_video_flow(checkpoint, read_config(checkpoint), options)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
-"""normkit.trainers: one Accelerate trainer, typed configs, registries, checkpoints, optimizers.
+"""normkit.trainers: one Accelerate trainer, typed configs, checkpoints, optimizers.
+
+Model kinds and datasets are looked up in :mod:`core.registry` (re-exported here).
 
 >>> from trainers import load_config
 >>> cfg = load_config("configs/smoke.yaml", ["trainer.max_steps=5"])
@@ -6,6 +8,14 @@
 5
 """
 
+from core.registry import (
+    available_datasets,
+    available_models,
+    get_dataset,
+    get_model,
+    register_dataset,
+    register_model,
+)
 from trainers.checkpoint import (
     find_checkpoints,
     latest_checkpoint,
@@ -19,14 +29,6 @@ from trainers.config import (
     TrainConfig,
     TrainerConfig,
     load_config,
-)
-from trainers.registry import (
-    available_datasets,
-    available_models,
-    get_dataset,
-    get_model,
-    register_dataset,
-    register_model,
 )
 
 __all__ = [

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from trainers import registry
+from core import registry
 
 __all__ = [
     "DataConfig",
@@ -304,6 +304,8 @@ def config_from_dict(raw: dict[str, Any], check_model: bool = True) -> TrainConf
 
     model_raw = dict(raw["model"])
     model_name = _coerce("model.name", model_raw.pop("name"), str)
+    if model_name in registry.available_models():
+        registry.refuse_renamed(model_name, model_raw)
     if check_model:
         try:
             model_cls = registry.get_model(model_name)

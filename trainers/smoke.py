@@ -14,12 +14,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainers.registry import register_dataset, register_model
-
 __all__ = ["SmokeDataset", "SmokeMLP"]
 
 
-@register_model("smoke_mlp")
 class SmokeMLP(ModelMixin, ConfigMixin):
     """MLP ``dim -> hidden -> ... -> dim``; ``batchnorm=True`` adds running-statistics norms."""
 
@@ -66,7 +63,6 @@ class SmokeMLP(ModelMixin, ConfigMixin):
         self.optimizer_steps += 1
 
 
-@register_dataset("smoke")
 class SmokeDataset(Dataset):
     """``num_samples`` items ``{"x": N(0, I_dim), "y": sin(x A)}``, fixed by ``seed``."""
 

@@ -41,9 +41,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from core.images import save_image_grid
+from core.registry import get_dataset, get_model
 from trainers import checkpoint as ckpt
 from trainers.config import TrainConfig, TrainerConfig, load_config
-from trainers.registry import get_dataset, get_model
 
 __all__ = ["NonFiniteLossError", "TrainResult", "lr_factor", "main", "train"]
 
@@ -138,28 +139,6 @@ def preflight(config: TrainConfig) -> None:
         _nap_projector_class()
     if trainer.resume not in (None, "latest"):
         ckpt.resolve_checkpoint(trainer.resume)
-
-
-def save_image_grid(images: torch.Tensor, path: Path) -> None:
-    """``(B, C, H, W)`` images or ``(B, T, C, H, W)`` videos (one row each) in [0, 1] -> PNG."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    images = images.detach().float().cpu().clamp(0, 1)
-    if images.ndim == 5:
-        nrow = images.shape[1]
-        images = images.flatten(0, 1)
-    elif images.ndim == 4:
-        nrow = max(1, int(math.ceil(math.sqrt(images.shape[0]))))
-    else:
-        raise ValueError(f"sample_for_logging returned shape {tuple(images.shape)}; "
-                         "expected (B, C, H, W) or (B, T, C, H, W)")
-    grid = make_grid(images, nrow=nrow, padding=1, pad_value=1.0)
-    array = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    if array.shape[2] == 1:
-        array = array[:, :, 0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
 
 
 def plot_losses(metrics_path: Path, out_path: Path) -> None:

@@ -11,6 +11,7 @@ from torch.utils.data import default_collate
 from diffusion.data import NormalMapDataset
 from diffusion.models import NormalAdaptedDiffusion, NormalAlignedDiffusion
 from diffusion.pipelines import NormalAdaptedPipeline
+from tests.core.helpers import save_tiny_vae
 from tests.diffusion.helpers import fixed_loss, train_config, train_steps
 from trainers.optim import build_optimizer
 
@@ -20,19 +21,7 @@ TINY = dict(resolution=16, block_out_channels=(8, 16), norm_num_groups=4)
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     """A 2-level AutoencoderKL with few channels: 16x16 RGB -> 4 x 8x8 latents."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, sample_size=16,
-        scaling_factor=0.7,
-    )
-    path = tmp_path_factory.mktemp("vae") / "tiny_vae"
-    vae.save_pretrained(path)
-    return path
+    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "tiny_vae")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +122,7 @@ def test_missing_or_bad_vae_folder_is_one_clear_line(vae_dir, tmp_path) -> None:
 
 
 def test_latent_config_trains_with_the_trainer_and_samples(vae_dir, tmp_path) -> None:
-    from diffusion.cli import sample_normals
+    from diffusion.sampling import sample_normals
     from trainers import load_checkpoint_model
 
     out = train_config("normal_adapted.yaml", tmp_path / "run", f"model.vae={vae_dir}")

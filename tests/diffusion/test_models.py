@@ -1,5 +1,5 @@
 """Normal-adapted / normal-aligned models: training lowers the loss, pipelines round-trip,
-configs train through the real trainer and the checkpoints sample through diffusion.cli."""
+configs train through the real trainer and the checkpoints sample through diffusion.sampling."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from diffusion.cli import load_normal_map_png, sample_aligned, sample_normals
 from diffusion.data import NormalMapDataset
 from diffusion.models import NormalAdaptedDiffusion, NormalAlignedDiffusion
 from diffusion.pipelines import NormalAdaptedPipeline, NormalAlignedPipeline
 from diffusion.sample import main as sample_main
+from diffusion.sampling import load_normal_map_png, sample_aligned, sample_normals
 from tests.diffusion.helpers import fixed_loss, train_config, train_steps
 
 TINY = dict(resolution=16, block_out_channels=(8, 16), norm_num_groups=4)

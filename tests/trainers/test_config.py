@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainers import registry
+from core import registry
+from core.registry import get_model, register_dataset, register_model
+from tests.core.helpers import sandbox_registry
 from trainers.config import config_from_dict, load_config, parse_overrides
-from trainers.registry import get_model, register_dataset, register_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -78,7 +79,7 @@ def test_builtin_names_are_lazy_and_registration_works(monkeypatch):
             "normal_maps", "smoke"} <= set(registry.available_datasets())
     # resolving a built-in imports its module only then
     monkeypatch.delitem(sys.modules, "trainers.smoke", raising=False)
-    monkeypatch.setattr(registry, "_MODELS", {})
+    sandbox_registry(monkeypatch)
     assert get_model("smoke_mlp").__name__ == "SmokeMLP"
     assert "trainers.smoke" in sys.modules
 
@@ -106,12 +107,15 @@ def test_builtin_names_are_lazy_and_registration_works(monkeypatch):
                           "data": {"name": "tiny_test_data", "batch_size": 2}})
 
 
-def test_builtin_whose_package_is_not_written_yet_fails_clearly(monkeypatch):
-    monkeypatch.setitem(registry.BUILTIN_MODELS, "ghost", "no_such_package_xyz:Ghost")
-    with pytest.raises(ValueError, match="cannot be imported"):
-        get_model("ghost")
-    with pytest.raises(ValueError, match="did you mean 'smoke_mlp'"):
-        get_model("smoke_mpl")
+def test_renamed_knobs_are_refused_with_the_new_name():
+    digits = ROOT / "configs" / "digits_tarflow.yaml"
+    with pytest.raises(ValueError) as info:
+        load_config(digits, ["model.label_dropout=0.2"])
+    assert str(info.value) == ("config key 'model.label_dropout' was renamed to "
+                               "'model.condition_dropout'; use the new name (kind 'tarflow')")
+    with pytest.raises(ValueError, match="'model.placement' was renamed to 'model.norm_placement'"):
+        config_from_dict({"model": {"name": "video_tarflow", "placement": "pre"},
+                          "data": {"name": "moving_digits", "batch_size": 2}}, check_model=False)
 
 
 def test_launch_configs_parse_and_name_real_classes():

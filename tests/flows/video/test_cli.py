@@ -171,4 +171,4 @@ def test_sample_py_dispatches_video_checkpoints(checkpoint, tmp_path, capsys) ->
     assert summary["num"] == 1  # the video default, not the image grid's 64
     assert len(read_video(out)) == 4
     code = sample.main(["--checkpoint", str(checkpoint), "--frames", "0", "--out", str(out)])
-    assert code == 2 and "--frames must be >= 1" in capsys.readouterr().err
+    assert code == 2 and "--frames: must be an integer >= 1" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Sampling entry points for trained checkpoints (called by sample.py and ``diffusion.sample``).
+"""Sampling trained checkpoints into PNG files (for sample.py and ``python -m diffusion.sample``).
 
 References:
     Huang, Huang, Chen, Xu, Guo. HumanNorm: Learning Normal Diffusion Model for High-quality and
@@ -17,9 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
+
+from core.checkpoint import load_model
+from core.images import grid_tiles, read_image, save_image_grid
 
 from .normal_maps import (
     decode_normals,
@@ -36,25 +37,7 @@ __all__ = [
     "sample_aligned",
     "sample_aligned_checkpoint",
     "sample_normals",
-    "save_grid",
 ]
-
-
-def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> Path:
-    """Write ``(B, 3, H, W)`` images in [0, 1] as one PNG grid (no padding: tiles are H x W)."""
-    images = images.detach().to("cpu", torch.float64).clamp(0.0, 1.0)
-    b, _, h, w = images.shape
-    columns = max(1, min(columns, b))
-    rows = (b + columns - 1) // columns
-    grid = torch.zeros(3, rows * h, columns * w, dtype=torch.float64)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = image
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (grid.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def load_normal_map_png(path: str | Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,16 +46,10 @@ def load_normal_map_png(path: str | Path, resolution: int) -> tuple[torch.Tensor
     An image whose sides are multiples of ``resolution`` is cut into tiles (a grid written by
     :func:`sample_normals`); any other size is one map, resized with its mask and renormalised.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"normal map {str(path)!r} does not exist")
-    rgb = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).to(torch.float32) / 255.0
-    rgb = rgb.permute(2, 0, 1)
+    rgb = read_image(path)
     h, w = rgb.shape[-2:]
     if h % resolution == 0 and w % resolution == 0:
-        tiles = rgb.unfold(1, resolution, resolution).unfold(2, resolution, resolution)
-        maps = tiles.permute(1, 2, 0, 3, 4).reshape(-1, 3, resolution, resolution)
-        normals, mask, _ = decode_normals(maps)
+        normals, mask, _ = decode_normals(grid_tiles(rgb, resolution))
         keep = mask.flatten(1).any(dim=1)
         normals, mask = normals[keep], mask[keep]
     else:
@@ -84,16 +61,8 @@ def load_normal_map_png(path: str | Path, resolution: int) -> tuple[torch.Tensor
     return x, mask
 
 
-def _load(checkpoint: str | Path, expected: str, device: str, use_ema: bool):
-    import trainers
-
-    model, config = trainers.load_checkpoint_model(checkpoint, use_ema=use_ema)
-    if config.model.name != expected:
-        raise ValueError(
-            f"checkpoint {str(checkpoint)!r} holds model {config.model.name!r}; this needs a "
-            f"{expected!r} checkpoint"
-        )
-    return model.to(device).eval()
+# No gaps and a black background: load_normal_map_png cuts such a grid back into its maps.
+_TILED = {"columns": 8, "gap": 0, "background": 0.0}
 
 
 def sample_normals(
@@ -122,12 +91,12 @@ def sample_normals(
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     label = prompt_to_label(prompt)
-    model = _load(checkpoint, "normal_adapted", device, use_ema)
+    model = load_model(checkpoint, use_ema, kind="normal_adapted")[0].to(device)
     generator = torch.Generator().manual_seed(seed)
     x = sample_normal_maps(model, torch.full((num,), label), generator, steps, guidance, sampler)
     quality = normal_quality(x)
     normals, mask, _ = decode_normals(((x + 1.0) / 2.0).clamp(0.0, 1.0))
-    path = save_grid(encode_normals(normals, mask), out)
+    path = save_image_grid(encode_normals(normals, mask), out, **_TILED)
     return {"out": str(path), "prompt": label_to_prompt(label), "label": label, "num": num,
             **quality}
 
@@ -154,7 +123,7 @@ def sample_aligned(
 
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
-    model = _load(checkpoint, "normal_aligned", device, use_ema)
+    model = load_model(checkpoint, use_ema, kind="normal_aligned")[0].to(device)
     maps, mask = load_normal_map_png(normal_map_png, model.config.resolution)
     index = torch.arange(num) % len(maps)
     cond, cmask = maps[index], mask[index]
@@ -163,7 +132,7 @@ def sample_aligned(
     unit = torch.where(cmask.unsqueeze(1), cond, torch.zeros_like(cond))
     corr = shading_correlation(images.float(), unit.float(), cmask, light_direction(torch.float32))
     pairs = torch.cat([encode_normals(unit, cmask).to(images.dtype), (images + 1.0) / 2.0], -1)
-    path = save_grid(pairs, out, columns=4)
+    path = save_image_grid(pairs, out, **{**_TILED, "columns": 4})
     return {"out": str(path), "num": num, "maps": len(maps), "shading_correlation": corr}
 
 

@@ -1,0 +1,181 @@
+"""The conventions every normkit command line follows, as small reusable pieces.
+
+- :func:`run_cli`: an expected error (a ValueError or OSError: bad input, a missing or damaged
+  file) prints one ``error: ...`` line on stderr and returns exit status 2; a bug keeps its
+  traceback (exit status 1).
+- :class:`ArgumentParser`: ``--help`` shows every default; a usage error is the same one
+  ``error:`` line (no usage dump) with status 2.
+- :func:`print_json`: the result as one JSON object on one line of stdout (non-finite numbers
+  become ``null``: JSON has no NaN).
+- Argument types that refuse nan, inf and out-of-range values at parse time
+  (:func:`positive_int`, :func:`non_negative_int`, :func:`finite_float`,
+  :func:`non_negative_float`, :func:`probability`) and :func:`add_threads_option`.
+
+Nothing heavy is imported here, so ``--help`` stays fast. A CLI module looks like::
+
+    from core.cli import ArgumentParser, positive_int, print_json, run_cli
+
+    def _run(argv: list[str] | None) -> None:
+        parser = ArgumentParser(prog="python -m mypackage", description=__doc__)
+        parser.add_argument("--num", type=positive_int, default=8, help="number of samples")
+        args = parser.parse_args(argv)
+        print_json({"num": args.num})
+
+    def main(argv: list[str] | None = None) -> int:
+        return run_cli(_run, argv)
+
+    if __name__ == "__main__":
+        sys.exit(main())
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ArgumentParser",
+    "HelpFormatter",
+    "UsageError",
+    "add_threads_option",
+    "finite_float",
+    "non_negative_float",
+    "non_negative_int",
+    "one_line",
+    "positive_int",
+    "print_json",
+    "probability",
+    "run_cli",
+]
+
+EXPECTED_ERRORS = (ValueError, OSError)
+
+
+class UsageError(ValueError):
+    """A command line that does not parse (raised by :class:`ArgumentParser`)."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def run_cli(body: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run ``body(argv)``; its return value (None = 0) or 2 after an expected error.
+
+    Expected errors (:data:`EXPECTED_ERRORS`) print ``error: <message>`` as one line on stderr;
+    anything else propagates with its traceback, for a bug must not look like bad input.
+    """
+    try:
+        code = body(argv)
+    except EXPECTED_ERRORS as error:
+        print("error: " + one_line(error), file=sys.stderr)
+        return 2
+    return 0 if code is None else code
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` after every option that has a default, keeps the description as
+    written (examples stay laid out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.const, bool):
+            return action.help  # nothing to show for "not given" and on/off switches
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with :class:`HelpFormatter` whose usage errors raise :class:`UsageError`.
+
+    Under :func:`run_cli` a usage error is then one ``error:`` line and exit status 2, like
+    every other bad input.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def print_json(summary: dict[str, Any]) -> None:
+    """Print ``summary`` as one JSON object on one line of stdout."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(item) for item in value]
+        if isinstance(value, Path):
+            return str(value)
+        if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+            return finite(value.item())
+        return value
+
+    print(json.dumps(finite(summary), allow_nan=False), flush=True)
+
+
+def _number(text: str, kind: type, low: float | None, high: float | None, what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts: samples, frames, steps)."""
+    return _number(text, int, 1, None, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(text, int, 0, None, "an integer >= 0")
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (nan and inf are refused)."""
+    return _number(text, float, None, None, "a finite number")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (thresholds, tolerances)."""
+    return _number(text, float, 0.0, None, "a finite number >= 0")
+
+
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    return _number(text, float, 0.0, 1.0, "a number in [0, 1]")
+
+
+class _SetThreads(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 value: Any, option_string: str | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(value)
+        setattr(namespace, self.dest, value)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--threads N``: torch's intra-op threads, set as soon as the option is parsed.
+
+    Without it torch uses one thread per core, which is fastest on an idle machine; on a
+    shared, loaded one (or with several jobs at once) ``--threads 1`` can be far faster.
+    """
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, action=_SetThreads,
+        help="torch threads (default: torch's choice, one per core); 1 on a busy machine",
+    )

@@ -1,0 +1,59 @@
+"""The model kinds of the flows package, declared for :mod:`core.registry`.
+
+References:
+    Zhai et al. Normalizing Flows are Capable Generative Models. arXiv:2412.06329 (TARFlow).
+    Gu et al. STARFlow: Scaling Latent Normalizing Flows for High-resolution Image Synthesis.
+        arXiv:2506.06276; STARFlow-V (Apple 2025) for video.
+
+Everything is a ``"module:attribute"`` string, imported only when a config, a checkpoint or
+``sample.py`` uses the kind, so this module stays cheap to import.
+"""
+
+from core.registry import ModelKind, ShippedModel
+
+# The knob names one release used before the "one name per knob" rename.
+_OLD_TRANSFORMER_KNOBS = {
+    "dim": "width",
+    "heads": "num_heads",
+    "placement": "norm_placement",
+    "label_dropout": "condition_dropout",
+    "cond_dropout": "condition_dropout",
+}
+
+KINDS = (
+    ModelKind(
+        name="tarflow",
+        model="flows.image:TransformerFlow",
+        datasets={
+            "digits": "flows.data:digits",
+            "lfw_faces": "flows.data:lfw_faces",
+            "image_folder": "flows.data:image_folder",
+        },
+        sampler="flows.sampling:sample_image_flow",
+        renamed=_OLD_TRANSFORMER_KNOBS,
+        shipped={
+            "digits_tarflow": ShippedModel(
+                "flows:pretrained/digits_tarflow",
+                "class-conditional TARFlow on 16x16 handwritten digits (sklearn digits)",
+            ),
+        },
+    ),
+    ModelKind(
+        name="video_tarflow",
+        model="flows.video:VideoTransformerFlow",
+        datasets={
+            "moving_digits": "flows.video_data:moving_digits",
+            "bouncing_shapes": "flows.video_data:bouncing_shapes",
+            "tiny_clip": "flows.video_data:tiny_clip",
+            "video_folder": "flows.video_data:video_folder",
+        },
+        sampler="flows.video_cli:sample_video_flow",
+        renamed=_OLD_TRANSFORMER_KNOBS,
+        shipped={
+            "moving_digits_video": ShippedModel(
+                "flows:pretrained/moving_digits_video",
+                "text-conditioned STARFlow-V style video flow on moving digits",
+            ),
+        },
+    ),
+)

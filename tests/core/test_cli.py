@@ -1,0 +1,104 @@
+"""core.cli: one-line errors with exit 2, tracebacks for bugs, strict number types, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from core.cli import (
+    ArgumentParser,
+    add_threads_option,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    print_json,
+    probability,
+    run_cli,
+)
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="tool", description="A tool.")
+    parser.add_argument("--num", type=positive_int, default=8, help="how many")
+    parser.add_argument("--weight", type=finite_float, default=None, help="a weight")
+    parser.add_argument("--flag", action="store_true", help="a switch")
+    add_threads_option(parser)
+    return parser
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num", "0"], "argument --num: must be an integer >= 1, got '0'"),
+        (["--num", "2.5"], "argument --num: must be an integer >= 1, got '2.5'"),
+        (["--weight", "nan"], "argument --weight: must be a finite number, got 'nan'"),
+        (["--weight=-inf"], "must be a finite number, got '-inf'"),
+        (["--threads", "0"], "argument --threads: must be an integer >= 1"),
+        (["--nmu", "3"], "unrecognized arguments: --nmu 3"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys) -> None:
+    code = run_cli(lambda args: _parser().parse_args(args), argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert "(see tool --help)" in err
+
+
+def test_expected_errors_exit_2_and_bugs_keep_their_traceback(capsys) -> None:
+    def bad_input(argv):
+        raise ValueError("value 'x' is wrong;\n  choose one of: a, b")
+
+    def missing(argv):
+        raise FileNotFoundError("file 'y' does not exist")
+
+    def bug(argv):
+        raise KeyError("oops")
+
+    assert run_cli(bad_input) == 2
+    assert capsys.readouterr().err == "error: value 'x' is wrong; choose one of: a, b\n"
+    assert run_cli(missing) == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(KeyError):
+        run_cli(bug)
+    assert run_cli(lambda argv: None) == 0 and run_cli(lambda argv: 3) == 3
+
+
+def test_help_shows_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "how many (default: 8)" in text
+    assert "a weight\n" in text and "a switch\n" in text  # nothing shown for None / switches
+
+
+def test_threads_option_sets_torch_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert _parser().parse_args(["--threads", "2"]).threads == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_number_types() -> None:
+    assert positive_int("3") == 3 and non_negative_int("0") == 0
+    assert finite_float("-2.5") == -2.5 and non_negative_float("0") == 0.0
+    assert probability("1") == 1.0
+    for check, text in [(non_negative_int, "-1"), (non_negative_float, "-1e-9"),
+                        (probability, "1.01"), (probability, "nan"), (finite_float, "inf")]:
+        with pytest.raises(Exception, match=f"got '{text}'"):
+            check(text)
+
+
+def test_json_is_one_line_without_nan(capsys) -> None:
+    from pathlib import Path
+
+    print_json({"a": math.nan, "b": [1.5, math.inf], "c": Path("x/y"), "d": torch.tensor(2.0),
+                "e": {"f": "text\nmore"}})
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert json.loads(out) == {"a": None, "b": [1.5, None], "c": "x/y", "d": 2.0,
+                               "e": {"f": "text\nmore"}}

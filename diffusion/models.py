@@ -109,6 +109,11 @@ def _check_sampling(sampler: str, steps: int) -> None:
         raise ValueError(f"sample_steps must be >= 1, got {steps}")
 
 
+def _head_dim(block_out_channels: tuple[int, ...], attention_levels: int) -> int:
+    # One head size serves every attention level, so it must fit the narrowest of them.
+    return min(32, *block_out_channels[len(block_out_channels) - max(attention_levels, 1):])
+
+
 def _block_types(levels: int, attention_levels: int, cross: bool) -> tuple[list, list]:
     attn_down = "CrossAttnDownBlock2D" if cross else "AttnDownBlock2D"
     attn_up = "CrossAttnUpBlock2D" if cross else "AttnUpBlock2D"
@@ -250,7 +255,7 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
             sample_size=size, in_channels=channels, out_channels=channels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, norm_num_groups=norm_num_groups,
-            attention_head_dim=min(32, block_out_channels[-1]),
+            attention_head_dim=_head_dim(block_out_channels, attention_levels),
             num_class_embeds=num_labels + 1,
         )
         swap_norms(self.unet, norm)
@@ -354,7 +359,7 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
             norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
-            attention_head_dim=min(32, block_out_channels[-1]),
+            attention_head_dim=_head_dim(block_out_channels, attention_levels),
         )
         self.controlnet: ControlNetModel | None = None
         if conditioning in ("controlnet", "both"):

@@ -206,6 +206,15 @@ def test_the_loss_target_is_the_prediction_type(kind: str, batch) -> None:
     assert float(model.loss({"x": x0, "y": batch["y"]})["loss"]) > 1e-3
 
 
+@pytest.mark.parametrize("cls", [NormalAdaptedDiffusion, NormalAlignedDiffusion])
+def test_attention_on_a_level_narrower_than_the_deepest_runs(cls, batch) -> None:
+    # One head size serves every attention level: with 8 channels at the first level and 16
+    # at the second it must divide 8 (a head of 16 would leave that level with 0 heads).
+    model = cls(resolution=16, block_out_channels=(8, 16), norm_num_groups=4,
+                attention_levels=2)
+    assert torch.isfinite(model.loss(batch)["loss"])
+
+
 def test_patches_keep_every_pixel(batch) -> None:
     model = NormalAdaptedDiffusion(**TINY, patch_size=2)
     assert model.unet.config.sample_size == 8 and model.unet.config.in_channels == 12

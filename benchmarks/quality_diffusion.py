@@ -16,7 +16,8 @@ are drawn apart from the training renders (seed 0) and cached under ``runs/cache
   user gets them; mean | ||n|| - 1 | before renormalisation, back-facing fraction, foreground
   fraction against the renders', view and framing accuracy of a CNN probe trained on renders
   (its accuracy on the held-out renders is the ceiling), and the classifier two-sample test
-  (``benchmarks/two_sample.py``) of the decoded maps against the held-out renders.
+  (``benchmarks/two_sample.py``) of the decoded maps against the held-out renders, both as the
+  8-bit pixels of a PNG.
 - ``normal_aligned``: one image per held-out normal map; the correlation of sample luminance
   with the Lambertian shading of the conditioning normals (renders' own colour images and
   unconditioned samples as references) and the two-sample test against the renders' images.
@@ -25,6 +26,7 @@ are drawn apart from the training renders (seed 0) and cached under ``runs/cache
     python benchmarks/quality_diffusion.py                 # both shipped models, ~15 min
     python benchmarks/quality_diffusion.py --quick         # smaller sets, ~3 min
     python benchmarks/quality_diffusion.py --models normal_adapted --checkpoint runs/x
+    python benchmarks/quality_diffusion.py --images docs/images   # + the README's pictures
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ def _batched(fn, items: torch.Tensor, seed: int, batch: int = 64) -> torch.Tenso
     return torch.cat(out)
 
 
+def _png_pixels(x: torch.Tensor):
+    """Images in [-1, 1] as the 8-bit values a PNG holds (what a user and the C2ST see)."""
+    return torch.round(255.0 * ((x + 1.0) / 2.0).clamp(0.0, 1.0)).numpy()
+
+
 def _time_it(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -103,7 +110,7 @@ def measure_adapted(model, quick: bool, name: str = "normal_adapted") -> list[di
     maps, _ = clean_normal_maps(raw)
     hits = probe_accuracy(probe, maps, held["view"], held["framing"])
     reference = normal_quality(held["x"], held["mask"])
-    test = c2st(held["x"].numpy(), maps.numpy())
+    test = c2st(_png_pixels(held["x"]), _png_pixels(maps))
     seconds = _time_it(lambda: sample_normal_maps(
         model, torch.zeros(16, dtype=torch.long), torch.Generator().manual_seed(0)))
     fg_gap = abs(quality["foreground"] - reference["foreground"])
@@ -140,7 +147,7 @@ def measure_aligned(model, quick: bool, name: str = "normal_aligned") -> list[di
     uncond = _batched(lambda c, g: sample_aligned_images(model, torch.zeros_like(c), g,
                                                          guidance_scale=1.0), cond, seed=0)
     corr = shading_correlation(images, unit, mask, light)
-    test = c2st(held["color"].numpy(), images.numpy())
+    test = c2st(_png_pixels(held["color"]), _png_pixels(images))
     seconds = _time_it(lambda: sample_aligned_images(model, cond[:4],
                                                      torch.Generator().manual_seed(0)))
     return [
@@ -152,6 +159,36 @@ def measure_aligned(model, quick: bool, name: str = "normal_aligned") -> list[di
         _row(name, f"C2ST vs held-out renders (n = {test['n']})", test["c2st"], "<= 0.75",
              test["c2st"] <= 0.75),
         _row(name, "seconds for 4 images (sample.py default)", seconds, "< 60", seconds < 60),
+    ]
+
+
+def write_images(folder: str | Path, columns: int = 8) -> list[Path]:
+    """The README's pictures of the shipped models (PNG, 2x nearest-neighbour upscaled).
+
+    ``normal_adapted.png``: one row per prompt (each view full body, then front upper body and
+    front only head), ``columns`` samples each. ``normal_aligned.png``: two maps of each view
+    from those rows (top) and the aligned model's images for them (below), the two models
+    chained as ``sample.py`` chains them.
+    """
+    from core.images import save_image_grid
+    from diffusion.data import prompt_to_label
+    from diffusion.metrics import clean_normal_maps
+    from diffusion.pipelines import sample_aligned_images, sample_normal_maps
+
+    prompts = ["front view, full body", "back view, full body", "left side view, full body",
+               "right side view, full body", "front view, upper body", "front view, only head"]
+    adapted, aligned = load_model("normal_adapted"), load_model("normal_aligned")
+    labels = torch.tensor([prompt_to_label(p) for p in prompts]).repeat_interleave(columns)
+    maps, _ = clean_normal_maps(sample_normal_maps(adapted, labels,
+                                                   torch.Generator().manual_seed(0)))
+    chained = maps[torch.arange(4 * columns).view(4, columns)[:, :2].flatten()]
+    images = sample_aligned_images(aligned, chained, torch.Generator().manual_seed(0))
+    folder = Path(folder)
+    return [
+        save_image_grid((maps + 1) / 2, folder / "normal_adapted.png", columns=columns,
+                        scale=2),
+        save_image_grid((torch.cat([chained, images]) + 1) / 2, folder / "normal_aligned.png",
+                        columns=len(chained), scale=2),
     ]
 
 
@@ -184,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None,
                         help="measure this trainer checkpoint instead (needs one --models name)")
     parser.add_argument("--out", default="runs/bench/quality_diffusion.json")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="also write the README's sample pictures of both models into DIR")
     args = parser.parse_args(argv)
     names = [n for n in args.models.split(",") if n]
     bad = [n for n in names if n not in MODELS]
@@ -204,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows))
+    if args.images is not None:
+        for path in write_images(args.images):
+            print(f"wrote {path}")
     return 0
 
 

@@ -314,6 +314,8 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
 
     ``prediction_type``, ``beta_schedule`` and ``patch_size`` mean what they mean for
     :class:`NormalAdaptedDiffusion` (with patches, image and condition are both unshuffled).
+    ``mask_background``: sampling paints the background of the condition (its black pixels) black
+    in the output, as in the training images, instead of leaving the network's near-black there.
     """
 
     @register_to_config
@@ -336,6 +338,7 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         beta_schedule: str = "linear",
         patch_size: int = 1,
+        mask_background: bool = False,
         vae: str | None = None,
         latent_scale: float | None = None,
     ) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
+from .normal_maps import foreground_mask
+
 __all__ = [
     "SAMPLERS",
     "NormalAdaptedPipeline",
@@ -121,7 +123,8 @@ def sample_aligned_images(
 
     ``normals`` in [-1, 1] (background -1); all-zero maps give unconditioned samples.
     ``steps``, ``guidance_scale`` and ``sampler`` default to the model's config. In latent mode
-    the sampled latents are decoded by the model's autoencoder.
+    the sampled latents are decoded by the model's autoencoder. A model with
+    ``mask_background`` returns -1 (black) wherever the normal map is background.
     """
     steps, guidance_scale, sampler = _defaults(model, steps, guidance_scale, sampler)
     was_training = model.training
@@ -136,6 +139,8 @@ def sample_aligned_images(
     )
     if latent:
         out = model.decode(out).clamp(-1.0, 1.0)
+    if model.config.mask_background:
+        out = torch.where(foreground_mask((normals + 1.0) / 2.0).unsqueeze(1), out, -1.0)
     model.train(was_training)
     return out
 

@@ -215,6 +215,25 @@ def test_attention_on_a_level_narrower_than_the_deepest_runs(cls, batch) -> None
     assert torch.isfinite(model.loss(batch)["loss"])
 
 
+def test_mask_background_blacks_out_only_the_conditions_background(batch) -> None:
+    from diffusion.pipelines import sample_aligned_images
+
+    torch.manual_seed(0)
+    plain = NormalAlignedDiffusion(**TINY)
+    masked = NormalAlignedDiffusion(**TINY, mask_background=True)
+    masked.load_state_dict(plain.state_dict())
+    cond, mask = batch["x"][:3], batch["mask"][:3].unsqueeze(1).expand(-1, 3, -1, -1)
+    a = sample_aligned_images(plain, cond, torch.Generator().manual_seed(1), steps=2)
+    b = sample_aligned_images(masked, cond, torch.Generator().manual_seed(1), steps=2)
+    assert (a[~mask] != -1).any() and (b[~mask] == -1).all()
+    assert torch.equal(a[mask], b[mask])
+    # The null condition (zeros) has no background: unconditioned samples are left as they are.
+    null = torch.zeros_like(cond)
+    torch.testing.assert_close(
+        sample_aligned_images(masked, null, torch.Generator().manual_seed(1), steps=2),
+        sample_aligned_images(plain, null, torch.Generator().manual_seed(1), steps=2))
+
+
 def test_patches_keep_every_pixel(batch) -> None:
     model = NormalAdaptedDiffusion(**TINY, patch_size=2)
     assert model.unet.config.sample_size == 8 and model.unet.config.in_channels == 12

@@ -4,8 +4,9 @@ References:
     Zhai, et al. Normalizing Flows are Capable Generative Models (TARFlow). arXiv:2412.06329.
     Zhang, et al. Accelerate TarFlow Sampling with GS-Jacobi Iteration. arXiv:2505.12849.
 
-For each batch size: median wall time (interleaved repeats) of ``reverse`` with
-method="sequential", "jacobi" and "auto", Jacobi passes per block, max |x_jacobi - x_seq|, and
+For each batch size: median wall time (interleaved repeats) of ``ImageFlowSampler.reverse``
+with method="sequential", "jacobi" and "auto" (one sampler each, so auto's planner learns over
+the repeats), Jacobi passes per block, max |x_jacobi - x_seq|, and
 a straightforward KV-cache decoder written here from the same weights (torch.cat caches, plain
 softmax attention) as the reference for the sequential path. Then training images/s of the
 flow next to a plain causal ``torch.nn.TransformerEncoderLayer`` stack of the same size.
@@ -31,12 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.autoregressive import AutoregressiveBlock  # noqa: E402
-from flows.image import (  # noqa: E402
-    DEFAULT_JACOBI_THRESHOLD,
-    TransformerFlow,
-    patchify,
-    unpatchify,  # noqa: E402
-)
+from flows.image import TransformerFlow, patchify, unpatchify  # noqa: E402
+from flows.jacobi import DEFAULT_JACOBI_THRESHOLD  # noqa: E402
+from flows.sampling import ImageFlowSampler  # noqa: E402
 
 
 def load(checkpoint: Path) -> TransformerFlow:
@@ -135,24 +133,21 @@ def sampling_table(model, batches, repeats, threshold, device) -> list[dict]:
             if model.config.num_classes
             else None
         )
-        seq = model.reverse(z, y, method="sequential")
-        jac, info = model.reverse(
-            z, y, method="jacobi", jacobi_threshold=threshold, return_info=True
-        )
+        samplers = {
+            method: ImageFlowSampler(model, method, jacobi_threshold=threshold)
+            for method in ("sequential", "jacobi", "auto")
+        }
+        seq, _ = samplers["sequential"].reverse(z, y)
+        jac, info = samplers["jacobi"].reverse(z, y)
         fns = {
-            "sequential": lambda z=z, y=y: model.reverse(z, y, method="sequential"),
-            "jacobi": lambda z=z, y=y: model.reverse(
-                z, y, method="jacobi", jacobi_threshold=threshold
-            ),
-            "auto": lambda z=z, y=y: model.reverse(z, y, method="auto", jacobi_threshold=threshold),
+            method: lambda z=z, y=y, sampler=sampler: sampler.reverse(z, y)
+            for method, sampler in samplers.items()
         }
         if plain_ok:
             fns["plain_kv"] = lambda z=z, y=y: plain_reverse(model, z, y)
         cpu: dict[str, float] = {}
         t = median_times(fns, repeats, cpu)
-        _, auto_info = model.reverse(
-            z, y, method="auto", jacobi_threshold=threshold, return_info=True
-        )
+        _, auto_info = samplers["auto"].reverse(z, y)
         best = min(t["sequential"], t["jacobi"])
         row = {
             "batch": batch,
@@ -161,6 +156,7 @@ def sampling_table(model, batches, repeats, threshold, device) -> list[dict]:
             "speedup": t["sequential"] / t["jacobi"],
             "speedup_cpu_time": cpu["sequential"] / cpu["jacobi"],
             "jacobi_passes": info["iterations"],
+            "jacobi_token_passes": info["token_passes"],
             "max_abs_diff": (jac - seq).abs().max().item(),
             "auto_method": auto_info["method"],
             "auto_s": t["auto"],
@@ -172,6 +168,31 @@ def sampling_table(model, batches, repeats, threshold, device) -> list[dict]:
             row["plain_max_abs_diff"] = (plain_reverse(model, z, y) - seq).abs().max().item()
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def threshold_table(model, thresholds, batch, repeats, device, guidance=0.0) -> list[dict]:
+    """Jacobi at each threshold against sequential on the same noise: accuracy and speed."""
+    gen = torch.Generator().manual_seed(batch)
+    z = torch.randn((batch, *model.sample_shape), generator=gen).to(device)
+    classes = model.config.num_classes
+    y = torch.arange(batch, device=device) % classes if classes else None
+    samplers = {"sequential": ImageFlowSampler(model, "sequential")}
+    samplers.update({t: ImageFlowSampler(model, "jacobi", jacobi_threshold=t) for t in thresholds})
+    outputs = {name: sampler.reverse(z, y, guidance) for name, sampler in samplers.items()}
+    fns = {name: lambda s=sampler: s.reverse(z, y, guidance) for name, sampler in samplers.items()}
+    t = median_times(fns, repeats)
+    seq = outputs["sequential"][0]
+    rows = []
+    for threshold in thresholds:
+        x, info = outputs[threshold]
+        rows.append({
+            "threshold": threshold, "batch": batch, "guidance": guidance,
+            "passes": info["iterations"], "token_passes": sum(info["token_passes"]),
+            "max_abs_diff": (x - seq).abs().max().item(), "jacobi_s": t[threshold],
+            "speedup": t["sequential"] / t[threshold],
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -244,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[],
+                        help="also sweep these Jacobi thresholds (at the first batch size)")
+    parser.add_argument("--guidance", type=float, default=0.0, help="guidance of the sweep")
+    parser.add_argument("--no-training", action="store_true", help="skip the training table")
     args = parser.parse_args(argv)  # fmt: skip
 
     model = load(args.checkpoint).to(args.device)
@@ -262,13 +287,27 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['speedup']:.2f}x | {r['speedup_cpu_time']:.2f}x | {r['jacobi_passes']} | "
               f"{r['max_abs_diff']:.1e} | {r['auto_method']} | {r['auto_over_best']:.2f} | "
               f"{plain} |")  # fmt: skip
-    train = training_throughput(model, args.train_batch, args.train_steps)
-    print(f"training (batch {train['batch']}): flow {train['flow_images_per_s']:.0f} images/s, "
-          f"plain TransformerEncoderLayer reference {train['plain_images_per_s']:.0f} images/s, "
-          f"flow step time / reference = {train['flow_over_plain_time']:.2f} "
-          f"({train['flow_params']} vs {train['plain_params']} parameters)")  # fmt: skip
+    results: dict = {"sampling": rows}
+    if args.thresholds:
+        sweep = threshold_table(model, args.thresholds, args.batches[0], args.repeats,
+                                args.device, args.guidance)  # fmt: skip
+        print(f"\nthreshold sweep, batch {args.batches[0]}, guidance {args.guidance}:")
+        print("| threshold | passes/block | token-passes | max abs diff | jacobi s | speed-up |")
+        print("|---|---|---|---|---|---|")
+        for r in sweep:
+            print(f"| {r['threshold']:.0e} | {r['passes']} | {r['token_passes']} | "
+                  f"{r['max_abs_diff']:.1e} | {r['jacobi_s']:.3f} | {r['speedup']:.2f}x |")
+        results["thresholds"] = sweep
+    if not args.no_training:
+        train = training_throughput(model, args.train_batch, args.train_steps)
+        print(f"training (batch {train['batch']}): flow {train['flow_images_per_s']:.0f} "
+              f"images/s, plain TransformerEncoderLayer reference "
+              f"{train['plain_images_per_s']:.0f} images/s, flow step time / reference = "
+              f"{train['flow_over_plain_time']:.2f} ({train['flow_params']} vs "
+              f"{train['plain_params']} parameters)")
+        results["training"] = train
     if args.json:
-        args.json.write_text(json.dumps({"sampling": rows, "training": train}, indent=1))
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,20 +6,38 @@ forward+backward times, with all candidates of a table interleaved inside every 
 load from other processes hits them alike; only the ratios are meaningful on a shared machine.
 Times are the CPU time of the benchmarking thread (``time.thread_time``, torch on 1 thread by
 default), so time slices lost to other processes do not count; ``--wall`` uses wall-clock time.
-The min column is the fastest repeat, for reference.
+Each row shows the median and the fastest repeat with their ratios to the baseline's, and the
+paired ratio: the median over repeats of the row's time over the baseline's time in the same
+repeat. The verdict uses the paired ratio, which a burst of load slowing one repeat moves least.
 A last table times the eval-mode forward of PowerNorm / UnifiedNorm (a fused per-channel affine)
 against a plain ``torch.addcmul`` affine.
+
+``--compiled`` adds a "(compiled)" row for every layer with compiled kernels
+(:mod:`norms.fusion`), interleaved with the eager rows; each such row switches compiled kernels
+on for its own calls only, and the header lists how long each took to compile (its first call).
+Two rows without a target show what RegionNorm-L spends outside the normalization: its 7x7
+convolutions (mask, gamma and beta) and its channel mean/max features, forward and backward.
+
+Every fresh full-size buffer costs page faults: glibc serves blocks this large with mmap and
+unmaps them when freed, so each new 16 MB tensor is faulted in again (about 1-15 ms on the shared
+2-core machine, depending on its load), for the baselines as for the norms. ``--keep-freed-memory``
+asks glibc (mallopt) to keep freed blocks of up to 32 MB for reuse instead, which leaves the
+arithmetic and memory passes: run both to see how much of a ratio is allocation.
 
 Targets (from the issue): RMSNorm and CRMSNorm <= 1.2x LayerNorm, every other layer <= 3x,
 eval-mode PowerNorm / UN as fast as a plain affine (<= 1.1x here, to absorb timer noise).
 
-    python benchmarks/norm_layers.py            # ~1-2 minutes on one core
-    python benchmarks/norm_layers.py --quick    # fewer repeats, ~30 s
+    python benchmarks/norm_layers.py               # ~1-2 minutes on one core
+    python benchmarks/norm_layers.py --quick       # fewer repeats, ~30 s
+    python benchmarks/norm_layers.py --compiled    # plus compiled kernels (minutes to compile)
+    python benchmarks/norm_layers.py --keep-freed-memory   # without fresh-buffer page faults
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import random
 import statistics
 import sys
@@ -30,10 +48,20 @@ import torch
 from torch import nn
 
 import norms
+from norms.region import _ChannelMeanMax
 
 TOKEN_SHAPE = (32, 256, 512)
 MAP_SHAPE = (32, 128, 32, 32)
 TIGHT = {"rmsnorm": 1.2, "crmsnorm": 1.2}
+COMPILED = ("rmsnorm", "crmsnorm", "evonorm_b0", "evonorm_s0", "regionnorm_b", "regionnorm_l")
+
+
+def _keep_freed_memory() -> None:
+    """glibc keeps freed blocks of up to 32 MB for reuse (no unmapping, no trimming)."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers (malloc.h)
+    if not (libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        raise OSError("mallopt refused the thresholds")
 
 
 def _fwd_bwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dy: torch.Tensor):
@@ -42,6 +70,25 @@ def _fwd_bwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dy:
         layer(x).backward(dy)
 
     return run
+
+
+def _compiled(run: Callable[[], None], compile_seconds: dict[str, float], label: str):
+    """``run`` with compiled kernels switched on for its own calls; the first call's wall time
+    (the compilation) is recorded under ``label``."""
+
+    def compiled_run() -> None:
+        norms.use_compiled_kernels(True)
+        try:
+            if label not in compile_seconds:
+                start = time.perf_counter()
+                run()
+                compile_seconds[label] = time.perf_counter() - start
+            else:
+                run()
+        finally:
+            norms.use_compiled_kernels(False)
+
+    return compiled_run
 
 
 def _fwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
@@ -55,10 +102,8 @@ def _fwd(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor):
 CLOCK = time.thread_time
 
 
-def _time_interleaved(
-    cases: dict[str, Callable[[], None]], repeats: int
-) -> dict[str, tuple[float, float]]:
-    """(median, min) seconds per case; every repeat runs all cases once, in a shuffled order
+def _time_interleaved(cases: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per case and repeat; every repeat runs all cases once, in a shuffled order
     (whichever case runs first after the others' buffers are freed pays extra page faults)."""
     for run in cases.values():  # warm-up (allocator, lazy init)
         run()
@@ -71,7 +116,7 @@ def _time_interleaved(
             start = CLOCK()
             run()
             times[name].append(CLOCK() - start)
-    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+    return times
 
 
 def _token_layer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -91,24 +136,58 @@ def _map_layer(name: str, mask: torch.Tensor) -> Callable[[torch.Tensor], torch.
     return layer
 
 
+def _regionnorm_l_parts(x: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """RegionNorm-L's work outside the normalization: its convolutions and its features."""
+    layer = norms.build_norm("regionnorm_l", x.shape[1])
+    spatial = (x.shape[0], 1, *x.shape[2:])
+    soft = torch.rand(spatial, requires_grad=True)
+    features = torch.randn(x.shape[0], 2, *x.shape[2:], requires_grad=True)
+    grads = [torch.randn(spatial), torch.randn(spatial), torch.randn(spatial)]
+    flat = x.detach().reshape(x.shape[0], x.shape[1], -1).requires_grad_()
+    grad_features = torch.randn(x.shape[0], 2, flat.shape[2])
+
+    def convs() -> None:
+        layer.zero_grad(set_to_none=True)
+        outputs = [layer.mask_conv(features), layer.gamma_conv(soft), layer.beta_conv(soft)]
+        torch.autograd.backward(outputs, grads)
+
+    def mean_max() -> None:
+        flat.grad = None
+        _ChannelMeanMax.apply(flat).backward(grad_features)
+
+    return {"(part) regionnorm_l convs": convs, "(part) regionnorm_l mean/max": mean_max}
+
+
 def _rows(
     title: str,
     baseline: str,
-    stats: dict[str, tuple[float, float]],
-    target: Callable[[str], float],
+    times: dict[str, list[float]],
+    target: Callable[[str], float | None],
 ) -> list[str]:
-    base, base_min = stats[baseline]
-    head = f"{'layer':<28}{'median ms':>10}{'ratio':>7}{'min ms':>8}{'ratio':>7}{'target':>7}  ok"
+    """One line per case: median and min time, their ratios to the baseline's, and the paired
+    ratio (the median over repeats of case time / baseline time in the same repeat), which the
+    verdict uses: a burst of load that slows one repeat slows both sides of its ratio."""
+    base = times[baseline]
+    head = (
+        f"{'layer':<28}{'median ms':>10}{'ratio':>7}{'min ms':>8}{'ratio':>7}{'paired':>8}"
+        f"{'target':>7}  ok"
+    )
     lines = [f"\n{title}", head]
-    for name, (t, t_min) in stats.items():
+    for name, t in times.items():
+        median, fastest = statistics.median(t), min(t)
+        paired = statistics.median(a / b for a, b in zip(t, base, strict=True))
         row = (
-            f"{name:<28}{1e3 * t:>10.2f}{t / base:>7.2f}{1e3 * t_min:>8.2f}{t_min / base_min:>7.2f}"
+            f"{name:<28}{1e3 * median:>10.2f}{median / statistics.median(base):>7.2f}"
+            f"{1e3 * fastest:>8.2f}{fastest / min(base):>7.2f}{paired:>8.2f}"
         )
         if name == baseline:
             lines.append(f"{row}{'-':>7}  (baseline)")
             continue
         goal = target(name)
-        verdict = "yes" if t / base <= goal else "NO"
+        if goal is None:
+            lines.append(f"{row}{'-':>7}")
+            continue
+        verdict = "yes" if paired <= goal else "NO"
         lines.append(f"{row}{goal:>7.1f}  {verdict}")
     return lines
 
@@ -119,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per layer")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
+    parser.add_argument(
+        "--compiled", action="store_true", help="add rows for the compiled kernels (norms.fusion)"
+    )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed blocks for reuse (mallopt): no page faults for fresh buffers",
+    )
     args = parser.parse_args(argv)
     global CLOCK
     CLOCK = time.perf_counter if args.wall else time.thread_time
@@ -127,13 +214,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --repeats and --threads must be >= 1; got {repeats}, {args.threads}",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.keep_freed_memory:
+        try:
+            _keep_freed_memory()
+        except (OSError, AttributeError) as error:
+            print(f"error: --keep-freed-memory needs glibc's mallopt ({error})", file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clock = "wall-clock" if args.wall else "thread CPU"
+    allocator = "freed memory kept (mallopt)" if args.keep_freed_memory else "default allocator"
     out = [
-        f"torch {torch.__version__}, {args.threads} thread(s), {clock} time, "
-        f"median of {repeats} interleaved repeats; ratio = median / baseline median"
+        f"torch {torch.__version__}, {args.threads} thread(s), {clock} time, {allocator}, "
+        f"{repeats} interleaved repeats",
+        "load average (1, 5, 15 min) at the start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()),
     ]
+    compile_seconds: dict[str, float] = {}
 
     x = torch.randn(TOKEN_SHAPE, requires_grad=True)
     dy = torch.randn(TOKEN_SHAPE)
@@ -141,10 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in norms.available_norms("tokens"):
         label = name + (" (frozen)" if name == "fake_layernorm" else "")
         cases[label] = _fwd_bwd(_token_layer(name), x, dy)
-    medians = _time_interleaved(cases, repeats)
+        if args.compiled and name in COMPILED:
+            compiled = f"{name} (compiled)"
+            run = _fwd_bwd(_token_layer(name), x, dy)
+            cases[compiled] = _compiled(run, compile_seconds, compiled)
+    times = _time_interleaved(cases, repeats)
     out += _rows(
         f"token norms, forward+backward, x {TOKEN_SHAPE} (train mode)", "torch.nn.LayerNorm",
-        medians, lambda n: TIGHT.get(n, 3.0),
+        times, lambda n: TIGHT.get(n.split(" ")[0], 3.0),
     )  # fmt: skip
     del cases
 
@@ -155,10 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in norms.available_norms("maps"):
         label = name + (" (random mask)" if name == "regionnorm_b" else "")
         cases[label] = _fwd_bwd(_map_layer(name, mask), xm, dym)
-    medians = _time_interleaved(cases, repeats)
+        if args.compiled and name in COMPILED:
+            compiled = f"{name} (compiled)"
+            run = _fwd_bwd(_map_layer(name, mask), xm, dym)
+            cases[compiled] = _compiled(run, compile_seconds, compiled)
+    cases.update(_regionnorm_l_parts(xm))
+    times = _time_interleaved(cases, repeats)
     out += _rows(
         f"map norms, forward+backward, x {MAP_SHAPE} (train mode)", "torch.nn.GroupNorm(32)",
-        medians, lambda n: 3.0,
+        times, lambda n: None if n.startswith("(part)") else 3.0,
     )  # fmt: skip
     del cases
 
@@ -170,11 +275,16 @@ def main(argv: list[str] | None = None) -> int:
             layer(torch.randn(64, TOKEN_SHAPE[-1]))  # some running statistics
         cases[f"{name} (eval)"] = _fwd(layer.eval(), x)
     cases["torch.nn.LayerNorm (eval)"] = _fwd(nn.LayerNorm(TOKEN_SHAPE[-1]), x)
-    medians = _time_interleaved(cases, 3 * repeats)
+    times = _time_interleaved(cases, 3 * repeats)
     out += _rows(
-        f"eval-mode forward, x {TOKEN_SHAPE}", "plain affine (addcmul)", medians,
-        lambda n: 1.1 if "(eval)" in n and "LayerNorm" not in n else float("inf"),
+        f"eval-mode forward, x {TOKEN_SHAPE}", "plain affine (addcmul)", times,
+        lambda n: 1.1 if "(eval)" in n and "LayerNorm" not in n else None,
     )  # fmt: skip
+    if compile_seconds:
+        out.append("\ncompile time (first call, wall-clock s): " + ", ".join(
+            f"{name} {seconds:.0f}" for name, seconds in compile_seconds.items()
+        ))  # fmt: skip
+    out.append("load average at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print("\n".join(out))
     return 0
 

@@ -31,7 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.video import VideoTransformerFlow  # noqa: E402
+from flows.jacobi import DEFAULT_JACOBI_THRESHOLD  # noqa: E402
+from flows.planner import AutoPlanner  # noqa: E402
+from flows.video import VideoFlowSampler, VideoTransformerFlow  # noqa: E402
 
 
 def load_model(checkpoint: str | None) -> VideoTransformerFlow:
@@ -71,14 +73,19 @@ def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> 
         f"jacobi, {frames}-frame chunk": dict(method="jacobi", jacobi_chunk=n * frames, **common),
         "auto": dict(method="auto", **common),
     }
+    # One sampler per setting; auto's planner sees every run of the others too.
+    planner = AutoPlanner()
+    samplers = {
+        name: VideoFlowSampler(model, planner=planner, **options)
+        for name, options in methods.items()
+    }
     # Warm up; auto calibrates its pass times and learns the passes of the default Jacobi.
-    model.__dict__.pop("_auto_timings", None)
-    outputs = {name: model.reverse(z, y, text, **options) for name, options in methods.items()}
+    outputs = {name: sampler.reverse(z, y, text) for name, sampler in samplers.items()}
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.repeats):
-        for name, options in methods.items():
+        for name, sampler in samplers.items():
             start = time.perf_counter()
-            model.reverse(z, y, text, **options)
+            sampler.reverse(z, y, text)
             times[name].append(time.perf_counter() - start)
     t_seq = statistics.median(times["sequential"])
     # auto is judged against the best fixed setting it can choose (not noise init).
@@ -113,8 +120,57 @@ def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> 
     return rows
 
 
+def thresholds(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> list[dict]:
+    """Jacobi in one-frame and in whole-window chunks at each of ``args.thresholds`` against
+    sequential on the same noise (seeds 0 .. ``args.seeds`` - 1): worst max |difference|, deep
+    passes per frame and speed-up (medians over the seeds' timed runs). The first row is the
+    flow's own sensitivity: sequential on z times (1 + 1e-7 eps), float32 rounding's size."""
+    n, frames = model.tokens_per_frame, model.config.frames
+    chunks = {"frame": None, "window": n * frames}
+    runs = {}  # (seed, name) -> (x, info, seconds)
+    for seed in range(args.seeds):
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn((batch, frames, *model.frame_shape), generator=generator)
+        text = None
+        if model.config.text_tokens:
+            text = model.encode_prompts(["a 3 and a 7 moving apart"] * batch)
+        samplers = {("sequential", None): VideoFlowSampler(model, "sequential")}
+        for t in args.thresholds:
+            for chunk in chunks:
+                samplers[(chunk, t)] = VideoFlowSampler(
+                    model, "jacobi", jacobi_threshold=t, jacobi_max_iter=args.max_iter,
+                    jacobi_chunk=chunks[chunk],
+                )  # fmt: skip
+        for name, sampler in samplers.items():
+            sampler.reverse(z, text=text)  # warm-up
+            start = time.perf_counter()
+            x, info = sampler.reverse(z, text=text)
+            runs[(seed, name)] = (x, info, time.perf_counter() - start)
+        nudged = z * (1 + 1e-7 * torch.randn(z.shape, generator=generator))
+        runs[(seed, "nudged")] = samplers[("sequential", None)].reverse(nudged, text=text)
+    sensitivity = max(
+        float((runs[(s, "nudged")][0] - runs[(s, ("sequential", None))][0]).abs().max())
+        for s in range(args.seeds)
+    )
+    rows = [{"batch": batch, "threshold": 0.0, "chunk": "sequential, z x (1 + 1e-7 eps)",
+             "max_abs_diff": sensitivity, "passes_per_frame": [float(n)], "speedup": 1.0}]
+    for t in args.thresholds:
+        for chunk in chunks:
+            seeds = range(args.seeds)
+            exact = [runs[(s, ("sequential", None))] for s in seeds]
+            mine = [runs[(s, (chunk, t))] for s in seeds]
+            rows.append({
+                "batch": batch, "threshold": t, "chunk": chunk,
+                "max_abs_diff": max(float((x - e[0]).abs().max()) for (x, _, _), e in
+                                    zip(mine, exact)),
+                "passes_per_frame": [sum(i["iterations_per_frame"]) / frames for _, i, _ in mine],
+                "speedup": statistics.median(e[2] / m[2] for m, e in zip(mine, exact)),
+            })  # fmt: skip
+    return rows
+
+
 def quality(model: VideoTransformerFlow, args: argparse.Namespace) -> dict:
-    from flows.video_data import moving_digits
+    from flows.video.data import moving_digits
 
     cfg = model.config
     options = dict(frames=cfg.frames, image_size=cfg.image_size, digit_size=8, speed=1.0)
@@ -130,14 +186,8 @@ def quality(model: VideoTransformerFlow, args: argparse.Namespace) -> dict:
     result = {"bits_per_dim": bpd, "eval_videos": len(held_out), "samples": args.samples}
     for how in ("none", "tweedie", "learned"):
         generator.manual_seed(0)
-        video, _ = model.sample(
-            args.samples,
-            text=text,
-            generator=generator,
-            denoise=how,
-            method="jacobi",
-            jacobi_threshold=args.threshold,
-        )
+        sampler = VideoFlowSampler(model, "jacobi", jacobi_threshold=args.threshold)
+        video, _ = sampler.sample(args.samples, text=text, generator=generator, denoise=how)
         frames = video.flatten(0, 1).flatten(1)
         nearest = torch.cdist(frames, real).pow(2).min(dim=1).values / frames.shape[1]
         result[f"nearest_frame_mse_{how}"] = float(nearest.mean())
@@ -149,11 +199,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="trained video_tarflow run or checkpoint folder")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threshold", type=float, default=1e-9)
-    parser.add_argument("--max-iter", type=int, default=64)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_JACOBI_THRESHOLD)
+    parser.add_argument("--max-iter", type=int, help="Jacobi passes per chunk at most")
     parser.add_argument("--eval-videos", type=int, default=128)
     parser.add_argument("--samples", type=int, default=16)
-    args = parser.parse_args()
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[],
+                        help="also sweep these Jacobi thresholds (at the first batch size)")
+    parser.add_argument("--seeds", type=int, default=3, help="noise draws of the sweep")
+    args = parser.parse_args()  # fmt: skip
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(args.checkpoint)
     rows = [row for b in args.batches for row in speed(model, b, args)]
@@ -174,6 +227,16 @@ def main() -> None:
             f"{r['passes_per_frame']:.1f} | {r['local_passes']} | {r['max_abs_diff']:.1e} |"
         )
     summary = {"speed": rows, "device": "cpu", "threads": torch.get_num_threads()}
+    if args.thresholds:
+        sweep = thresholds(model, args.batches[0], args)
+        print(f"\nthreshold sweep, batch {args.batches[0]}, {args.seeds} noise draws:")
+        print("| threshold | chunk | max abs diff (worst draw) | deep passes/frame | speed-up |")
+        print("|---|---|---|---|---|")
+        for r in sweep:
+            passes = ", ".join(f"{p:.1f}" for p in r["passes_per_frame"])
+            print(f"| {r['threshold']:.0e} | {r['chunk']} | {r['max_abs_diff']:.1e} | {passes} "
+                  f"| {r['speedup']:.2f}x |")
+        summary["thresholds"] = sweep
     if args.checkpoint:
         summary["quality"] = quality(model, args)
         q = summary["quality"]

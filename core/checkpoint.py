@@ -6,8 +6,8 @@ A checkpoint folder is what the trainer writes (and what a shipped model is)::
       config.yaml          the resolved config; ``model.name`` is the kind (core.registry)
       model/               save_pretrained folder of the trained weights
       ema/                 save_pretrained folder of the EMA weights (when trained with EMA)
-      trainer_state.json   the trainer's step counters (plus its accelerator/ state): resuming
-                           needs them, sampling does not
+      trainer_state.json   the trainer's step counters (beside its training_state.* and
+                           rng-rank<r>.json files): resuming needs them, sampling does not
 
 A *source* is a checkpoint folder, a run folder (its newest complete ``checkpoint-<step>``) or
 the name of a shipped model (``digits_tarflow``; see ``python sample.py --list``). Every failure

@@ -31,16 +31,11 @@ otherwise every token is transformed (the last context token predicts token 0).
   in nats, shape (B,).
 - ``params(x, cond=None, uncond=None, guidance=0.0, guidance_rule="tarflow")`` ->
   ``(log_sigma, mu)`` for the transformed tokens, in permuted order (for tests/diagnostics).
-- ``reverse_sequential(z, cond=None, uncond=None, guidance=0.0, guidance_rule="tarflow",
-  given=None) -> x``: exact inverse, one token per step with a KV cache.
-- ``reverse_jacobi(z, cond=None, uncond=None, guidance=0.0, guidance_rule="tarflow",
-  threshold=1e-3, max_iter=32, chunk_size=None, init=None, given=None) -> (x, iterations)``:
-  chunked parallel fixed-point iteration x <- mu(x) + sigma(x) z, starting from ``init``
-  (default ``z``; video passes the previous frame's solution). A chunk stops when
-  mean((x_new - x_old)^2) / mean(x_new^2) < threshold or after ``max_iter`` passes; the KV cache
-  holds the solved prefix and is rewound before every re-iteration of the chunk. ``iterations``
-  is the number of parallel passes summed over chunks. With ``sync_ranks=True`` (and an
-  initialised process group) the stop flag is all-reduced so all ranks iterate together.
+- ``reverse(z, cond=None, uncond=None, guidance=0.0, guidance_rule="tarflow", solver=None,
+  init=None, given=None) -> (x, stats)``: the inverse, solved by a
+  :class:`flows.jacobi.JacobiSolver` (default: sequential decoding, one token per pass with a
+  KV cache; a Jacobi solver iterates chunks of tokens in parallel from ``init``, default ``z``).
+  ``stats`` (:class:`flows.jacobi.JacobiStats`) holds the passes per chunk and token-passes.
 - Guidance: give ``uncond`` (the prefix of the unconditional model, same shape as ``cond``);
   ``guidance_rule="tarflow"`` extrapolates (log_sigma, mu), ``"starflow"`` samples the Gaussian
   p_c^{1+w} / p_u^w. With ``uncond`` given the unconditional pass always runs, so w = 0 returns
@@ -60,9 +55,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from flows.jacobi import JacobiSolver, JacobiStats
 from norms.transformer import KVCache, TransformerStack
 
 __all__ = [
@@ -71,7 +66,6 @@ __all__ = [
     "AutoregressiveBlock",
     "Permutation",
     "combine_guidance",
-    "jacobi_change",
 ]
 
 AFFINES = ("exp", "softplus")
@@ -131,21 +125,6 @@ class Permutation:
         return f"Permutation({self.kind}, n={len(self.index)})"
 
 
-def jacobi_change(new: torch.Tensor, old: torch.Tensor, threshold: float) -> tuple[float, int]:
-    """One Jacobi pass's change of (B, T, D) tokens: (worst sample's change, leading tokens still).
-
-    The change is the reference's statistic mean((new - old)^2) / mean(new^2), taken per sample
-    (a batch mean would hide a slow sample); "still" counts the leading tokens whose change is
-    below ``threshold`` in every sample (they may be accepted). One host sync for both.
-    """
-    scale = new.pow(2).mean(dim=(1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
-    per_sample_token = (new - old).pow(2).mean(dim=2) / scale[:, None]
-    small = (per_sample_token.amax(dim=0) < threshold).cumprod(0)
-    worst = per_sample_token.mean(dim=1).amax()
-    change, n_small = torch.stack([worst, small.sum()]).tolist()
-    return change, int(n_small)
-
-
 def combine_guidance(
     log_sigma_c: torch.Tensor,
     mu_c: torch.Tensor,
@@ -175,19 +154,6 @@ def combine_guidance(
         return log_sigma_c - 0.5 * torch.log(denom), mu
     known = ", ".join(GUIDANCE_RULES)
     raise ValueError(f"guidance rule {rule!r} is unknown; choose one of: {known}")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _stop_everywhere(converged: bool, device: torch.device, distributed: bool) -> bool:
-    """All ranks stop together: all-reduce the flag only when a process group exists."""
-    if not distributed:
-        return converged
-    flag = torch.tensor([1.0 if converged else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
 
 
 class AutoregressiveBlock(nn.Module):
@@ -376,19 +342,21 @@ class AutoregressiveBlock(nn.Module):
         uncond: torch.Tensor | None,
         guidance_rule: str,
         given: torch.Tensor | None,
-        init: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, int, KVCache, torch.Tensor, bool]:
+        init: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int, KVCache, torch.Tensor, bool]:
         """Prime the cache with the context and known tokens.
 
         Returns (z permuted, x permuted with known tokens filled, first unknown position,
-        cache, hidden input of the last known position (not yet in the cache), guided).
+        context length, cache, hidden input of the first unknown token (not yet in the cache),
+        guided).
         """
-        b, t, _ = z.shape
         if z.dim() != 3 or z.shape[1:] != (self.num_tokens, self.token_dim):
             raise ValueError(
                 f"expected tokens (B, {self.num_tokens}, {self.token_dim}), got {tuple(z.shape)}"
             )
-        ctx, guided = self._guided_context(cond, uncond, b, guidance_rule)
+        if init is not None and init.shape != z.shape:
+            raise ValueError(f"init must have the shape of z {tuple(z.shape)}, got {init.shape}")
+        ctx, guided = self._guided_context(cond, uncond, z.shape[0], guidance_rule)
         ctx_len = 0 if ctx is None else ctx.shape[1]
         start = init.clone() if init is not None else z.clone()
         n_given = 0
@@ -408,114 +376,38 @@ class AutoregressiveBlock(nn.Module):
         cache = KVCache()
         if seq.shape[1] > 1:
             self.transformer(seq[:, :-1], cache=cache)
-        return zp, xp, n_given, cache, seq[:, -1:], guided
+        return zp, xp, n_given, ctx_len, cache, seq[:, -1:], guided
 
-    def reverse_sequential(
+    def reverse(
         self,
         z: torch.Tensor,
         cond: torch.Tensor | None = None,
         uncond: torch.Tensor | None = None,
         guidance: float = 0.0,
         guidance_rule: str = "tarflow",
-        given: torch.Tensor | None = None,
-        stats: dict | None = None,
-    ) -> torch.Tensor:
-        """Exact inverse, one token per transformer pass with a KV cache.
-
-        ``stats``, when given, receives "passes" (one per unknown token).
-        """
-        zp, xp, first, cache, last, guided = self._prepare_reverse(
-            z, cond, uncond, guidance_rule, given
-        )
-        if stats is not None:
-            stats.update(passes=self.num_tokens - first, token_passes=self.num_tokens - first)
-        ctx_len = cache.length + 1 - first
-        for t in range(first, self.num_tokens):
-            h = self.transformer(last, cache=cache)
-            log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
-            xp[:, t : t + 1] = mu + torch.exp(log_sigma) * zp[:, t : t + 1]
-            last = self._embed(xp[:, t : t + 1], ctx_len + t)
-            if guided:
-                last = torch.cat([last, last])
-        return self.permutation.inverse(xp)
-
-    def reverse_jacobi(
-        self,
-        z: torch.Tensor,
-        cond: torch.Tensor | None = None,
-        uncond: torch.Tensor | None = None,
-        guidance: float = 0.0,
-        guidance_rule: str = "tarflow",
-        threshold: float = 1e-3,
-        max_iter: int = 32,
-        chunk_size: int | None = None,
+        solver: JacobiSolver | None = None,
         init: torch.Tensor | None = None,
         given: torch.Tensor | None = None,
-        stats: dict | None = None,
-        sync_ranks: bool = False,
-    ) -> tuple[torch.Tensor, int]:
-        """Inverse by chunked Jacobi fixed-point iteration; returns (x, parallel passes used).
+    ) -> tuple[torch.Tensor, JacobiStats]:
+        """The inverse of ``forward``: z (B, T, D) -> (x, what the solver spent).
 
-        After every pass the leading tokens whose inputs no longer move (relative change below
-        ``threshold``) are accepted into the KV cache, so later passes recompute only the rest
-        of the chunk. With ``threshold=0`` and ``max_iter >= chunk_size`` the result equals the
-        sequential inverse to rounding: token k of a chunk is exact after k + 1 passes.
-        ``stats``, when given, receives "passes" and "token_passes" (tokens recomputed, summed
-        over passes: the arithmetic spent). ``sync_ranks=True`` all-reduces the stop flag so
-        every rank of an initialised process group runs the same passes (needed only when the
-        forward pass itself communicates, e.g. sharded weights); by default each rank samples
-        on its own, so sampling on one rank (the trainer's sample hook) cannot deadlock.
+        ``solver``: a :class:`~flows.jacobi.JacobiSolver` (default: sequential decoding, exact).
+        Jacobi starts from ``init`` (default ``z``); its chunks are this block's permuted
+        token order.
         """
-        if max_iter < 1:
-            raise ValueError(f"jacobi max_iter must be >= 1, got {max_iter}")
-        if threshold < 0:
-            raise ValueError(f"jacobi threshold must be >= 0, got {threshold}")
-        if init is not None and init.shape != z.shape:
-            raise ValueError(f"init must have the shape of z {tuple(z.shape)}, got {init.shape}")
-        zp, xp, first, cache, last, guided = self._prepare_reverse(
+        solver = solver or JacobiSolver.sequential()
+        zp, xp, first, ctx_len, cache, last, guided = self._prepare_reverse(
             z, cond, uncond, guidance_rule, given, init
         )
-        ctx_len = cache.length + 1 - first
-        chunk = self.num_tokens if chunk_size is None else chunk_size
-        if chunk < 1:
-            raise ValueError(f"jacobi chunk_size must be >= 1, got {chunk_size}")
-        passes = token_passes = 0
-        distributed = sync_ranks and _distributed()
-        shrink = not distributed  # ranks would accept different counts of tokens
-        s = first
-        while s < self.num_tokens:
-            e = min(s + chunk, self.num_tokens)
-            a, base = s, cache.length  # a: first token not yet accepted
-            for k in range(max_iter):
-                if a == 0:  # the input before token 0 is the last context token
-                    inputs = self._embed(xp[:, : e - 1], ctx_len)
-                    if guided:
-                        inputs = torch.cat([inputs, inputs])
-                    inputs = torch.cat([last, inputs], dim=1)
-                else:  # token a - 1 is solved: embed it with the guesses in one call
-                    inputs = self._embed(xp[:, a - 1 : e - 1], ctx_len + a - 1)
-                    if guided:
-                        inputs = torch.cat([inputs, inputs])
-                h = self.transformer(inputs, cache=cache)
-                log_sigma, mu = self._guided_affine(h, guided, guidance, guidance_rule)
-                new = mu + torch.exp(log_sigma) * zp[:, a:e]
-                change, n_small = jacobi_change(new, xp[:, a:e], threshold)
-                xp[:, a:e] = new
-                passes += 1
-                token_passes += e - a
-                converged = _stop_everywhere(change < threshold, z.device, distributed)
-                if converged or k == max_iter - 1:
-                    break  # the cache keeps this pass: it is the solved prefix
-                # Accept token a (exact: its inputs are all accepted) and the tokens after it
-                # whose inputs barely moved; later passes only recompute the rest of the chunk.
-                accept = min(1 + n_small, e - a) if shrink else 0
-                if a + accept == e:
-                    break
-                # keep the input before token a and the accepted tokens' inputs, which were
-                # computed from their (unchanged) values
-                cache.truncate(base + accept)
-                a, base = a + accept, base + accept
-            s = e
-        if stats is not None:
-            stats.update(passes=passes, token_passes=token_passes)
-        return self.permutation.inverse(xp), passes
+
+        def embed(tokens: torch.Tensor, position: int) -> torch.Tensor:
+            h = self._embed(tokens, ctx_len + position)
+            return torch.cat([h, h]) if guided else h
+
+        def step(inputs: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.transformer(inputs, cache=cache)
+            return self._guided_affine(h, guided, guidance, guidance_rule)
+
+        stats = JacobiStats()
+        solver.solve(step, embed, zp, xp, cache, last, start=first, stats=stats)
+        return self.permutation.inverse(xp), stats

@@ -13,10 +13,11 @@ References:
 The model is a stack of :class:`flows.autoregressive.AutoregressiveBlock` over the patch tokens
 of an image (pixels in [-1, 1], or latents of a local diffusers ``AutoencoderKL`` times a
 scale). Blocks alternate identity and reversed token order. ``forward`` maps data to noise
-(``z``, total log-determinant in nats); ``reverse`` is its exact inverse, sequential (KV cache,
-one token per step) or Jacobi (parallel fixed-point iteration), chosen per call with
-``method="auto"``. Sampling works in the noisy space the model was trained on; ``denoise``
-is the separate one-step Tweedie update x + sigma^2 grad log p(x).
+(``z``, total log-determinant in nats); ``reverse`` is its exact inverse, each block solved by
+the :class:`~flows.jacobi.JacobiSolver` it is given (sequential decoding or Jacobi). Choosing
+the method, drawing noise and decoding are the sampler's job
+(:class:`flows.sampling.ImageFlowSampler`). Sampling works in the noisy space the model was
+trained on; ``denoise`` is the separate one-step Tweedie update x + sigma^2 grad log p(x).
 
 Example:
     >>> import torch
@@ -41,14 +42,43 @@ from torch import nn
 
 from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock, Permutation
+from flows.jacobi import JacobiSolver, JacobiStats
+from flows.sampling import ImageFlowSampler
 
-__all__ = ["DEFAULT_JACOBI_THRESHOLD", "METHODS", "TransformerFlow"]
+__all__ = [
+    "LN_128",
+    "TransformerFlow",
+    "dequantise",
+    "nats_to_bits_per_dim",
+    "normal_log_prob",
+    "patchify",
+    "unpatchify",
+]
 
-METHODS = ("sequential", "jacobi", "auto")
-# Jacobi stop: the worst sample's mean relative change per pass below this. Chosen on the
-# shipped digits model so float32 samples stay within ~1e-3 of the sequential inverse.
-DEFAULT_JACOBI_THRESHOLD = 5e-8
 LN_128 = math.log(128.0)  # log-Jacobian per dim of [0, 256) -> [-1, 1)
+
+
+def dequantise(
+    pixels: torch.Tensor, encoded: torch.Tensor, how: str, noise_sigma: float
+) -> torch.Tensor:
+    """Training input of a flow: "uniform", 2 (x_int + u) / 256 - 1 of 8-bit ``pixels`` in
+    [-1, 1]; "gaussian", ``encoded`` (the pixels in the flow's space) + noise_sigma eps."""
+    if how == "uniform":
+        x_int = torch.round((pixels + 1) * 127.5).clamp(0, 255)
+        return 2 * (x_int + torch.rand_like(pixels)) / 256 - 1
+    return encoded + noise_sigma * torch.randn_like(encoded)
+
+
+def normal_log_prob(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+    """log p(x) per sample from a flow's (z, log|det dz/dx|) under the standard normal prior."""
+    flat = z.flatten(1)
+    return logdet - 0.5 * (flat.pow(2).sum(1) + flat.shape[1] * math.log(2 * math.pi))
+
+
+def nats_to_bits_per_dim(nll: torch.Tensor, pixels: bool) -> torch.Tensor:
+    """Bits/dim of an NLL in nats per dim: (nll + ln 128) / ln 2 for 8-bit pixels mapped to
+    [-1, 1) (the ln 128 is that map's Jacobian per dim), nll / ln 2 in a latent space."""
+    return (nll + (LN_128 if pixels else 0.0)) / math.log(2)
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -246,38 +276,30 @@ class TransformerFlow(ModelMixin, ConfigMixin):
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) per sample in nats (standard normal prior)."""
-        z, logdet = self(x, y)
-        flat = z.flatten(1)
-        return logdet - 0.5 * (flat.pow(2).sum(1) + flat.shape[1] * math.log(2 * math.pi))
+        return normal_log_prob(*self(x, y))
 
     @torch.no_grad()
     def reverse(
         self,
         z: torch.Tensor,
         y: torch.Tensor | None = None,
-        method: str = "auto",
+        solvers: JacobiSolver | Sequence[JacobiSolver] | None = None,
         guidance: float = 0.0,
         guidance_rule: str = "tarflow",
-        jacobi_threshold: float = DEFAULT_JACOBI_THRESHOLD,
-        jacobi_max_iter: int | Sequence[int] = 32,
-        jacobi_chunk: int | None = None,
         progress: bool = False,
-        return_info: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
-        """The exact inverse of ``forward`` (no denoising): z (B, C, H, W) -> x.
+    ) -> tuple[torch.Tensor, list[JacobiStats]]:
+        """The exact inverse of ``forward`` (no denoising): z (B, C, H, W) -> (x, stats).
 
         Arguments:
-            method: "sequential" (KV cache, one token per pass), "jacobi" (parallel
-                fixed-point iteration) or "auto" (picked per call, see flows.sampling).
+            solvers: how each block is inverted: one :class:`~flows.jacobi.JacobiSolver` for
+                every block or one per block in forward order (default: sequential decoding).
+                :class:`flows.sampling.ImageFlowSampler` picks them (``method="auto"``).
             guidance: classifier-free guidance weight w (needs a conditional model and y);
                 ``guidance_rule`` "tarflow" (extrapolation) or "starflow" (Gaussian rule).
-            jacobi_threshold: stop a chunk when the relative change falls below it.
-            jacobi_max_iter: pass cap per chunk, one int or one per block (forward order).
-            jacobi_chunk: tokens per Jacobi chunk (default: all tokens of the image).
-            return_info: also return {"method", "iterations"} (passes per block, forward order).
+            progress: a progress bar over the blocks.
+
+        Returns x like z and what each block's solve spent (forward order).
         """
-        if method not in METHODS:
-            raise ValueError(f"method {method!r} is unknown; choose one of: {', '.join(METHODS)}")
         if guidance_rule not in GUIDANCE_RULES:
             raise ValueError(
                 f"guidance rule {guidance_rule!r} is unknown; choose one of: "
@@ -286,59 +308,25 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         self.check_condition(y)
         if guidance and (not self.config.num_classes or y is None):
             raise ValueError("guidance needs a class-conditional model and class labels y")
-        budgets = (
-            [jacobi_max_iter] * len(self.blocks)
-            if isinstance(jacobi_max_iter, int)
-            else list(jacobi_max_iter)
-        )
-        if len(budgets) != len(self.blocks):
-            raise ValueError(
-                f"jacobi_max_iter lists {len(budgets)} budgets for {len(self.blocks)} blocks"
-            )
-        if method == "auto":
-            from flows.sampling import choose_method
-
-            method = choose_method(self, z.shape[0], z.device)
+        if solvers is None or isinstance(solvers, JacobiSolver):
+            solvers = [solvers or JacobiSolver.sequential()] * len(self.blocks)
+        if len(solvers) != len(self.blocks):
+            raise ValueError(f"{len(solvers)} solvers given for {len(self.blocks)} blocks")
         tokens = self._tokens(z)
         batch = tokens.shape[0]
-        iterations = [0] * len(self.blocks)
-        token_passes = [0] * len(self.blocks)
+        stats: list[JacobiStats] = [JacobiStats() for _ in self.blocks]
         order = list(reversed(range(len(self.blocks))))
         if progress:
             from tqdm.auto import tqdm
 
-            order = tqdm(order, desc=f"{method} reverse", unit="block", leave=False)
+            order = tqdm(order, desc="reverse", unit="block", leave=False)
         for i in order:
-            block = self.blocks[i]
             cond = self._prefix(i, y, batch)
             uncond = self._prefix(i, None, batch) if guidance else None
-            stats: dict[str, int] = {}
-            if method == "sequential":
-                tokens = block.reverse_sequential(
-                    tokens, cond, uncond, guidance, guidance_rule, stats=stats
-                )
-                iterations[i] = stats["passes"]
-            else:
-                tokens, iterations[i] = block.reverse_jacobi(
-                    tokens,
-                    cond,
-                    uncond,
-                    guidance,
-                    guidance_rule,
-                    threshold=jacobi_threshold,
-                    max_iter=budgets[i],
-                    chunk_size=jacobi_chunk,
-                    stats=stats,
-                )
-                token_passes[i] = stats["token_passes"]
-        if method == "jacobi":
-            from flows.sampling import record_jacobi_work
-
-            record_jacobi_work(self, iterations, token_passes)
-        x = self._image(tokens)
-        if return_info:
-            return x, {"method": method, "iterations": iterations}
-        return x
+            tokens, stats[i] = self.blocks[i].reverse(
+                tokens, cond, uncond, guidance, guidance_rule, solver=solvers[i]
+            )
+        return self._image(tokens), stats
 
     def denoise(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """One Tweedie step x + sigma^2 grad_x log p(x) with the model's own score."""
@@ -351,13 +339,6 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         return (x + sigma**2 * score).detach()
 
     # ------------------------------------------------------------------ training
-    def _dequantise(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.encode(images)
-        if self.config.dequantization == "uniform":
-            x_int = torch.round((images + 1) * 127.5).clamp(0, 255)
-            return 2 * (x_int + torch.rand_like(images)) / 256 - 1
-        return x + self.config.noise_sigma * torch.randn_like(x)
-
     def nll_per_dim(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Negative log-likelihood per dimension in nats, per sample."""
         return -self.log_prob(x, y) / x[0].numel()
@@ -378,58 +359,23 @@ class TransformerFlow(ModelMixin, ConfigMixin):
                 y[drop] = self.config.num_classes
         else:
             y = None
-        nll = self.nll_per_dim(self._dequantise(images), y).mean()
-        offset = 0.0 if self._vae is not None else LN_128
-        return {"loss": nll, "bits_per_dim": (nll.detach() + offset) / math.log(2)}
+        c = self.config
+        x = dequantise(images, self.encode(images), c.dequantization, c.noise_sigma)
+        nll = self.nll_per_dim(x, y).mean()
+        return {"loss": nll, "bits_per_dim": nats_to_bits_per_dim(nll.detach(), self._vae is None)}
 
     @torch.no_grad()
     def bits_per_dim(self, images: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Per-image bits/dim of 8-bit images (given in [-1, 1]) with uniform dequantisation."""
         if self._vae is not None:
             raise ValueError("bits/dim of pixels needs pixel mode (vae=None)")
-        x_int = torch.round((images + 1) * 127.5).clamp(0, 255)
-        x = 2 * (x_int + torch.rand_like(x_int)) / 256 - 1
-        return (self.nll_per_dim(x, y) + LN_128) / math.log(2)
+        x = dequantise(images, images, "uniform", 0.0)
+        return nats_to_bits_per_dim(self.nll_per_dim(x, y), pixels=True)
 
-    # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        num: int,
-        y: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        denoise: bool = True,
-        **reverse_kwargs: Any,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Draw ``num`` images in [-1, 1]: z ~ N(0, I), reverse, Tweedie denoise, decode."""
-        if num < 0:
-            raise ValueError(f"number of samples must be >= 0, got {num}")
-        z = torch.randn(
-            (num, *self.sample_shape), generator=generator, device=self.device, dtype=self.dtype
-        )
-        x, info = self.reverse(z, y, return_info=True, **reverse_kwargs)
-        if denoise:
-            x = self.denoise(x, y)
-        return self.decode(x).clamp(-1, 1), info
-
-    @torch.no_grad()
+    # ------------------------------------------------------------------ trainer hook
     def sample_for_logging(
         self, num: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Images (num, C, H, W) in [0, 1] for the trainer's periodic sampling hook."""
-        return samples_for_logging(self, num, generator)
-
-
-def samples_for_logging(
-    model: nn.Module, num: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    """``model.sample`` in eval mode, classes cycled when conditional, mapped to [0, 1]."""
-    y = None
-    if model.config.num_classes:
-        y = torch.arange(num, device=model.device) % model.config.num_classes
-    was_training = model.training
-    model.eval()
-    samples, _ = model.sample(num, y=y, generator=generator, method="auto")
-    model.train(was_training)
-    return (samples + 1) / 2
+        return ImageFlowSampler(self).sample_for_logging(num, generator)
 

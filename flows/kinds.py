@@ -40,14 +40,14 @@ KINDS = (
     ),
     ModelKind(
         name="video_tarflow",
-        model="flows.video:VideoTransformerFlow",
+        model="flows.video.model:VideoTransformerFlow",
         datasets={
-            "moving_digits": "flows.video_data:moving_digits",
-            "bouncing_shapes": "flows.video_data:bouncing_shapes",
-            "tiny_clip": "flows.video_data:tiny_clip",
-            "video_folder": "flows.video_data:video_folder",
+            "moving_digits": "flows.video.data:moving_digits",
+            "bouncing_shapes": "flows.video.data:bouncing_shapes",
+            "tiny_clip": "flows.video.data:tiny_clip",
+            "video_folder": "flows.video.data:video_folder",
         },
-        sampler="flows.video_cli:sample_video_flow",
+        sampler="flows.video.sampling:sample_video_flow",
         renamed=_OLD_TRANSFORMER_KNOBS,
         shipped={
             "moving_digits_video": ShippedModel(

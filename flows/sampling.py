@@ -1,29 +1,34 @@
-"""Sampling helpers: the per-call choice between sequential and Jacobi inversion, sample.py's
-entry point for ``tarflow`` checkpoints.
+r"""Samplers of the transformer flows: the method choice, noise, inversion, denoising, decoding.
 
 References:
-    Zhang, et al. Accelerate TarFlow Sampling with GS-Jacobi Iteration. arXiv:2505.12849, 2025
-    (block difficulty is uneven; Jacobi pays iterations x tokens of arithmetic).
-    Song, Meng, Ermon. Accelerating feedforward computation via parallel nonlinear equation
-    solving. ICML 2021, arXiv:2002.03629.
+    Zhai, Zhang, Gu, et al. Normalizing Flows are Capable Generative Models (TARFlow).
+    arXiv:2412.06329, 2024 (sampling, guidance, the Tweedie denoising step).
+    Zhang, et al. Accelerate TarFlow Sampling with GS-Jacobi Iteration. arXiv:2505.12849, 2025.
 
-The "auto" rule. Sequential inversion makes T one-token passes per block; Jacobi makes K passes
-over the not-yet-accepted tokens of the chunk (N token-passes in all). With a pass over n tokens
-at batch B costing c0 + c1 B n (c0: the fixed cost of running the layers at all, c1: the cost
-per token), the rule predicts, per block,
+A sampler wraps one trained model and owns how it is inverted: the method ("sequential",
+"jacobi" or "auto"), the Jacobi options and an :class:`~flows.planner.AutoPlanner` that
+measures and remembers (the model holds the maths only: ``forward``, and ``reverse`` given one
+:class:`~flows.jacobi.JacobiSolver` per block). Keep a sampler for as long as you sample the
+same model, so ``auto`` learns once. :class:`FlowSampler` is the shared part;
+:class:`ImageFlowSampler` serves :class:`flows.image.TransformerFlow` and
+:class:`flows.video.VideoFlowSampler` the video flow. ``sample_image_flow`` is ``sample.py``'s
+entry point for ``tarflow`` checkpoints.
 
-    sequential = T (c0 + c1 B),   jacobi = K c0 + N c1 B,
-
-and picks the smaller sum. ``choose_method`` measures c0 and c1 B once per (batch, device,
-dtype) on the model's first block (the fastest of a few one-token and T/4-token passes; blocks
-are scaled by depth), and takes K and N per block from the model's previous Jacobi call (T/4
-passes over half the tokens before any). On CUDA it picks Jacobi: a T-token pass costs about
-what a one-token pass costs there until batches far beyond sampling sizes.
+Example:
+    >>> import torch
+    >>> from flows.image import TransformerFlow
+    >>> flow = TransformerFlow(image_size=8, patch_size=2, width=32, num_heads=2,
+    ...                        layers_per_block=[1, 1]).eval()
+    >>> sampler = ImageFlowSampler(flow, method="jacobi")
+    >>> images, info = sampler.sample(2, generator=torch.Generator().manual_seed(0))
+    >>> images.shape, info["method"], len(info["iterations"])
+    (torch.Size([2, 1, 8, 8]), 'jacobi', 2)
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -31,91 +36,193 @@ import torch
 
 from core.checkpoint import load_model
 from core.images import save_image_grid
+from flows.jacobi import DEFAULT_JACOBI_THRESHOLD, JacobiSolver
+from flows.planner import AutoPlanner, Setting, Stage, synchronize
 
 __all__ = [
-    "choose_method",
-    "predicted_costs",
-    "record_jacobi_work",
+    "METHODS",
+    "FlowSampler",
+    "ImageFlowSampler",
     "sample_image_flow",
-    "timed_pass",
 ]
 
+METHODS = ("sequential", "jacobi", "auto")
 
-def timed_pass(fn: Any, repeats: int = 3) -> float:
-    """Median wall time of ``fn()`` in seconds (one warm-up call first)."""
-    fn()
-    times = []
-    for _ in range(repeats):
+
+class FlowSampler:
+    r"""What every flow sampler shares: the method, the Jacobi options and the planner.
+
+    Arguments:
+        model: the trained flow (eval mode is the caller's choice).
+        method: "sequential", "jacobi" or "auto" (picked per call and stage by ``planner``).
+        jacobi_threshold: the Jacobi stop rule (see :mod:`flows.jacobi`).
+        jacobi_max_iter: passes per chunk at most (default: the chunk's length).
+        jacobi_chunk: tokens per Jacobi chunk (default: the stage's own, see the subclass).
+        sync_ranks: all-reduce Jacobi's stop decision over an initialised process group.
+        planner: an :class:`~flows.planner.AutoPlanner` to share (default: a new one).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        method: str = "auto",
+        jacobi_threshold: float = DEFAULT_JACOBI_THRESHOLD,
+        jacobi_max_iter: int | None = None,
+        jacobi_chunk: int | None = None,
+        sync_ranks: bool = False,
+        planner: AutoPlanner | None = None,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method {method!r} is unknown; choose one of: {', '.join(METHODS)}")
+        JacobiSolver(jacobi_threshold, jacobi_max_iter, jacobi_chunk)  # refuses bad options
+        self.model, self.method = model, method
+        self.jacobi_threshold, self.jacobi_max_iter = jacobi_threshold, jacobi_max_iter
+        self.jacobi_chunk, self.sync_ranks = jacobi_chunk, sync_ranks
+        self.planner = planner if planner is not None else AutoPlanner()
+
+    @property
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        parameter = next(self.model.parameters())
+        return parameter.device, parameter.dtype
+
+    def _key(self, *extra: Hashable) -> tuple:
+        """The situation the planner's observations hold for (besides the stage)."""
+        device, dtype = self._device_dtype
+        return (str(device), dtype, self.jacobi_threshold, self.jacobi_max_iter, *extra)
+
+    def _setting(self, stage: Stage, key: Hashable) -> Setting:
+        """The setting of ``stage`` for this call; "jacobi" runs the stage's first Jacobi
+        candidate (the sampler's ``jacobi_chunk``, or the stage's own chunk)."""
+        if self.method == "sequential" or not stage.blocks:
+            return Setting("sequential")
+        if self.method == "jacobi":
+            return stage.candidates[1]
+        return self.planner.choose(stage, key, *self._device_dtype)
+
+    def _solver(self, setting: Setting, max_iter: int | None) -> JacobiSolver:
+        if setting.method == "sequential":
+            return JacobiSolver.sequential()
+        return JacobiSolver(self.jacobi_threshold, max_iter, setting.chunk, self.sync_ranks)
+
+    def _timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        device, _ = self._device_dtype
+        synchronize(device)
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        result = fn()
+        synchronize(device)
+        return result, time.perf_counter() - start
+
+    def sample(self, num: int, **kwargs: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``num`` samples in [-1, 1] and what was done; each model's sampler defines it."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_for_logging(
+        self, num: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Samples in [0, 1] in eval mode, classes cycled when conditional (the trainer's hook)."""
+        model = self.model
+        parameter = next(model.parameters())
+        y = None
+        if model.config.num_classes:
+            y = torch.arange(num, device=parameter.device) % model.config.num_classes
+        was_training = model.training
+        model.eval()
+        samples, _ = self.sample(num, y=y, generator=generator)
+        model.train(was_training)
+        return (samples + 1) / 2
 
 
-def _calibrate(model: Any, batch: int, device: torch.device) -> tuple[float, float]:
-    """(c0, c1 * batch) in seconds for the model's first block (see the module docstring)."""
-    from norms.transformer import KVCache
-
-    block = model.blocks[0]
-    tokens = model.num_tokens
-    n = max(2, tokens // 4)
-    dtype = next(model.parameters()).dtype
-    h = torch.randn(batch, tokens, block.width, device=device, dtype=dtype)
-    cache = KVCache()
-    with torch.no_grad():
-        block.transformer(h[:, : tokens // 2], cache=cache)
-        base = cache.length
-
-        def run(count: int) -> None:
-            cache.truncate(base)
-            block.out(block.transformer(h[:, base : base + count], cache=cache))
-
-        t_one = min(timed_pass(lambda: run(1), repeats=1) for _ in range(3))
-        t_many = min(timed_pass(lambda: run(n), repeats=1) for _ in range(2))
-    per_token = max(t_many - t_one, 0.0) / (n - 1)
-    return max(t_one - per_token, 0.0), per_token
+def jacobi_setting(chunk: int | None, natural: int) -> Setting:
+    """Jacobi with ``chunk`` tokens per chunk, the stage's own chunk written as None."""
+    return Setting("jacobi", None if chunk in (None, natural) else chunk)
 
 
-def record_jacobi_work(model: Any, passes: list[int], token_passes: list[int]) -> None:
-    """Remember the Jacobi work per block of the last call (used by :func:`choose_method`)."""
-    model.__dict__["_jacobi_work_seen"] = (list(passes), list(token_passes))
+class ImageFlowSampler(FlowSampler):
+    r"""Sampler of :class:`flows.image.TransformerFlow`; all blocks share one method.
 
+    Takes the options of :class:`FlowSampler`; ``jacobi_max_iter`` may list one pass budget
+    per block (forward order); ``jacobi_chunk`` defaults to all tokens of the image.
+    """
 
-def predicted_costs(model: Any, batch: int, device: torch.device | str) -> dict[str, float]:
-    """Predicted seconds of sequential and Jacobi inversion of ``batch`` samples (CPU rule)."""
-    dtype = next(model.parameters()).dtype
-    key = (batch, str(device), dtype)
-    timings = model.__dict__.setdefault("_auto_timings", {})
-    if key not in timings:
-        timings[key] = _calibrate(model, batch, torch.device(device))
-    fixed, per_token = timings[key]
-    tokens = model.num_tokens
-    depths = [len(block.transformer.blocks) for block in model.blocks]
-    passes, token_passes = model.__dict__.get("_jacobi_work_seen", (None, None))
-    if passes is None:
-        passes = [tokens / 4] * len(depths)
-        token_passes = [k * tokens / 2 for k in passes]
-    sequential = jacobi = 0.0
-    for depth, k, n in zip(depths, passes, token_passes):
-        scale = depth / depths[0]
-        sequential += scale * tokens * (fixed + per_token)
-        jacobi += scale * (k * fixed + n * per_token)
-    return {"sequential": sequential, "jacobi": jacobi}
+    def __init__(self, model: Any, method: str = "auto", **options: Any) -> None:
+        blocks = len(model.blocks)
+        budgets = options.pop("jacobi_max_iter", None)
+        budgets = list(budgets) if isinstance(budgets, list | tuple) else [budgets] * blocks
+        if len(budgets) != blocks:
+            raise ValueError(f"jacobi_max_iter lists {len(budgets)} budgets for {blocks} blocks")
+        for budget in budgets:
+            JacobiSolver(max_iter=budget)  # refuses a budget below 1
+        super().__init__(model, method, **options)
+        self.budgets = budgets
 
+    def _stage(self, batch: int, guided: bool) -> Stage:
+        tokens = self.model.num_tokens
+        return Stage(
+            "blocks",
+            tuple(self.model.blocks),
+            rows=batch * (2 if guided else 1),
+            tokens=tokens,
+            context=tokens // 2,
+            chunk=tokens,
+            candidates=(Setting("sequential"), jacobi_setting(self.jacobi_chunk, tokens)),
+        )
 
-def choose_method(model: Any, batch: int, device: torch.device | str) -> str:
-    """ "sequential" or "jacobi" for reversing ``batch`` samples of ``model`` on ``device``."""
-    if torch.device(device).type == "cuda":
-        return "jacobi"
-    costs = predicted_costs(model, batch, device)
-    return "jacobi" if costs["jacobi"] < costs["sequential"] else "sequential"
+    @torch.no_grad()
+    def reverse(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor | None = None,
+        guidance: float = 0.0,
+        guidance_rule: str = "tarflow",
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Invert z (B, C, H, W) -> (x, info): {"method", "jacobi_chunk", "iterations" (passes
+        per block, forward order), "token_passes", "seconds"}."""
+        stage = self._stage(z.shape[0], bool(guidance))
+        key = self._key(bool(guidance), tuple(self.budgets))
+        setting = self._setting(stage, key)
+        solvers = [self._solver(setting, budget) for budget in self.budgets]
+        (x, stats), seconds = self._timed(
+            lambda: self.model.reverse(z, y, solvers, guidance, guidance_rule, progress)
+        )
+        self.planner.record(stage, key, setting, seconds, stats)
+        return x, {
+            "method": setting.method,
+            "jacobi_chunk": setting.chunk,
+            "iterations": [s.passes for s in stats],
+            "token_passes": [s.token_passes for s in stats],
+            "seconds": seconds,
+        }
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num: int,
+        y: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        denoise: bool = True,
+        guidance: float = 0.0,
+        guidance_rule: str = "tarflow",
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``num`` images in [-1, 1]: z ~ N(0, I), reverse, Tweedie denoise, decode."""
+        if num < 0:
+            raise ValueError(f"number of samples must be >= 0, got {num}")
+        device, dtype = self._device_dtype
+        shape = (num, *self.model.sample_shape)
+        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        x, info = self.reverse(z, y, guidance, guidance_rule, progress)
+        if denoise:
+            x = self.model.denoise(x, y)
+        return self.model.decode(x).clamp(-1, 1), info
 
 
 def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[str, Any]) -> dict:
     """sample.py entry point for ``tarflow`` checkpoints: write a PNG grid, return a summary.
 
     ``options``: num, method, guidance, guidance_rule, class_label (int or None), seed, out,
-    jacobi_threshold, device, progress.
+    jacobi_threshold, jacobi_max_iter, device, progress.
     """
     device = options.get("device", "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -125,6 +232,12 @@ def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
         raise ValueError(f"--num must be a positive number of samples, got {num}")
     torch.manual_seed(options.get("seed", 0))
     model = load_model(checkpoint, options.get("use_ema", True), kind="tarflow")[0].to(device)
+    sampler = ImageFlowSampler(
+        model,
+        method=options.get("method", "auto"),
+        jacobi_threshold=options.get("jacobi_threshold", DEFAULT_JACOBI_THRESHOLD),
+        jacobi_max_iter=options.get("jacobi_max_iter"),
+    )
     classes = model.config.num_classes
     label = options.get("class_label")
     if label is not None:
@@ -141,16 +254,13 @@ def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
     if guidance and not classes:
         raise ValueError(f"--guidance {guidance} needs a class-conditional model")
     generator = torch.Generator(device=device).manual_seed(options.get("seed", 0))
-    threshold = options.get("jacobi_threshold")  # None: the model's default
     start = time.perf_counter()
-    images, info = model.sample(
+    images, info = sampler.sample(
         num,
         y,
         generator=generator,
-        method=options.get("method", "auto"),
         guidance=guidance,
         guidance_rule=options.get("guidance_rule", "tarflow"),
-        **({} if threshold is None else {"jacobi_threshold": threshold}),
         progress=options.get("progress", True),
     )
     wall = time.perf_counter() - start

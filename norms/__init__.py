@@ -29,6 +29,7 @@ from norms.batchchannel import (
 )
 from norms.crms import CRMSNorm
 from norms.evonorm import EvoNormB0, EvoNormS0
+from norms.fusion import compiled_kernels_enabled, use_compiled_kernels
 from norms.nap import NaPProjector, insert_norms
 from norms.powernorm import PowerNorm
 from norms.region import RegionNormB, RegionNormL
@@ -66,6 +67,7 @@ __all__ = [
     "available_norms",
     "build_norm",
     "check_layout",
+    "compiled_kernels_enabled",
     "fold_norm_into_linear",
     "init_selu_",
     "insert_norms",
@@ -75,5 +77,6 @@ __all__ = [
     "register_norm",
     "remove_weight_standardization",
     "standardize_weight",
+    "use_compiled_kernels",
     "weight_standardization",
 ]

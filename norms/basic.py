@@ -108,8 +108,8 @@ def _track_batch_stats(
 ) -> None:
     """BatchNorm's running-stat update from (B, C, *) ``x``'s batch mean and biased var."""
     n = x.numel() // running_mean.numel()
-    running_mean.lerp_(mean, rate)
-    running_var.lerp_(var * (n / max(n - 1, 1)), rate)
+    running_mean.lerp_(mean.to(running_mean.dtype), rate)
+    running_var.lerp_((var * (n / max(n - 1, 1))).to(running_var.dtype), rate)
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

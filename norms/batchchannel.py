@@ -13,14 +13,15 @@ Reference:
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from norms.basic import _largest_divisor_at_most, _track_batch_stats
-from norms.functional import batch_norm_train
-from norms.registry import check_layout, register_norm
+from norms.moments import moment_affine
+from norms.registry import check_layout, in_dtype_of, register_norm
 
 __all__ = [
     "BatchChannelNorm",
@@ -59,24 +60,44 @@ class BatchChannelNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layout(x, self.num_features, "maps", "batchchannelnorm")
+        b, c = x.shape[:2]
+        flat = x.reshape(b, c, -1).contiguous()
+        params = in_dtype_of(
+            x, self.bn_weight, self.bn_bias, self.weight, self.bias,
+            self.running_mean, self.running_var,
+        )  # fmt: skip
+        coefficients = partial(
+            _bcn_coefficients, groups=self.num_groups, eps=self.eps, training=self.training
+        )
+        y, mean, var = moment_affine(flat, coefficients, *params)
         if self.training:
-            y, mean, var = batch_norm_train(x.contiguous(), self.bn_weight, self.bn_bias, self.eps)
             self.num_batches_tracked += 1
             _track_batch_stats(self.running_mean, self.running_var, mean, var, x, self.momentum)
-        else:
-            y = F.batch_norm(
-                x, self.running_mean, self.running_var, self.bn_weight, self.bn_bias, False,
-                self.momentum, self.eps,
-            )  # fmt: skip
-        # A per-group affine is a per-channel affine with each group's value repeated.
-        per_channel = self.num_features // self.num_groups
-        return F.group_norm(
-            y,
-            self.num_groups,
-            self.weight.repeat_interleave(per_channel),
-            self.bias.repeat_interleave(per_channel),
-            self.eps,
-        )
+        return y.view(x.shape)
+
+
+def _bcn_coefficients(
+    m1, m2, bn_weight, bn_bias, weight, bias, running_mean, running_var, *, groups, eps, training
+):
+    """(A, B, batch mean, batch variance) of BCN as y = A x + B per (sample, channel), from the
+    per-(sample, channel) mean m1 and mean square m2 of x."""
+    if training:
+        mean = m1.mean(0)
+        var = (m2.mean(0) - mean * mean).clamp_min(0.0)
+    else:
+        mean, var = running_mean, running_var
+    a = bn_weight * torch.rsqrt(var + eps)
+    shift = bn_bias - mean * a
+    # z = a x + shift (the BatchNorm output): its per-(sample, channel) mean and mean square,
+    # then its per-(sample, group) mean and variance.
+    z1 = a * m1 + shift
+    z2 = a * a * m2 + 2.0 * a * shift * m1 + shift * shift
+    per = z1.shape[1] // groups
+    mu = z1.view(-1, groups, per).mean(2)
+    var_g = (z2.view(-1, groups, per).mean(2) - mu * mu).clamp_min(0.0)
+    gain = (weight * torch.rsqrt(var_g + eps)).repeat_interleave(per, 1)
+    offset = bias.repeat_interleave(per) - gain * mu.repeat_interleave(per, 1)
+    return gain * a, gain * shift + offset, mean, var
 
 
 def standardize_weight(weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

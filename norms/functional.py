@@ -5,60 +5,101 @@ References:
     Jiang, Gu, Zhu, Pan. Pre-RMSNorm and Pre-CRMSNorm Transformers: Equivalent and Efficient
     Pre-LN Transformers. NeurIPS 2023, arXiv:2305.14858.
 
-``torch.nn.functional.rms_norm`` has no fused CPU backward (it is ~10x slower than LayerNorm
-on CPU). Both functions here reuse the fused LayerNorm kernel instead: the LayerNorm forward
-returns each row's mean m and 1/sqrt(var + eps), from which the uncentred statistic follows
-(mean(x^2) = var + m^2), and the LayerNorm backward evaluated with mean 0 and the RMS rstd is
-the RMSNorm gradient up to one per-row constant. Everything runs in the input dtype.
+torch (2.14) has no fused CPU RMSNorm: ``torch.nn.functional.rms_norm`` decomposes into about
+ten elementwise passes there (~7x LayerNorm), and ``aten::_fused_rms_norm`` has CUDA kernels
+only. On a CPU the forward here takes each row's square sum in one reduction pass and scales
+in two; the backward is the fused LayerNorm backward evaluated with mean 0 and the RMS rstd,
+which is the RMSNorm gradient up to one per-row constant added back in place. Everything runs
+in the input dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
+from norms.fusion import Kernel, compiled_kernels_enabled
+from norms.reductions import column_dots, row_sums
+from norms.registry import in_dtype_of
+
 __all__ = ["batch_norm_train", "crms_norm", "rms_norm"]
 
 
-def _layer_norm_stats(x2d: torch.Tensor, weight: torch.Tensor | None, eps: float):
-    """Fused LayerNorm forward: (weight * (x - m) * rstd_ln, m, rstd_ln) with (M, 1) stats."""
-    y, mean, rstd = torch.ops.aten.native_layer_norm(x2d, [x2d.shape[-1]], weight, None, eps)
-    return y, mean.view(-1, 1), rstd.view(-1, 1)
+def _inverse_rms(sum_sq: torch.Tensor, denominator: int, eps: float) -> torch.Tensor:
+    """1 / sqrt(sum_sq / denominator + eps) as an (M, 1) column."""
+    return sum_sq.view(-1, 1).div(denominator).add_(eps).rsqrt_()
 
 
-def _uncentred_from_centred(
-    y: torch.Tensor, mean: torch.Tensor, rstd_ln: torch.Tensor, r: torch.Tensor, w: torch.Tensor
-) -> torch.Tensor:
-    # w * x * r = (r / rstd_ln) * [w * (x - m) * rstd_ln] + (m * r) * w, in place on y.
-    return y.mul_(r / rstd_ln).addcmul_(mean * r, w)
+def _scale_rows(x2d: torch.Tensor, r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """weight * x * r: one pass into a fresh buffer and one in place."""
+    return torch.mul(x2d, r).mul_(weight)
+
+
+def _layer_norm_input_grad(
+    grad_y: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, r: torch.Tensor, need_w: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fused LayerNorm backward evaluated at mean 0 and rstd r: (dx, dweight).
+
+    With g = grad_y * weight and xhat = x r it returns r (g - mean(g) - xhat mean(g xhat)) and
+    sum(grad_y * xhat) over rows; the callers add back what their norm does not centre.
+    """
+    grad_x, grad_w, _ = torch.ops.aten.native_layer_norm_backward(
+        grad_y, x2d, [x2d.shape[-1]], torch.zeros_like(r), r, weight, None, [True, need_w, False]
+    )
+    return grad_x, grad_w
+
+
+@Kernel
+def _rms_forward(x2d: torch.Tensor, weight: torch.Tensor, eps: float):
+    """RMSNorm of (M, C) rows: (output, per-row 1/rms)."""
+    r = _inverse_rms(torch.linalg.vector_norm(x2d, dim=-1).square_(), x2d.shape[-1], eps)
+    return _scale_rows(x2d, r, weight), r
+
+
+@Kernel
+def _rms_input_grad(grad_y, x2d, weight, r):
+    """dL/dx of RMSNorm in closed form, r (g - xhat mean(g xhat)), g = dy w, xhat = x r (the
+    compiled kernels' formulation; eagerly the LayerNorm route below is faster)."""
+    g = grad_y * weight
+    xhat = x2d * r
+    return r * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+
+
+@Kernel
+def _crms_forward(x2d: torch.Tensor, weight: torch.Tensor, eps: float):
+    """CRMSNorm of (M, C) rows: (output, per-row 1/rms, per-row sum of x)."""
+    sum_sq, sum_x = row_sums(x2d, x2d, x2d.shape[0])
+    # The implicit full vector [x, -sum x] of width d = C + 1 has the square sum
+    # sum x^2 + (sum x)^2; RMSNorm over it divides by d.
+    r = _inverse_rms(torch.addcmul(sum_sq, sum_x, sum_x), x2d.shape[-1] + 1, eps)
+    return _scale_rows(x2d, r, weight), r, sum_x.view(-1, 1)
+
+
+@Kernel
+def _crms_input_grad(grad_y, x2d, weight, r, sum_x):
+    """dL/dx of CRMSNorm in closed form, r g - r^3/d (x + sum x) (g . x), g = dy w."""
+    g = grad_y * weight
+    g_dot_x = (g * x2d).sum(-1, keepdim=True)
+    return r * g - (r * r * r / (x2d.shape[-1] + 1)) * g_dot_x * (x2d + sum_x)
 
 
 class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        y, mean, rstd_ln = _layer_norm_stats(x2d, weight, eps)
-        # mean(x^2) + eps = 1 / rstd_ln^2 + m^2 (the LayerNorm eps is already inside rstd_ln).
-        r = torch.rsqrt(rstd_ln.pow(-2) + mean * mean)
-        y = _uncentred_from_centred(y, mean, rstd_ln, r, weight)
+        y, r = _rms_forward(x2d, weight, eps)
         ctx.save_for_backward(x2d, weight, r)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x2d, weight, r = ctx.saved_tensors
-        zero = torch.zeros_like(r)
-        grad_x, grad_w, _ = torch.ops.aten.native_layer_norm_backward(
-            grad_y.contiguous(),
-            x2d,
-            [x2d.shape[-1]],
-            zero,
-            r,
-            weight,
-            None,
-            [True, ctx.needs_input_grad[1], False],
-        )
-        # The LayerNorm backward subtracts r * mean(g) per row (g = grad_y * weight), the
-        # derivative of the centring that RMSNorm does not do: add it back.
-        row_sum_g = torch.mv(grad_y.view_as(x2d), weight).view(-1, 1)
+        grad_y = grad_y.contiguous()
+        need_w = ctx.needs_input_grad[1]
+        if compiled_kernels_enabled():
+            grad_w = column_dots(grad_y, x2d, r) if need_w else None
+            return _rms_input_grad(grad_y, x2d, weight, r), grad_w, None
+        grad_x, grad_w = _layer_norm_input_grad(grad_y, x2d, weight, r, need_w)
+        # Add back r * mean(g), the derivative of the centring that RMSNorm does not do.
+        row_sum_g = torch.mv(grad_y, weight).view(-1, 1)
         grad_x.add_(row_sum_g * r / x2d.shape[-1])
         return grad_x, grad_w, None
 
@@ -66,35 +107,29 @@ class _RMSNormFunction(torch.autograd.Function):
 class _CRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        c = x2d.shape[-1]
-        d = c + 1
-        y, mean, rstd_ln = _layer_norm_stats(x2d, weight, eps)
-        # With v = 1/rstd_ln^2 = var + eps: sum x^2 = c (v - eps + m^2) and sum x = c m, so
-        # (sum x^2 + (sum x)^2)/d + eps = (c (v + m^2) + (c m)^2)/d + eps/d.
-        s1 = mean * c
-        r = torch.rsqrt((c * (rstd_ln.pow(-2) + mean * mean) + s1 * s1 + eps) / d)
-        y = _uncentred_from_centred(y, mean, rstd_ln, r, weight)
-        ctx.save_for_backward(x2d, weight, r, s1, y)
+        y, r, sum_x = _crms_forward(x2d, weight, eps)
+        ctx.save_for_backward(x2d, weight, r, sum_x, y)
         return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        x2d, weight, r, s1, y = ctx.saved_tensors
+        x2d, weight, r, sum_x, y = ctx.saved_tensors
         c = x2d.shape[-1]
         d = c + 1
-        grad_y = grad_y.contiguous().view_as(x2d)
+        grad_y = grad_y.contiguous()
+        need_w = ctx.needs_input_grad[1]
+        if compiled_kernels_enabled():
+            grad_w = column_dots(grad_y, x2d, r) if need_w else None
+            return _crms_input_grad(grad_y, x2d, weight, r, sum_x), grad_w, None
         # Wanted: dx_j = r g_j - r^3/d (x_j + sum x) (g . x), with g = grad_y * weight.
         # The LayerNorm backward with mean 0 and rstd r gives r g - r^3 (g . x) x / c - r sum(g)/c;
         # two in-place row corrections turn one into the other. g . x = (grad_y . y) / r.
-        grad_x, grad_w, _ = torch.ops.aten.native_layer_norm_backward(
-            grad_y, x2d, [c], torch.zeros_like(r), r, weight, None,
-            [True, ctx.needs_input_grad[1], False],
-        )  # fmt: skip
-        dot = torch.linalg.vecdot(grad_y, y).view(-1, 1) / r
+        grad_x, grad_w = _layer_norm_input_grad(grad_y, x2d, weight, r, need_w)
+        dot = row_sums(grad_y, y, x2d.shape[0])[0].view(-1, 1) / r
         sum_g = torch.mv(grad_y, weight).view(-1, 1)
         r3_dot = r * r * r * dot
         grad_x.addcmul_(x2d, r3_dot, value=1.0 / c - 1.0 / d)
-        grad_x.add_(r * sum_g / c - r3_dot * s1 / d)
+        grad_x.add_(r * sum_g / c - r3_dot * sum_x / d)
         return grad_x, grad_w, None
 
 
@@ -104,6 +139,7 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """weight * x / sqrt(mean(x^2, -1) + eps) over the last dim, in x's dtype."""
+    (weight,) = in_dtype_of(x, weight)
     if x.is_cuda:  # CUDA has a fused RMSNorm forward and backward; only CPU needs the detour
         return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
     if weight is None:
@@ -113,6 +149,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 
 def crms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """weight * x / sqrt((sum x^2 + (sum x)^2) / (C + 1) + eps) over the last dim (C = width)."""
+    (weight,) = in_dtype_of(x, weight)
     if weight is None:
         weight = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
     return _CRMSNormFunction.apply(_as_rows(x), weight, eps).view(x.shape)
@@ -162,4 +199,4 @@ def batch_norm_train(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training-mode BatchNorm of (B, C, *) maps: (output, batch mean, biased batch variance)."""
-    return _TrainBatchNorm.apply(x.contiguous(), weight, bias, eps)
+    return _TrainBatchNorm.apply(x.contiguous(), *in_dtype_of(x, weight, bias), eps)

@@ -27,15 +27,16 @@ import torch
 from torch import nn
 
 from norms.functional import rms_norm
-from norms.registry import check_layout, register_norm
+from norms.reductions import column_dots, column_sums
+from norms.registry import check_layout, in_dtype_of, register_norm
 
-__all__ = ["PowerNorm", "flatten_tokens", "masked_mean"]
+__all__ = ["PowerNorm", "flatten_tokens", "kept_mean", "token_gradient_sums"]
 
 
 def flatten_tokens(
     x: torch.Tensor, pad_mask: torch.Tensor | None, layer: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(..., C) tokens as (M, C) rows plus a (M,) float keep-mask (1 = real token) or None."""
+    """(..., C) tokens as (M, C) rows plus an (M, 1) float keep-mask (1 = real token) or None."""
     x2d = x.contiguous().view(-1, x.shape[-1])
     if pad_mask is None:
         return x2d, None
@@ -44,33 +45,38 @@ def flatten_tokens(
             f"{layer}: pad_mask must have shape {tuple(x.shape[:-1])} (True = padding); "
             f"got {tuple(pad_mask.shape)}"
         )
-    keep = (~pad_mask.to(torch.bool)).reshape(-1).to(x.dtype)
+    keep = (~pad_mask.to(torch.bool)).reshape(-1, 1).to(x.dtype)
     if not bool(keep.any()):
         raise ValueError(f"{layer}: pad_mask marks every token as padding; need >= 1 real token")
     return x2d, keep
 
 
-def masked_mean(rows: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Per-channel mean of (M, C) rows over the kept rows."""
-    if keep is None:
-        return rows.mean(0)
-    return torch.mv(rows.t(), keep) / keep.sum()
+def kept_mean(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Per-channel mean of a * b over the kept rows of (M, C) ``a``, ``b`` (one fused pass)."""
+    total = column_dots(a, b, keep)
+    return total / (a.shape[0] if keep is None else keep.sum())
+
+
+def token_gradient_sums(
+    grad_y: torch.Tensor, x2d: torch.Tensor, keep: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per channel: sum(dy * x) and sum(dy) over all rows, and mean(dy * x) over kept rows."""
+    sum_gx, sum_g = column_sums(grad_y, x2d)
+    mean_gx = sum_gx / x2d.shape[0] if keep is None else kept_mean(grad_y, x2d, keep)
+    return sum_gx, sum_g, mean_gx
 
 
 class _PowerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, keep, choose, ema_gz, alpha_bkw, eps):
-        # x^2 is computed into the buffer that then receives the output: on CPU a pass into a
-        # fresh buffer costs several in-place ones.
-        buffer = x2d * x2d
-        batch_psi2 = masked_mean(buffer, keep)
+        batch_psi2 = kept_mean(x2d, x2d, keep)
         psi2 = choose(batch_psi2)  # the layer picks batch / running psi^2 and updates its state
-        inv = torch.rsqrt(psi2 + eps)
+        inv = torch.rsqrt(psi2 + eps).to(x2d.dtype)
         ctx.save_for_backward(x2d, weight, inv, batch_psi2, keep)
         # The correction state is read and updated in backward, not saved: it changes between
         # the forward and the backward when the layer runs twice in one graph.
         ctx.ema_gz, ctx.alpha_bkw = ema_gz, alpha_bkw
-        return torch.addcmul(bias, x2d, weight * inv, out=buffer)
+        return torch.addcmul(bias, x2d, weight * inv)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -78,16 +84,12 @@ class _PowerFunction(torch.autograd.Function):
         ema_gz = ctx.ema_gz
         grad_y = grad_y.contiguous()
         corr = (1.0 - ctx.alpha_bkw) * ema_gz
-        gx = grad_y * x2d
-        grad_w = gx.sum(0) * inv
-        grad_b = grad_y.sum(0)
+        sum_gx, grad_b, mean_gx = token_gradient_sums(grad_y, x2d, keep)
         # mean(g z) = weight * inv * mean(dy x); mean(z^2) = inv^2 * psi_B^2 (non-pad tokens).
-        mean_gz = weight * inv * masked_mean(gx, keep)
         with torch.no_grad():
-            ema_gz.add_(mean_gz - corr * inv * inv * batch_psi2)
-        grad_x = torch.mul(grad_y, weight * inv, out=gx)  # reuse the dy * x buffer
-        grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+            ema_gz.add_(weight * inv * mean_gx - corr * inv * inv * batch_psi2)
+        grad_x = torch.mul(grad_y, weight * inv).addcmul_(x2d, corr * inv * inv, value=-1)
+        return grad_x, sum_gx * inv, grad_b, None, None, None, None, None
 
 
 @register_norm("powernorm", layouts=("tokens",), running_stats=True)
@@ -154,10 +156,12 @@ class PowerNorm(nn.Module):
         if self.group_scaling:
             x = self._group_scale(x)
         if not self.training:
-            return torch.addcmul(self.bias, x, self._eval_scale())
+            bias, scale = in_dtype_of(x, self.bias, self._eval_scale())
+            return torch.addcmul(bias, x, scale)
         x2d, keep = flatten_tokens(x, pad_mask, "powernorm")
+        weight, bias = in_dtype_of(x, self.weight, self.bias)
         y = _PowerFunction.apply(
-            x2d, self.weight, self.bias, keep, self._divisor, self.ema_gz, self.alpha_bkw, self.eps
+            x2d, weight, bias, keep, self._divisor, self.ema_gz, self.alpha_bkw, self.eps
         )
         return y.view(x.shape)
 
@@ -170,7 +174,7 @@ class PowerNorm(nn.Module):
             self.running_phi.mul_((step - 1) / step).add_(batch_psi2 / step)
             return batch_psi2
         psi2 = self.running_phi.clone()
-        self.running_phi.lerp_(batch_psi2, 1.0 - self.alpha_fwd)
+        self.running_phi.lerp_(batch_psi2.to(psi2.dtype), 1.0 - self.alpha_fwd)
         return psi2
 
     def extra_repr(self) -> str:

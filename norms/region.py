@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from norms.registry import check_layout, register_norm
+from norms.fusion import Kernel
+from norms.reductions import channel_sums
+from norms.registry import check_layout, in_dtype_of, register_norm
 
 __all__ = ["RegionNormB", "RegionNormL", "region_normalize"]
 
@@ -60,12 +62,90 @@ def _prepare_mask(mask: torch.Tensor, x: torch.Tensor, layer: str) -> torch.Tens
 
 def _region_sums(t: torch.Tensor, tm: torch.Tensor, flat: torch.Tensor) -> tuple:
     """Per-channel sums of t and t * x over all pixels and over region 1 (tm = t * mask)."""
-    return (
-        t.sum((0, 2)),
-        torch.linalg.vecdot(t, flat).sum(0),
-        tm.sum((0, 2)),
-        torch.linalg.vecdot(tm, flat).sum(0),
+    t_x, total = channel_sums(t, flat)
+    tm_x, total_m = channel_sums(tm, flat)
+    return total, t_x, total_m, tm_x
+
+
+def _pixel_affine_grads(
+    dy: torch.Tensor,
+    dy_x: torch.Tensor,
+    masked: torch.Tensor,
+    mask: torch.Tensor,
+    a: torch.Tensor,
+    shift: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of RN-L's pixel scale and shift, (B, 1, L) each.
+
+    The scale multiplies z = a_r x + shift_r, so its gradient is the channel sum of dy * z: a
+    contraction of dy_x = dy * x and of dy with the per-region coefficient rows (batched mat-vec
+    products, one read of each full-size tensor).
+    """
+    ones = torch.ones_like(a[0])
+    delta_a, delta_shift = a[1] - a[0], shift[1] - shift[0]
+    if mask.shape[1] == 1:
+        ax = torch.matmul(torch.stack([a[0], delta_a]), dy_x)
+        sd = torch.matmul(torch.stack([shift[0], delta_shift, ones]), dy)
+        grad_scale = (ax[:, :1] + sd[:, :1]).addcmul_(ax[:, 1:] + sd[:, 1:2], mask)
+        return grad_scale, sd[:, 2:]
+    # Per-channel regions: the mask enters the contraction ((C,) @ (B, C, L) -> (B, L)).
+    grad_scale = (
+        torch.matmul(a[0], dy_x)
+        + torch.matmul(delta_a, dy * masked)
+        + torch.matmul(shift[0], dy)
+        + torch.matmul(delta_shift, dy * mask)
     )
+    return grad_scale.unsqueeze(1), torch.matmul(ones, dy).unsqueeze(1)
+
+
+@Kernel
+def _region_forward(flat, mask, weight, bias, pix_scale, pix_shift, eps: float):
+    """Both regions normalised (and RN-L's pixel affine): the output and what backward needs."""
+    b, c, length = flat.shape
+    masked = flat * mask
+    total, total_sq, sum1, sq1 = _region_sums(flat, masked, flat)
+    count1 = mask.sum((0, 2)).expand(c)
+    counts = torch.stack([b * length - count1, count1]).clamp_min(1.0)
+    sums = torch.stack([total - sum1, sum1])
+    squares = torch.stack([total_sq - sq1, sq1])
+    mu = sums / counts
+    s = torch.rsqrt((squares / counts - mu * mu).clamp_min(0.0) + eps)
+    a = weight * s
+    shift = bias - mu * a
+    # y = a0 x + shift0 + m ((a1 - a0) x + shift1 - shift0), built in place on one buffer
+    # (fresh full-size buffers are what costs most on CPU).
+    y = torch.addcmul(shift[0].view(1, c, 1), flat, a[0].view(1, c, 1))
+    y.addcmul_(masked, (a[1] - a[0]).view(1, c, 1))
+    y.addcmul_(mask, (shift[1] - shift[0]).view(1, c, 1))
+    if pix_scale is not None:
+        y = torch.addcmul(pix_shift, y, pix_scale, out=y)
+    return y, masked, mu, s, a, shift, counts
+
+
+@Kernel
+def _region_backward(dy, flat, mask, pix_scale, masked, mu, s, a, shift, counts):
+    """Gradients of the region normalization for x, weight, bias and the pixel affine."""
+    c = flat.shape[1]
+    grad_pix_scale = grad_pix_shift = None
+    if pix_scale is not None:
+        dy_x = dy * flat
+        grad_pix_scale, grad_pix_shift = _pixel_affine_grads(dy, dy_x, masked, mask, a, shift)
+        dy = torch.mul(dy, pix_scale, out=dy_x)  # dy_x is spent: reuse its buffer
+    # One fresh full-size buffer (a CPU spends more on the page faults of a new buffer than on
+    # its arithmetic): dy * mask for the region-1 sums, then the gradient built on top of it.
+    grad_x = dy * mask
+    total, total_x, sum1, sum1_x = _region_sums(dy, grad_x, flat)
+    sdy = torch.stack([total - sum1, sum1])
+    # Per region: sum of dy * xhat with xhat = (x - mu) s.
+    sdxhat = s * (torch.stack([total_x - sum1_x, sum1_x]) - mu * sdy)
+    k = sdxhat / counts
+    # BatchNorm's gradient per region, a (dy - mean(dy) - xhat mean(dy xhat)) = a dy + p x + q.
+    p = -a * s * k
+    q = a * (mu * s * k - sdy / counts)
+    grad_x.mul_((a[1] - a[0]).view(1, c, 1)).addcmul_(dy, a[0].view(1, c, 1))
+    grad_x.addcmul_(flat, p[0].view(1, c, 1)).addcmul_(masked, (p[1] - p[0]).view(1, c, 1))
+    grad_x.addcmul_(mask, (q[1] - q[0]).view(1, c, 1)).add_(q[0].view(1, c, 1))
+    return grad_x, sdxhat, sdy, grad_pix_scale, grad_pix_shift
 
 
 class _RegionNormFunction(torch.autograd.Function):
@@ -79,67 +159,43 @@ class _RegionNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat, mask, weight, bias, pix_scale, pix_shift, eps):
-        b, c, length = flat.shape
-        masked = flat * mask
-        total, total_sq, sum1, sq1 = _region_sums(flat, masked, flat)
-        count1 = mask.sum((0, 2)).expand(c)
-        counts = torch.stack([b * length - count1, count1]).clamp_min(1.0)
-        sums = torch.stack([total - sum1, sum1])
-        squares = torch.stack([total_sq - sq1, sq1])
-        mu = sums / counts
-        s = torch.rsqrt((squares / counts - mu * mu).clamp_min(0.0) + eps)
-        a = weight * s
-        shift = bias - mu * a
-        # y = a0 x + shift0 + m ((a1 - a0) x + shift1 - shift0), built in place on one buffer
-        # (fresh full-size buffers are what costs most on CPU).
-        y = torch.addcmul(shift[0].view(1, c, 1), flat, a[0].view(1, c, 1))
-        y.addcmul_(masked, (a[1] - a[0]).view(1, c, 1))
-        y.addcmul_(mask, (shift[1] - shift[0]).view(1, c, 1))
-        if pix_scale is not None:
-            y.mul_(pix_scale).add_(pix_shift)
-        ctx.save_for_backward(flat, masked, mask, mu, s, a, shift, counts, pix_scale)
+        y, *saved = _region_forward(flat, mask, weight, bias, pix_scale, pix_shift, eps)
+        ctx.save_for_backward(flat, mask, pix_scale, *saved)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        flat, masked, mask, mu, s, a, shift, counts, pix_scale = ctx.saved_tensors
+        grad_x, grad_w, grad_b, grad_scale, grad_shift = _region_backward(
+            dy.contiguous(), *ctx.saved_tensors
+        )
+        return grad_x, None, grad_w, grad_b, grad_scale, grad_shift, None
+
+
+class _ChannelMeanMax(torch.autograd.Function):
+    """(B, 2, L): the channel mean and the channel max of (B, C, L) maps (RN-L's features).
+
+    The mean is a batched mat-vec product and the max an ``amax``: ``x.max(1)`` with indices
+    and ``x.mean(1)`` take several times as long on a CPU. Ties at the max share its gradient
+    equally, as in ``amax``'s own backward.
+    """
+
+    @staticmethod
+    def forward(ctx, flat):
         c = flat.shape[1]
-        dy = dy.contiguous()
-        grad_pix_scale = grad_pix_shift = None
-        if pix_scale is not None:
-            # sum over channels of dy * (region-normalised x), as channel contractions of
-            # dy * x and dy (batched mat-vec products), then the chain rule through pix_scale.
-            dyx = dy * flat
+        mean = torch.matmul(flat.new_full((1, c), 1.0 / c), flat)
+        peak = flat.amax(1, keepdim=True)
+        ctx.save_for_backward(flat, peak)
+        return torch.cat([mean, peak], 1)
 
-            def contract(vec: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return torch.matmul(vec.view(1, 1, c), t)
-
-            base = contract(a[0], dyx) + contract(shift[0], dy)
-            if mask.shape[1] == 1:
-                extra = contract(a[1] - a[0], dyx) + contract(shift[1] - shift[0], dy)
-                grad_pix_scale = base.addcmul_(extra, mask)
-            else:  # per-channel regions: the mask enters the contraction
-                extra = contract(a[1] - a[0], dy * masked) + contract(
-                    shift[1] - shift[0], dy * mask
-                )
-                grad_pix_scale = base.add_(extra)
-            grad_pix_shift = dy.sum(1, keepdim=True)
-            dy = dy * pix_scale
-        dy_masked = dy * mask
-        total, total_x, sum1, sum1_x = _region_sums(dy, dy_masked, flat)
-        sdy = torch.stack([total - sum1, sum1])
-        # Per region: sum of dy * xhat with xhat = (x - mu) s.
-        sdxhat = s * (torch.stack([total_x - sum1_x, sum1_x]) - mu * sdy)
-        k = sdxhat / counts
-        # BatchNorm's gradient per region, a (dy - mean(dy) - xhat mean(dy xhat)) = a dy + p x + q.
-        p = -a * s * k
-        q = a * (mu * s * k - sdy / counts)
-        grad_x = torch.addcmul(q[0].view(1, c, 1), dy, a[0].view(1, c, 1))
-        grad_x.addcmul_(flat, p[0].view(1, c, 1))
-        grad_x.addcmul_(dy_masked, (a[1] - a[0]).view(1, c, 1))
-        grad_x.addcmul_(masked, (p[1] - p[0]).view(1, c, 1))
-        grad_x.addcmul_(mask, (q[1] - q[0]).view(1, c, 1))
-        return grad_x, None, sdxhat, sdy, grad_pix_scale, grad_pix_shift, None
+    @staticmethod
+    def backward(ctx, grad):
+        flat, peak = ctx.saved_tensors
+        c = flat.shape[1]
+        # 1 where a channel holds the max, as x's dtype straight away (bool masks are slow to
+        # count and to multiply with), then its channel count by a mat-vec product.
+        at_peak = torch.eq(flat, peak, out=torch.empty_like(flat))
+        ties = torch.matmul(flat.new_ones(1, c), at_peak)
+        return torch.addcmul(grad[:, :1] / c, at_peak, grad[:, 1:] / ties, out=at_peak)
 
 
 def region_normalize(
@@ -191,7 +247,7 @@ class RegionNormB(nn.Module):
         if mask is None:
             return F.batch_norm(x, None, None, self.weight[1], self.bias[1], True, 0.0, self.eps)
         mask = _prepare_mask(mask, x, "regionnorm_b")
-        return region_normalize(x, mask, self.weight, self.bias, self.eps)
+        return region_normalize(x, mask, *in_dtype_of(x, self.weight, self.bias), self.eps)
 
 
 @register_norm("regionnorm_l", layouts=("maps",))
@@ -239,9 +295,9 @@ class RegionNormL(nn.Module):
 
     def importance(self, x: torch.Tensor) -> torch.Tensor:
         """Soft mask (B, 1, *) in (0, 1) from the channel mean and max of x."""
-        # max (not amax): its backward scatters by index instead of comparing every element.
-        features = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True).values], dim=1)
-        return torch.sigmoid(self._conv(self.mask_conv, features))
+        b, c = x.shape[:2]
+        features = _ChannelMeanMax.apply(x.reshape(b, c, -1).contiguous())
+        return torch.sigmoid(self._conv(self.mask_conv, features.view(b, 2, *x.shape[2:])))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_layout(x, self.num_features, "maps", "regionnorm_l")
@@ -254,6 +310,5 @@ class RegionNormL(nn.Module):
             soft,
         )
         gamma, beta = both[:, :1], both[:, 1:]
-        return region_normalize(
-            x, mask, self._unit_weight, self._zero_bias, self.eps, 1.0 + gamma, beta
-        )
+        weight, bias = in_dtype_of(x, self._unit_weight, self._zero_bias)
+        return region_normalize(x, mask, weight, bias, self.eps, 1.0 + gamma, beta)

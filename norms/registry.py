@@ -18,6 +18,7 @@ from torch import nn
 
 __all__ = [
     "LAYOUTS",
+    "in_dtype_of",
     "NormSpec",
     "available_norms",
     "build_norm",
@@ -130,3 +131,12 @@ def check_layout(x: torch.Tensor, num_features: int, layout: str, layer: str) ->
             )
     else:
         raise ValueError(f"layout {layout!r} is unknown; choose one of: {', '.join(LAYOUTS)}")
+
+
+def in_dtype_of(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """``tensors`` cast (differentiably) to x's dtype; None stays None.
+
+    Under autocast a norm's float32 parameters and statistics meet bfloat16 inputs; the layers
+    compute in the input's dtype, as torch's own LayerNorm and GroupNorm do there.
+    """
+    return tuple(None if t is None else t.to(x.dtype) for t in tensors)

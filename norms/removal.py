@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from norms.reductions import column_sums
 from norms.registry import check_layout, register_norm
 
 __all__ = ["FakeLayerNorm", "fold_norm_into_linear", "norm_affine"]
@@ -37,18 +38,19 @@ class _FrozenLayerNorm(torch.autograd.Function):
         rows = x.contiguous().view(-1, x.shape[-1])
         mean = rows.mean(1, keepdim=True)
         ctx.save_for_backward(rows, mean, a)
-        return torch.sub(rows, mean).mul_(a).add_(bias).view(x.shape)
+        centred = torch.sub(rows, mean)
+        return torch.addcmul(bias, centred, a, out=centred).view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         rows, mean, a = ctx.saved_tensors
         dy2 = dy.contiguous().view_as(rows)
+        sum_dyx, grad_bias = column_sums(dy2, rows)
         # sum over rows of dy * (x - mean) = sum dy * x - mean^T dy.
-        product = dy2 * rows
-        grad_a = product.sum(0) - torch.mv(dy2.t(), mean.view(-1))
-        grad_x = torch.mul(dy2, a, out=product)  # reuse the buffer (fresh ones are costly)
+        grad_a = sum_dyx - torch.mv(dy2.t(), mean.view(-1))
+        grad_x = torch.mul(dy2, a)
         grad_x.sub_(grad_x.mean(1, keepdim=True))
-        return grad_x.view(dy.shape), grad_a, dy2.sum(0)
+        return grad_x.view(dy.shape), grad_a, grad_bias
 
 
 @register_norm("fake_layernorm", layouts=("tokens",))

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from norms.powernorm import flatten_tokens, masked_mean
-from norms.registry import check_layout, register_norm
+from norms.powernorm import flatten_tokens, kept_mean, token_gradient_sums
+from norms.registry import check_layout, in_dtype_of, register_norm
 
 __all__ = ["UnifiedNorm"]
 
@@ -38,24 +38,21 @@ __all__ = ["UnifiedNorm"]
 class _UnifiedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, keep, choose, eps):
-        # x^2 goes into the buffer that then receives the output (fresh buffers are costly).
-        buffer = x2d * x2d
-        var, ratio, state = choose(masked_mean(buffer, keep))  # the layer updates its state
-        inv = torch.rsqrt(var + eps)
+        var, ratio, state = choose(kept_mean(x2d, x2d, keep))  # the layer updates its state
+        inv, ratio = in_dtype_of(x2d, torch.rsqrt(var + eps), ratio)
         ctx.save_for_backward(x2d, weight, inv, ratio, keep)
         ctx.state = state
-        return torch.addcmul(bias, x2d, weight * inv, out=buffer)
+        return torch.addcmul(bias, x2d, weight * inv)
 
     @staticmethod
     def backward(ctx, grad_y):
         x2d, weight, inv, ratio, keep = ctx.saved_tensors
         layer, step, use_window, skipped = ctx.state
         grad_y = grad_y.contiguous()
-        gx = grad_y * x2d
-        grad_w = gx.sum(0) * inv * ratio
-        grad_b = grad_y.sum(0)
+        sum_gx, grad_b, mean_gx = token_gradient_sums(grad_y, x2d, keep)
+        grad_w = sum_gx * inv * ratio
         gscale = weight * ratio  # g = gscale * dL/dy
-        mean_gz = gscale * inv * masked_mean(gx, keep)
+        mean_gz = gscale * inv * mean_gx
         with torch.no_grad():
             window = layer.buffer_gz.shape[0]
             slot = step % window
@@ -63,7 +60,7 @@ class _UnifiedFunction(torch.autograd.Function):
             target = layer.buffer_gz.mean(0) if use_window else mean_gz
             layer.ema_gz.mul_(layer.momentum).add_((1.0 - layer.momentum) * target)
             corr = target if skipped else layer.ema_gz.clone()
-        grad_x = torch.mul(grad_y, gscale * inv, out=gx)  # reuse the dy * x buffer
+        grad_x = torch.mul(grad_y, gscale * inv)
         grad_x.addcmul_(x2d, corr * inv * inv, value=-1)
         return grad_x, grad_w, grad_b, None, None, None
 
@@ -146,10 +143,11 @@ class UnifiedNorm(nn.Module):
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         check_layout(x, self.num_features, "tokens", "unifiednorm")
         if not self.training:
-            scale, shift = self.fused_affine()
+            scale, shift = in_dtype_of(x, *self.fused_affine())
             return torch.addcmul(shift, x, scale)
         x2d, keep = flatten_tokens(x, pad_mask, "unifiednorm")
-        y = _UnifiedFunction.apply(x2d, self.weight, self.bias, keep, self._step, self.eps)
+        weight, bias = in_dtype_of(x, self.weight, self.bias)
+        y = _UnifiedFunction.apply(x2d, weight, bias, keep, self._step, self.eps)
         return y.view(x.shape)
 
     @torch.no_grad()
@@ -162,7 +160,7 @@ class UnifiedNorm(nn.Module):
             ratio = torch.ones_like(var)
         else:
             ratio = torch.sqrt((var + self.eps) / (self.running_var + self.eps)).clamp(0.2, 5.0)
-        self.running_var.lerp_(var, 1.0 - self.momentum)
+        self.running_var.lerp_(var.to(self.running_var.dtype), 1.0 - self.momentum)
         return var, ratio, (self, step, use_window, skipped)
 
     def extra_repr(self) -> str:

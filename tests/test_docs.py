@@ -101,11 +101,11 @@ def test_the_command_patterns_catch_a_stale_name() -> None:
     text = (
         "python benchmarks/norms.py --quick\n"
         "accelerate launch --multi_gpu --num_processes 2 -m trainers.training --config x\n"
-        "python -m flows.video_cli --checkpoint DIR\n"
+        "python -m flows.video --checkpoint DIR\n"
         "pytest -m slow\n"
     )
     assert SCRIPT.findall(text) == ["benchmarks/norms.py"]
-    assert MODULE.findall(text) == ["trainers.training", "flows.video_cli"]
+    assert MODULE.findall(text) == ["trainers.training", "flows.video"]
     assert not (ROOT / "benchmarks" / "norms.py").exists()
-    assert not _module_exists("trainers.training") and _module_exists("flows.video_cli")
+    assert not _module_exists("trainers.training") and _module_exists("flows.video")
     assert _module_exists("flows.pta")  # a package run through its __main__.py

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import types
 import typing
@@ -41,7 +42,6 @@ __all__ = [
     "parse_overrides",
 ]
 
-OPTIMIZER_NAMES = ("adamw", "muon", "normuon", "conda", "adamp", "sgdp")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("cosine", "constant", "linear")
 
@@ -54,13 +54,23 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def _bounded(
+    default: Any, low: float, high: float | None = None, *, open_high: bool = False,
+    open_low: bool = False, inf_ok: bool = False, note: str = "",
+) -> Any:
+    """A numeric config field whose value (unless None) must lie in the given range."""
+    bounds = {"low": low, "high": high, "open_low": open_low, "open_high": open_high,
+              "inf_ok": inf_ok, "note": note}
+    return field(default=default, metadata={"bounds": bounds})
+
+
 @dataclass
 class DataConfig:
     """``name`` of a registered dataset, the per-process batch size, and dataset ``kwargs``."""
 
     name: str
-    batch_size: int
-    num_workers: int = 0
+    batch_size: int = _bounded(dataclasses.MISSING, 1)
+    num_workers: int = _bounded(0, 0)
     shuffle: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -74,44 +84,52 @@ class OptimizerConfig:
     """
 
     name: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    momentum: float = 0.95
+    lr: float = _bounded(1e-3, 0)
+    weight_decay: float = _bounded(0.0, 0)
+    beta1: float = _bounded(0.9, 0, 1, open_high=True)
+    beta2: float = _bounded(0.999, 0, 1, open_high=True)
+    eps: float = _bounded(1e-8, 0, open_low=True)
+    momentum: float = _bounded(0.95, 0, 1, open_high=True)
     nesterov: bool = True
-    ns_steps: int = 5
-    normuon_beta2: float = 0.95
-    conda_update_period: int = 10
-    delta: float = 0.1
-    wd_ratio: float = 0.1
-    adamw_lr: float | None = None
+    ns_steps: int = _bounded(5, 1)
+    normuon_beta2: float = _bounded(0.95, 0, 1, open_high=True)
+    conda_update_period: int = _bounded(10, 1)
+    delta: float = _bounded(0.1, 0)
+    wd_ratio: float = _bounded(0.1, 0, 1)
+    adamw_lr: float | None = _bounded(None, 0, note="null: optimizer.lr")
 
 
 @dataclass
 class TrainerConfig:
-    """Everything about the loop: length, schedule, precision, EMA, logging, checkpoints."""
+    """Everything about the loop: length, schedule, precision, EMA, logging, checkpoints.
+
+    ``max_grad_norm``: clip the gradient norm to this value; 0 or null turn clipping off (and
+    the gradient norm is then not logged); ``.inf`` logs the norm without clipping.
+    ``threads``: torch intra-op threads of each process (null: torch's default, one per core).
+    ``overwrite``: start a new run in a folder that holds an earlier one, deleting its outputs.
+    """
 
     output_dir: str = "runs/default"
-    max_steps: int = 1000
-    seed: int = 0
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = 1.0
+    max_steps: int = _bounded(1000, 1)
+    seed: int = _bounded(0, 0, 2**32 - 1)
+    gradient_accumulation_steps: int = _bounded(1, 1)
+    max_grad_norm: float | None = _bounded(1.0, 0, inf_ok=True, note="0 or null: no clipping")
     mixed_precision: str = "no"
-    warmup_steps: int = 0
+    warmup_steps: int = _bounded(0, 0)
     lr_schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    ema_decay: float | None = None
+    min_lr_ratio: float = _bounded(0.0, 0, 1)
+    ema_decay: float | None = _bounded(None, 0, 1, open_high=True, note="null: no EMA")
     nap: bool = False
-    log_every: int = 1
-    sample_every: int = 0
-    num_samples: int = 16
-    checkpoint_every: int = 0
-    keep_last: int = 3
+    log_every: int = _bounded(1, 1)
+    sample_every: int = _bounded(0, 0, note="0: never")
+    num_samples: int = _bounded(16, 1)
+    checkpoint_every: int = _bounded(0, 0, note="0: only at the end")
+    keep_last: int = _bounded(3, 1)
     resume: str | None = None
+    overwrite: bool = False
     tensorboard: bool = False
-    max_nonfinite: int = 10
+    max_nonfinite: int = _bounded(10, 1)
+    threads: int | None = _bounded(None, 1, note="null: torch's default")
     progress: bool = True
     plot: bool = True
     drop_last: bool = True
@@ -238,6 +256,31 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
         )
 
 
+def _range_text(name: str, bounds: dict[str, Any]) -> str:
+    low = f"{bounds['low']} {'<' if bounds['open_low'] else '<='} {name}"
+    if bounds["high"] is None:
+        text = f"{name} {'>' if bounds['open_low'] else '>='} {bounds['low']}"
+    else:
+        text = f"{low} {'<' if bounds['open_high'] else '<='} {bounds['high']}"
+    return text + (f" ({bounds['note']})" if bounds["note"] else "")
+
+
+def _check_bounds(section: str, obj: Any) -> None:
+    """Every bounded numeric field of ``obj`` in range and finite (one-line ValueError)."""
+    for f in dataclasses.fields(obj):
+        bounds, value = f.metadata.get("bounds"), getattr(obj, f.name)
+        if bounds is None or value is None:
+            continue
+        low, high = bounds["low"], bounds["high"]
+        finite = math.isfinite(value) or (bounds["inf_ok"] and value == math.inf)
+        above = value > low if bounds["open_low"] else value >= low
+        below = high is None or (value < high if bounds["open_high"] else value <= high)
+        if not (finite and above and below):
+            fault = "is out of range" if finite else "is not a finite number"
+            raise ValueError(f"config key '{section}.{f.name}': value {value!r} {fault}; "
+                             f"allowed: {_range_text(f.name, bounds)}")
+
+
 def _dataclass_from(cls: type, section: str, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     valid = [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
@@ -331,20 +374,21 @@ def config_from_dict(raw: dict[str, Any], check_model: bool = True) -> TrainConf
             "data", data_name, factory, data_raw, ["name", "batch_size", "num_workers", "shuffle"]
         )
     data = _dataclass_from(DataConfig, "data", {**data_fixed, "kwargs": data_raw})
-    if data.batch_size < 1:
-        raise ValueError(f"config key 'data.batch_size': value {data.batch_size} must be >= 1")
+    _check_bounds("data", data)
+
+    from trainers.optim import OPTIMIZERS
 
     optimizer = _dataclass_from(OptimizerConfig, "optimizer", raw.get("optimizer", {}))
-    _choice("optimizer.name", optimizer.name, OPTIMIZER_NAMES)
+    _choice("optimizer.name", optimizer.name, OPTIMIZERS)
+    _check_bounds("optimizer", optimizer)
     trainer = _dataclass_from(TrainerConfig, "trainer", raw.get("trainer", {}))
     _choice("trainer.mixed_precision", trainer.mixed_precision, MIXED_PRECISION)
     _choice("trainer.lr_schedule", trainer.lr_schedule, LR_SCHEDULES)
-    for key in ("max_steps", "gradient_accumulation_steps", "log_every", "keep_last"):
-        value = getattr(trainer, key)
-        if value < 1:
-            raise ValueError(f"config key 'trainer.{key}': value {value} must be >= 1")
-    if trainer.ema_decay is not None and not 0.0 <= trainer.ema_decay < 1.0:
-        raise ValueError(f"config key 'trainer.ema_decay': value {trainer.ema_decay} not in [0, 1)")
+    _check_bounds("trainer", trainer)
+    if trainer.overwrite and trainer.resume is not None:
+        raise ValueError(f"config keys 'trainer.overwrite' (true) and 'trainer.resume' "
+                         f"({trainer.resume!r}) contradict each other: overwrite starts a new run, "
+                         "resume continues one; set only one")
     return TrainConfig(model, data, optimizer, trainer)
 
 

@@ -2,8 +2,11 @@
 
 ``smoke_mlp`` is a denoising regressor: it reads ``x`` with a little Gaussian noise added
 (so the loss draws random numbers, which exercises the RNG state saved in checkpoints) and
-predicts ``y = sin(x A)`` for a fixed random matrix ``A``. It follows ``trainers.protocol``
-(diffusers ``ModelMixin + ConfigMixin``; von Platen et al., https://github.com/huggingface/diffusers).
+predicts ``y = sin(x A)`` for a fixed random matrix ``A``. With ``aux_lr > 0`` it also learns an
+output offset with its own SGD (momentum 0.9) outside the trainer's optimizer, the way the video
+flow trains its denoiser: that SGD's momentum is the model's ``auxiliary_state()``, which the
+trainer's checkpoints carry. It follows ``trainers.protocol`` (diffusers ``ModelMixin +
+ConfigMixin``; von Platen et al., https://github.com/huggingface/diffusers).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class SmokeMLP(ModelMixin, ConfigMixin):
         depth: int = 2,
         noise_std: float = 0.1,
         batchnorm: bool = False,
+        aux_lr: float = 0.0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -41,6 +45,11 @@ class SmokeMLP(ModelMixin, ConfigMixin):
         layers.append(nn.Linear(width, dim))
         self.net = nn.Sequential(*layers)
         self.optimizer_steps = 0
+        self.offset, self._offset_sgd = None, None
+        if aux_lr > 0:  # frozen for the trainer; stepped by its own SGD in after_optimizer_step
+            self.offset = nn.Parameter(torch.zeros(dim), requires_grad=False)
+            self._offset_sgd = torch.optim.SGD([self.offset], lr=aux_lr, momentum=0.9)
+        self._offset_grads: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -48,7 +57,12 @@ class SmokeMLP(ModelMixin, ConfigMixin):
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch["x"], batch["y"]
         noisy = x + self.config.noise_std * torch.randn_like(x)
-        error = (self(noisy) - y).pow(2).mean(dim=-1)
+        residual = self(noisy) - y
+        if self.offset is not None:
+            residual = residual + self.offset
+            # d loss / d offset of the mean squared error below, for the offset's own step
+            self._offset_grads.append(2.0 * residual.detach().mean(dim=0) / residual.shape[-1])
+        error = residual.pow(2).mean(dim=-1)
         return {"loss": error.mean(), "max_error": error.max().detach()}
 
     @torch.no_grad()
@@ -60,7 +74,23 @@ class SmokeMLP(ModelMixin, ConfigMixin):
         return out.reshape(num, 1, 1, self.config.dim).float()
 
     def after_optimizer_step(self) -> None:
+        """Count the step; with ``aux_lr``, step the offset on its rank-averaged gradient."""
         self.optimizer_steps += 1
+        if self._offset_sgd is None or not self._offset_grads:
+            return
+        import torch.distributed as dist
+
+        grad = torch.stack(self._offset_grads).mean(dim=0)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(grad)
+            grad /= dist.get_world_size()
+        self.offset.grad = grad
+        self._offset_sgd.step()
+        self.offset.grad, self._offset_grads = None, []
+
+    def auxiliary_state(self) -> torch.optim.Optimizer | None:
+        """The offset's SGD (its momentum is training state outside the trainer's optimizer)."""
+        return self._offset_sgd
 
 
 class SmokeDataset(Dataset):

@@ -7,15 +7,21 @@ Single process::
 Data-parallel on one node (N GPUs), many nodes, FSDP2 (see configs/accelerate/)::
 
     accelerate launch --multi_gpu --num_processes N -m trainers.train --config configs/X.yaml
-    accelerate launch --config_file configs/accelerate/2node.yaml --machine_rank R \\
+    accelerate launch --config_file configs/accelerate/two_nodes.yaml --machine_rank R \\
         --main_process_ip HOST -m trainers.train --config configs/X.yaml
     accelerate launch --config_file configs/accelerate/fsdp2.yaml -m trainers.train ...
 
 The loop: gradient accumulation (``accelerator.accumulate``), clipping on the synchronising
 micro-step, bf16/fp16 autocast, warm-up + cosine learning rate, EMA of weights and buffers,
-the NaP projection after each step (``trainer.nap``), atomic checkpoints with exact resume,
-JSON-lines metrics, TensorBoard, sample grids and a loss plot. A non-finite loss skips its step;
-``trainer.max_nonfinite`` in a row stop the run with the last good checkpoint.
+the NaP projection after each step (``trainer.nap``), atomic pickle-free checkpoints with exact
+resume (``trainers.checkpoint``), JSON-lines metrics, TensorBoard, sample grids and a loss plot.
+A non-finite loss skips its step; ``trainer.max_nonfinite`` in a row stop the run, naming the
+last checkpoint whose weights are finite (non-finite weights are never written). One trainer at
+a time holds the run folder (``trainers.run_folder``); every rank stops when its launcher dies.
+
+Exit codes of the CLI: 0 done; 2 the user's input is wrong (config, data, run folder, resume
+checkpoint), one ``error:`` line; 1 the run stopped (non-finite losses or weights; one line) or a
+bug (a traceback).
 
 References: Gugger et al., Accelerate (https://github.com/huggingface/accelerate); Karpathy,
 nanoGPT (https://github.com/karpathy/nanoGPT); Peebles & Xie, "Scalable Diffusion Models with
@@ -27,12 +33,9 @@ Gradient Descent with Warm Restarts", arXiv:1608.03983 (cosine schedule); Lyle e
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import shutil
 import sys
-import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,16 +44,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from core.images import save_image_grid
 from core.registry import get_dataset, get_model
 from trainers import checkpoint as ckpt
 from trainers.config import TrainConfig, TrainerConfig, load_config
 
-__all__ = ["NonFiniteLossError", "TrainResult", "lr_factor", "main", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "TrainingStopped", "lr_factor", "main", "train"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive non-finite losses; the message names the last good checkpoint."""
+class TrainingStopped(RuntimeError):
+    """The run stopped early; the message names the last checkpoint whose weights are finite."""
+
+
+class NonFiniteLossError(TrainingStopped):
+    """Too many consecutive non-finite losses."""
 
 
 @dataclass
@@ -141,305 +147,398 @@ def preflight(config: TrainConfig) -> None:
         ckpt.resolve_checkpoint(trainer.resume)
 
 
-def plot_losses(metrics_path: Path, out_path: Path) -> None:
-    """Loss against step from metrics.jsonl -> PNG."""
-    import matplotlib
+def _say(accelerator: Any, text: str) -> None:
+    if accelerator.is_main_process:
+        print(text, flush=True)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-    steps = [r["step"] for r in records if math.isfinite(r.get("loss", math.nan))]
-    losses = [r["loss"] for r in records if math.isfinite(r.get("loss", math.nan))]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, losses, lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+# --------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class _Run:
+    """Everything the loop works on, built by ``_set_up``."""
+
+    config: TrainConfig
+    parts: ckpt.Trainables
+    loader: Any
+    sampler: EpochSampler
+    data_generator: torch.Generator
+    state: ckpt.TrainerState
+    output_dir: Path
+    metrics: Any  # trainers.metrics.MetricsLog on the main process, else None
+    last_checkpoint: Path | None
+
+
+def _claim_run_folder(config: TrainConfig, accelerator: Any, lock: Any) -> tuple[Path | None, str]:
+    """Lock and check the run folder on the main process; ``(resume checkpoint, run id)``.
+
+    Every rank gets the main process's decision, or raises its error, so none waits for a peer
+    that gave up.
+    """
+    from trainers.ranks import broadcast_text
+    from trainers.run_folder import RunFolderError
+
+    decision, failure = "", None
+    if accelerator.is_main_process:
+        try:
+            decision = _decide_on_main(config, accelerator.num_processes, lock)
+        except (ValueError, OSError) as error:
+            failure, decision = error, f"error:{error}"
+    decision = broadcast_text(accelerator, decision)
+    if failure is not None:
+        raise failure
+    if decision.startswith("error:"):
+        raise RunFolderError(decision.removeprefix("error:"))
+    run_id, _, resume_text = decision.partition(":")
+    return (Path(resume_text) if resume_text else None), run_id
+
+
+def _decide_on_main(config: TrainConfig, processes: int, lock: Any) -> str:
+    """Lock, pick the checkpoint to resume, check the folder: ``"<run id>:<checkpoint>"``."""
+    from trainers.run_folder import claim_run_folder
+
+    tc = config.trainer
+    output_dir = Path(tc.output_dir)
+    lock.acquire()
+    if lock.stale:
+        print(f"taking over the lock of a trainer that is gone (pid {lock.stale.get('pid')} on "
+              f"{lock.stale.get('host')})", flush=True)
+    resume_from = ckpt.latest_checkpoint(output_dir) if tc.resume == "latest" else (
+        ckpt.resolve_checkpoint(tc.resume) if tc.resume else None)
+    for note in claim_run_folder(output_dir, tc.resume, resume_from, tc.overwrite):
+        print(note, flush=True)
+    ckpt.remove_stale_temporaries(output_dir)
+    if resume_from is not None:
+        return f"{ckpt.check_resumable(resume_from, processes).run_id}:{resume_from}"
+    if tc.resume == "latest":
+        print(f"no checkpoint in {output_dir}: starting from step 0", flush=True)
+    return f"{uuid.uuid4().hex[:12]}:"
+
+
+def _check_batch_size(config: TrainConfig, dataset_size: int, processes: int) -> None:
+    batch = config.data.batch_size
+    if config.trainer.drop_last and dataset_size < batch * processes:
+        raise ValueError(
+            f"data.batch_size={batch} x {processes} process(es) is larger than the dataset "
+            f"{config.data.name!r} ({dataset_size} items) with trainer.drop_last=true: no batch "
+            f"would be complete; allowed: data.batch_size <= {max(1, dataset_size // processes)}")
+
+
+def _set_up(
+    config: TrainConfig, accelerator: Any, resume_from: Path | None, run_id: str
+) -> _Run:
+    """Model, data, optimizer, schedule, EMA, NaP; restored from ``resume_from`` if given."""
+    from accelerate.utils import set_seed
+
+    from trainers.ema import EMA
+    from trainers.metrics import MetricsLog
+    from trainers.optim import build_optimizer
+
+    tc = config.trainer
+    # Same initial weights on every rank, then rank-specific randomness (noise, dropout).
+    set_seed(tc.seed)
+    model = get_model(config.model.name)(**config.model.kwargs)
+    dataset = get_dataset(config.data.name)(**config.data.kwargs)
+    _check_batch_size(config, len(dataset), accelerator.num_processes)
+    sampler = EpochSampler(len(dataset), tc.seed, config.data.shuffle)
+    data_generator = torch.Generator()
+    loader = DataLoader(
+        dataset, batch_size=config.data.batch_size, sampler=sampler, drop_last=tc.drop_last,
+        num_workers=config.data.num_workers, generator=data_generator,
+    )
+    optimizer = build_optimizer(model, config.optimizer)
+    # Stepped by hand once per optimizer step (prepared, Accelerate would step it per process).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
+    wrapper, optimizer, loader = accelerator.prepare(LossModule(model), optimizer, loader)
+    model = accelerator.unwrap_model(wrapper).model
+    ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
+    # NaP targets are the initial norms: built before any step, restored on resume.
+    projector = _nap_projector_class()(model) if tc.nap else None
+    parts = ckpt.Trainables(accelerator, wrapper, model, optimizer, scheduler, ema, projector)
+    set_seed(tc.seed, device_specific=True)
+
+    state = ckpt.TrainerState(run_id=run_id)
+    if resume_from is not None:
+        state = ckpt.restore_checkpoint(resume_from, parts)
+        _say(accelerator, f"resumed from {resume_from} at step {state.step}")
+        if state.world_size != accelerator.num_processes:
+            _say(accelerator, f"warning: {resume_from} was written by {state.world_size} "
+                              f"process(es), this run has {accelerator.num_processes}: the "
+                              "data position and random streams do not continue exactly")
+    state.world_size = accelerator.num_processes
+    output_dir = Path(tc.output_dir)
+    metrics = None
+    if accelerator.is_main_process:
+        metrics = MetricsLog(output_dir, state.step if resume_from else None, tc.tensorboard)
+        for note in metrics.notes:
+            print(note, flush=True)
+    _describe_run(config, accelerator, len(dataset), len(loader), state.step)
+    return _Run(config, parts, loader, sampler, data_generator, state, output_dir, metrics,
+                resume_from)
+
+
+def _describe_run(
+    config: TrainConfig, accelerator: Any, items: int, batches: int, start: int
+) -> None:
+    """Two lines at start: what will be run, and on what."""
+    tc = config.trainer
+    processes = accelerator.num_processes
+    steps_per_epoch = math.ceil(batches / tc.gradient_accumulation_steps)
+    remaining = tc.max_steps - start
+    global_batch = config.data.batch_size * processes * tc.gradient_accumulation_steps
+    _say(accelerator,
+         f"training {config.model.name} on {config.data.name} ({items} items): steps "
+         f"{start + 1}..{tc.max_steps} ({remaining} steps, about {remaining / steps_per_epoch:.3g} "
+         f"epochs of {steps_per_epoch} steps); global batch {global_batch} = "
+         f"{config.data.batch_size} per process x {processes} process(es) x "
+         f"{tc.gradient_accumulation_steps} accumulation")
+    _say(accelerator,
+         f"running on {accelerator.device} with {processes} process(es) "
+         f"(distributed type {accelerator.distributed_type.value}, precision "
+         f"{accelerator.mixed_precision}, {torch.get_num_threads()} torch threads per process)")
+
+
+# --------------------------------------------------------------------------- one step
+
+
+class _Window:
+    """The micro-steps of one optimizer step: losses gathered over ranks, any of them bad."""
+
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+        self.keys: list[str] = []
+        self.bad = False
+
+    def mean(self) -> dict[str, float]:
+        means = torch.stack(self.values).mean(dim=0).tolist()
+        return dict(zip(["loss", *self.keys], means))
+
+
+def _forward_backward(run: _Run, batch: dict[str, torch.Tensor], window: _Window) -> None:
+    """One micro-step; a non-finite loss on any rank makes every rank skip the whole step."""
+    accelerator, wrapper = run.parts.accelerator, run.parts.wrapper
+    outputs = wrapper(batch)
+    loss = outputs["loss"]
+    window.keys = sorted(k for k, v in outputs.items() if k != "loss" and v.numel() == 1)
+    finite = torch.isfinite(loss.detach()).to(torch.float32)
+    values = [finite, torch.nan_to_num(loss.detach().float(), nan=0.0)]
+    values += [outputs[k].detach().float() for k in window.keys]
+    # One collective per micro-step: every rank must agree to skip a bad step.
+    gathered = accelerator.gather(torch.stack(values).reshape(1, -1))
+    if bool(gathered[:, 0].min() > 0):
+        accelerator.backward(loss)
+    else:
+        window.bad = True
+        # Keep DDP's reducer in step with a zero-gradient backward.
+        accelerator.backward(sum((p * 0).sum() for p in wrapper.parameters()))
+    window.values.append(gathered[:, 1:].mean(dim=0))
+
+
+def _optimizer_step(run: _Run, window: _Window) -> tuple[float, Any]:
+    """Clip, step, schedule, NaP, EMA and the model's hook; ``(lr used, grad norm or None)``."""
+    parts, tc, state = run.parts, run.config.trainer, run.state
+    lr = parts.scheduler.get_last_lr()[0]
+    grad_norm = None
+    if window.bad:
+        state.nonfinite_total += 1
+        state.nonfinite_consecutive += 1
+    else:
+        state.nonfinite_consecutive = 0
+        if tc.max_grad_norm:
+            grad_norm = parts.accelerator.clip_grad_norm_(parts.wrapper.parameters(),
+                                                          tc.max_grad_norm)
+        parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scheduler.step()
+    if not window.bad:
+        if parts.projector is not None:
+            with torch.no_grad():
+                parts.projector.project()
+        if parts.ema is not None:
+            parts.ema.update(parts.model)
+        after_step = getattr(parts.model, "after_optimizer_step", None)
+        if callable(after_step):
+            after_step()
+    return lr, grad_norm
+
+
+def _train_on_batch(run: _Run, batch: dict[str, torch.Tensor], window: _Window) -> Any:
+    """One micro-batch; ``(lr, grad norm)`` when it completed an optimizer step, else None."""
+    accelerator = run.parts.accelerator
+    run.state.batch_in_epoch += 1
+    with accelerator.accumulate(run.parts.wrapper):
+        _forward_backward(run, batch, window)
+        if accelerator.sync_gradients:
+            return _optimizer_step(run, window)
+    return None
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def _log_step(run: _Run, window: _Window, lr: float, grad_norm: Any, seconds: float) -> None:
+    """A metrics record every ``log_every`` steps (and at the last), on the main process."""
+    tc, state = run.config.trainer, run.state
+    if run.metrics is None or not (state.step % tc.log_every == 0 or state.step == tc.max_steps):
+        return
+    means = window.mean()
+    loss = means.pop("loss")
+    samples = run.config.data.batch_size * run.parts.accelerator.num_processes \
+        * tc.gradient_accumulation_steps
+    record = {"step": state.step, "loss": math.nan if window.bad else loss, "lr": lr,
+              "epoch": state.epoch, "skipped": window.bad, "time_per_step": seconds,
+              "samples_per_s": samples / max(seconds, 1e-9)}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)  # a device sync: only when logged
+    record.update(means)
+    run.metrics.append(record)
 
 
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _save_model_folder(accelerator: Any, wrapper: nn.Module, model: nn.Module, path: Path) -> None:
-    """save_pretrained of the trained weights (gathered first when they are sharded)."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        state = accelerator.get_state_dict(wrapper)
-        if accelerator.is_main_process:
-            full = type(model).from_config(model.config)
-            full.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-            full.save_pretrained(str(path))
-    elif accelerator.is_main_process:
-        model.save_pretrained(str(path))
+def _checkpoint(run: _Run) -> Path:
+    """Write a checkpoint; a run whose weights are not finite stops instead."""
+    try:
+        path = ckpt.write_checkpoint(run.output_dir, run.config, run.state, run.parts)
+    except ckpt.NonFiniteWeightsError as error:
+        raise TrainingStopped(f"training stopped at step {run.state.step}: {error}; "
+                              f"{_last_finite(run)}") from None
+    run.last_checkpoint = path
+    return path
 
 
-def write_checkpoint_files(
-    folder: Path, config: TrainConfig, state: dict[str, Any], model: nn.Module,
-    ema: Any, accelerator: Any, wrapper: nn.Module,
-) -> None:
-    """Everything of one checkpoint into ``folder`` (the temporary one); state file last."""
-    accelerator.save_state(str(folder / "accelerator"))
-    _save_model_folder(accelerator, wrapper, model, folder / "model")
-    if accelerator.is_main_process:
-        if ema is not None:
-            ema.model.save_pretrained(str(folder / "ema"))
-        (folder / "config.yaml").write_text(config.to_yaml())
-        (folder / ckpt.STATE_FILE).write_text(json.dumps(state, indent=1))
+def _last_finite(run: _Run) -> str:
+    if run.last_checkpoint is not None:
+        return f"last checkpoint with finite weights: {run.last_checkpoint}"
+    return "there is no earlier checkpoint with finite weights (try a lower optimizer.lr)"
 
 
-def save_checkpoint(
-    output_dir: Path, config: TrainConfig, state: dict[str, Any], model: nn.Module,
-    ema: Any, accelerator: Any, wrapper: nn.Module,
-) -> Path:
-    """Write ``checkpoint-<step>`` atomically (temporary folder + rename); keep the last K."""
-    step = state["step"]
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f"{ckpt.TMP_PREFIX}{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    write_checkpoint_files(tmp, config, state, model, ema, accelerator, wrapper)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        ckpt.prune_checkpoints(output_dir, config.trainer.keep_last)
-    accelerator.wait_for_everyone()
-    return final
+def _stop_on_nonfinite_losses(run: _Run) -> None:
+    tc, state = run.config.trainer, run.state
+    if state.nonfinite_consecutive < tc.max_nonfinite:
+        return
+    prefix = (f"training stopped at step {state.step}: {tc.max_nonfinite} consecutive non-finite "
+              f"losses (trainer.max_nonfinite={tc.max_nonfinite})")
+    try:
+        good = ckpt.write_checkpoint(run.output_dir, run.config, state, run.parts)
+    except ckpt.NonFiniteWeightsError as error:
+        raise NonFiniteLossError(f"{prefix}; {error}; {_last_finite(run)}") from None
+    run.last_checkpoint = good
+    raise NonFiniteLossError(f"{prefix}; the weights were never updated by them; last good "
+                             f"checkpoint: {good}")
+
+
+def _after_step(run: _Run) -> None:
+    """The per-step hooks: non-finite stop, sample grid, periodic checkpoint."""
+    from trainers.samples import sample_grid
+
+    tc, step, parts = run.config.trainer, run.state.step, run.parts
+    _stop_on_nonfinite_losses(run)
+    can_sample = callable(getattr(parts.model, "sample_for_logging", None))
+    if tc.sample_every and can_sample and step % tc.sample_every == 0:
+        model = parts.ema.model if parts.ema is not None else parts.model
+        sample_grid(parts.accelerator, model, tc.num_samples, tc.seed,
+                    run.output_dir / "samples" / f"step-{step:07d}.png")
+    if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.max_steps:
+        _checkpoint(run)
 
 
 # --------------------------------------------------------------------------- the loop
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Run the training described by ``config`` (call under ``accelerate launch`` for DP)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+def _loop(run: _Run) -> None:
     from tqdm.auto import tqdm
 
-    from trainers.ema import EMA
-    from trainers.optim import build_optimizer
+    from trainers.metrics import StepClock
+
+    tc, state, accelerator = run.config.trainer, run.state, run.parts.accelerator
+    progress = tqdm(total=tc.max_steps, initial=state.step, desc="train", dynamic_ncols=True,
+                    disable=not (accelerator.is_local_main_process and tc.progress))
+    clock = StepClock(state.step)
+    window = _Window()
+    try:
+        while state.step < tc.max_steps:
+            run.sampler.use_epoch(state.epoch)
+            # Worker seeds are a function of the epoch too, so a resumed epoch draws the same.
+            run.data_generator.manual_seed(tc.seed * 1_000_003 + state.epoch)
+            batches = run.loader if state.batch_in_epoch == 0 else \
+                accelerator.skip_first_batches(run.loader, state.batch_in_epoch)
+            for batch in batches:
+                stepped = _train_on_batch(run, batch, window)
+                if stepped is None:
+                    continue
+                state.step += 1
+                seconds, eta = clock.lap(state.step, tc.max_steps)
+                _log_step(run, window, *stepped, seconds)
+                if eta is not None:
+                    _say(accelerator, eta)
+                progress.update(1)
+                progress.set_postfix(loss=f"{window.mean()['loss']:.4g}", lr=f"{stepped[0]:.3g}")
+                window = _Window()
+                _after_step(run)
+                if state.step >= tc.max_steps:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+    finally:
+        progress.close()
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run the training described by ``config`` (call under ``accelerate launch`` for DP)."""
+    preflight(config)
+    threads = torch.get_num_threads()
+    if config.trainer.threads is not None:
+        torch.set_num_threads(config.trainer.threads)
+    try:
+        return _train(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig) -> TrainResult:
+    from accelerate import Accelerator
+
+    from trainers.ranks import stop_with_launcher
+    from trainers.run_folder import RunLock
 
     tc = config.trainer
-    preflight(config)
     accelerator = Accelerator(
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         mixed_precision=tc.mixed_precision,
     )
-    output_dir = Path(tc.output_dir)
-    main_process = accelerator.is_main_process
-    resume_from = None
-    if tc.resume == "latest":
-        resume_from = ckpt.latest_checkpoint(output_dir)
-    elif tc.resume is not None:
-        resume_from = ckpt.resolve_checkpoint(tc.resume)
-    if main_process:
-        print(f"resolved config:\n{config.to_yaml()}", flush=True)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.remove_stale_temporaries(output_dir)
-        if tc.resume == "latest" and resume_from is None:
-            print(f"no checkpoint in {output_dir}: starting from step 0", flush=True)
-        elif tc.resume is None and ckpt.find_checkpoints(output_dir):
-            print(f"warning: {output_dir} already holds checkpoints; starting from step 0 "
-                  "(trainer.resume=latest would continue them)", flush=True)
-    accelerator.wait_for_everyone()
-
-    # Same initial weights on every rank, then rank-specific randomness (noise, dropout).
-    set_seed(tc.seed)
-    model = get_model(config.model.name)(**config.model.kwargs)
-    dataset = get_dataset(config.data.name)(**config.data.kwargs)
-    sampler = EpochSampler(len(dataset), tc.seed, config.data.shuffle)
-    loader = DataLoader(
-        dataset, batch_size=config.data.batch_size, sampler=sampler, drop_last=tc.drop_last,
-        num_workers=config.data.num_workers, generator=torch.Generator().manual_seed(tc.seed),
-    )
-    if len(loader) == 0:
-        raise ValueError(
-            f"data.batch_size={config.data.batch_size} is larger than the dataset "
-            f"({len(dataset)} items) with trainer.drop_last=true"
-        )
-    optimizer = build_optimizer(model, config.optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
-    wrapper, optimizer, loader = accelerator.prepare(LossModule(model), optimizer, loader)
-    model = accelerator.unwrap_model(wrapper).model
-    ema = EMA(model, tc.ema_decay) if tc.ema_decay is not None else None
-    # NaP targets are the initial norms: the projector is built before any step (and its
-    # targets are restored on resume).
-    projector = _nap_projector_class()(model) if tc.nap else None
-    # The scheduler is stepped by hand once per optimizer step (not prepared: Accelerate would
-    # step it once per process); it, the EMA and the NaP targets travel in the Accelerate state.
-    accelerator.register_for_checkpointing(scheduler)
-    for extra_state in (ema, projector):
-        if extra_state is not None and hasattr(extra_state, "state_dict"):
-            accelerator.register_for_checkpointing(extra_state)
-    set_seed(tc.seed, device_specific=True)
-
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "nonfinite_total": 0,
-             "nonfinite_consecutive": 0}
-    metrics_path = output_dir / "metrics.jsonl"
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from / "accelerator"))
-        state.update(json.loads((resume_from / ckpt.STATE_FILE).read_text()))
-        if main_process:
-            print(f"resumed from {resume_from} at step {state['step']}", flush=True)
-    records: list[dict[str, Any]] = []
-    if main_process:
-        if resume_from is not None and metrics_path.exists():
-            kept = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-            records = [r for r in kept if r["step"] <= state["step"]]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    writer = None
-    if tc.tensorboard and main_process:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(output_dir / "tensorboard"))
-    can_sample = tc.sample_every > 0 and callable(getattr(model, "sample_for_logging", None))
-    after_step = getattr(model, "after_optimizer_step", None)
-
-    progress = tqdm(total=tc.max_steps, initial=state["step"], desc="train", dynamic_ncols=True,
-                    disable=not (accelerator.is_local_main_process and tc.progress))
-    global_batch = config.data.batch_size * accelerator.num_processes
-    window: list[torch.Tensor] = []
-    window_bad = False
-    last_checkpoint = resume_from
-    tick = time.perf_counter()
-    while state["step"] < tc.max_steps:
-        sampler.use_epoch(state["epoch"])
-        epoch_loader = loader if state["batch_in_epoch"] == 0 else \
-            accelerator.skip_first_batches(loader, state["batch_in_epoch"])
-        for batch in epoch_loader:
-            state["batch_in_epoch"] += 1
-            with accelerator.accumulate(wrapper):
-                outputs = wrapper(batch)
-                loss = outputs["loss"]
-                extra = sorted(k for k, v in outputs.items() if k != "loss" and v.numel() == 1)
-                finite = torch.isfinite(loss.detach()).to(torch.float32)
-                values = [finite, torch.nan_to_num(loss.detach().float(), nan=0.0)]
-                values += [outputs[k].detach().float() for k in extra]
-                # One collective per micro-step: every rank must agree to skip a bad step.
-                gathered = accelerator.gather(torch.stack(values).reshape(1, -1))
-                if bool(gathered[:, 0].min() > 0):
-                    accelerator.backward(loss)
-                else:
-                    window_bad = True
-                    # Keep DDP's reducer in step with a zero-gradient backward.
-                    zero = sum((p * 0).sum() for p in wrapper.parameters())
-                    accelerator.backward(zero)
-                window.append(gathered[:, 1:].mean(dim=0))
-                if not accelerator.sync_gradients:
-                    continue
-                lr = scheduler.get_last_lr()[0]
-                grad_norm = None
-                if window_bad:
-                    state["nonfinite_total"] += 1
-                    state["nonfinite_consecutive"] += 1
-                else:
-                    state["nonfinite_consecutive"] = 0
-                    if tc.max_grad_norm:
-                        grad_norm = accelerator.clip_grad_norm_(wrapper.parameters(),
-                                                                tc.max_grad_norm)
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if not window_bad:
-                    if projector is not None:
-                        with torch.no_grad():
-                            projector.project()
-                    if ema is not None:
-                        ema.update(model)
-                    if callable(after_step):
-                        after_step()
-            state["step"] += 1
-            mean = torch.stack(window).mean(dim=0).tolist()
-            window, window_was_bad, window_bad = [], window_bad, False
-            now = time.perf_counter()
-            if state["step"] % tc.log_every == 0 or state["step"] == tc.max_steps:
-                record = {"step": state["step"], "loss": mean[0] if not window_was_bad
-                          else float("nan"), "lr": lr, "epoch": state["epoch"],
-                          "skipped": window_was_bad, "time_per_step": now - tick,
-                          "samples_per_s": global_batch * tc.gradient_accumulation_steps
-                          / max(now - tick, 1e-9)}
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                record.update({k: v for k, v in zip(extra, mean[1:])})
-                if main_process:
-                    records.append(record)
-                    with open(metrics_path, "a") as handle:
-                        handle.write(json.dumps(record) + "\n")
-                    if writer is not None:
-                        for key, value in record.items():
-                            if isinstance(value, int | float) and key != "step":
-                                writer.add_scalar(key, value, state["step"])
-            tick = now
-            progress.update(1)
-            progress.set_postfix(loss=f"{mean[0]:.4g}", lr=f"{lr:.3g}")
-            if state["nonfinite_consecutive"] >= tc.max_nonfinite:
-                good = save_checkpoint(output_dir, config, state, model, ema, accelerator,
-                                       wrapper)
-                progress.close()
-                raise NonFiniteLossError(
-                    f"training stopped at step {state['step']}: {tc.max_nonfinite} consecutive "
-                    f"non-finite losses (trainer.max_nonfinite={tc.max_nonfinite}); the weights "
-                    f"were never updated by them; last good checkpoint: {good}"
-                )
-            if can_sample and state["step"] % tc.sample_every == 0:
-                _sample(accelerator, ema.model if ema is not None else model, tc, output_dir,
-                        state["step"])
-            if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0 \
-                    and state["step"] < tc.max_steps:
-                last_checkpoint = save_checkpoint(output_dir, config, state, model, ema,
-                                                  accelerator, wrapper)
-            if state["step"] >= tc.max_steps:
-                break
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-    progress.close()
-    last_checkpoint = save_checkpoint(output_dir, config, state, model, ema, accelerator,
-                                      wrapper)
-    if main_process:
-        if writer is not None:
-            writer.close()
-        if tc.plot and records:
-            plot_losses(metrics_path, output_dir / "loss.png")
-        print(f"done: step {state['step']}, checkpoint {last_checkpoint}", flush=True)
+    stop_with_launcher()
+    _say(accelerator, f"resolved config:\n{config.to_yaml()}")
+    lock = RunLock(tc.output_dir)
+    try:
+        resume_from, run_id = _claim_run_folder(config, accelerator, lock)
+        run = _set_up(config, accelerator, resume_from, run_id)
+        try:
+            _loop(run)
+            _checkpoint(run)
+        finally:
+            if run.metrics is not None:
+                run.metrics.close(plot=tc.plot)
+        _say(accelerator, f"done: step {run.state.step}, checkpoint {run.last_checkpoint}")
+    finally:
+        lock.release()
     accelerator.end_training()
-    return TrainResult(state["step"], last_checkpoint, records, state["nonfinite_total"])
-
-
-def _sample(accelerator: Any, model: nn.Module, tc: TrainerConfig, output_dir: Path,
-            step: int) -> None:
-    """Sample grid into output_dir/samples/ without disturbing the training RNG streams."""
-    from accelerate.utils import DistributedType
-
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    if not (accelerator.is_main_process or sharded):
-        return
-    device = accelerator.device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        generator = torch.Generator(device=device).manual_seed(tc.seed)
-        was_training = model.training
-        model.eval()
-        images = model.sample_for_logging(tc.num_samples, generator)
-        model.train(was_training)
-    if accelerator.is_main_process:
-        save_image_grid(images, output_dir / "samples" / f"step-{step:07d}.png")
+    records = run.metrics.records if run.metrics is not None else []
+    return TrainResult(run.state.step, run.last_checkpoint, records, run.state.nonfinite_total)
 
 
 # --------------------------------------------------------------------------- CLI
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (2 for bad input, 1 for a stopped run)."""
+    """CLI entry point; the exit code: 0 done, 2 bad input, 1 a stopped run (or a bug)."""
     parser = argparse.ArgumentParser(
         prog="python -m trainers.train",
         description="Train a registered model from a YAML config plus key=value overrides.",
@@ -450,14 +549,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         preflight(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
         train(config)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except TrainingStopped as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as error:  # the user's: config, data, run folder, checkpoint
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
     return 0
 
 

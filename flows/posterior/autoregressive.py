@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from flows.posterior.base import AutoregressiveSplineTransform, PosteriorFlow
-from flows.posterior.spline import spline_parameter_count
+from flows.posterior.rqs import rational_quadratic_spline, spline_parameter_count
 from flows.posterior.transforms import Preprocessing
 from norms.transformer import KVCache, TransformerStack
 
@@ -102,8 +102,6 @@ class TokenSplineTransform(AutoregressiveSplineTransform):
     """
 
     def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        from flows.posterior.spline import rational_quadratic_spline
-
         cond: TokenConditioner = self.conditioner
         batch, features = z.shape
         cache = KVCache()
@@ -131,6 +129,8 @@ class ParameterTransformerFlow(PosteriorFlow):
         context_features: size of a conditioning vector (0: unconditional).
     """
 
+    kind = "transformer"
+
     def __init__(
         self,
         preprocess: Preprocessing,
@@ -144,6 +144,7 @@ class ParameterTransformerFlow(PosteriorFlow):
         bound: float = 5.0,
         context_features: int = 0,
     ) -> None:
+        config = self.constructor_config(locals())
         features = preprocess.features
         layers = [
             TokenSplineTransform(
@@ -163,15 +164,4 @@ class ParameterTransformerFlow(PosteriorFlow):
             for i in range(transforms)
         ]
         super().__init__(preprocess, layers, context_features)
-        self.config = {
-            "flow": "transformer",
-            "transforms": transforms,
-            "width": width,
-            "depth": depth,
-            "num_heads": num_heads,
-            "norm": norm,
-            "norm_placement": norm_placement,
-            "bins": bins,
-            "bound": bound,
-            "context_features": context_features,
-        }
+        self.config = config

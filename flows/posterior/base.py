@@ -21,16 +21,25 @@ References:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from flows.posterior.files import write_atomically
+from flows.posterior.rqs import rational_quadratic_spline
 from flows.posterior.transforms import BoundsLike, Preprocessing
 
-__all__ = ["AutoregressiveSplineTransform", "PosteriorFlow"]
+__all__ = ["AutoregressiveSplineTransform", "PosteriorFlow", "read_flow_file"]
+
+FILE_FORMAT = "normkit-posterior-flow-1"
 
 
 class AutoregressiveSplineTransform(nn.Module):
@@ -48,16 +57,12 @@ class AutoregressiveSplineTransform(nn.Module):
     def forward(
         self, y: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from flows.posterior.spline import rational_quadratic_spline
-
         params = self.conditioner(y, context)
         z, log_det = rational_quadratic_spline(y, params, self.bound)
         return z, log_det.sum(-1)
 
     def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Invert coordinate by coordinate in the autoregressive order: d conditioner passes."""
-        from flows.posterior.spline import rational_quadratic_spline
-
         y = torch.zeros_like(z)
         for j in self.conditioner.order.tolist():
             params = self.conditioner(y, context)[..., j, :]
@@ -75,7 +80,11 @@ class PosteriorFlow(nn.Module):
         transforms: autoregressive transforms y -> z, applied in order (each conditioner
             carries its own coordinate order; consecutive ones alternate it).
         context_features: size of the optional conditioning vector.
+
+    Subclasses name their ``kind`` (the ``flow`` entry of their config).
     """
+
+    kind: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -89,6 +98,16 @@ class PosteriorFlow(nn.Module):
         self.features = preprocess.features
         self.context_features = context_features
         self.config: dict = {}
+
+    @classmethod
+    def constructor_config(cls, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The JSON config of a subclass from its ``__init__`` arguments (``locals()``)."""
+        options = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in arguments.items()
+            if k not in ("self", "preprocess", "__class__")
+        }
+        return {"flow": cls.kind, **options}
 
     @classmethod
     def from_samples(
@@ -206,34 +225,75 @@ class PosteriorFlow(nn.Module):
         lp = self.log_prob(x, temperature, context)
         return x.reshape(*shape, self.features), lp.reshape(shape)
 
-    def save(self, path: str) -> None:
-        """Write the flow (config + preprocessing + weights) to one torch file."""
-        torch.save(
-            {
-                "config": self.config,
-                "preprocess": {k: v.cpu() for k, v in self.preprocess.state_dict().items()},
-                "state_dict": self.state_dict(),
-            },
-            path,
-        )
+    def save(self, path: str | Path) -> Path:
+        """Write the flow to one safetensors file: weights + preprocessing, config as JSON.
 
-    @staticmethod
-    def load(path: str) -> PosteriorFlow:
-        """Read a flow written by :meth:`save`."""
-        from flows.posterior.fit import build_flow
+        The config (the kind and its constructor options) sits in the file's JSON metadata;
+        nothing is pickled, so loading a file can never run code. The write is atomic (a
+        temporary file renamed into place).
+        """
+        path = Path(path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        metadata = {"format": FILE_FORMAT, "config": json.dumps(self.config)}
+        write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        return path
 
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        pre = blob["preprocess"]
-        preprocess = Preprocessing(
-            *(pre[k].numpy() for k in ("lower", "upper", "shift", "cholesky"))
+    @classmethod
+    def load(cls, path: str | Path) -> PosteriorFlow:
+        """Read a flow of this class written by :meth:`save` (any kind: ``load_flow``)."""
+        config, tensors = read_flow_file(path)
+        kind = config.pop("flow")
+        if kind != cls.kind:
+            raise ValueError(
+                f"{str(path)!r} holds a {kind!r} flow, not a {cls.kind!r} one; read it with "
+                "flows.posterior.load_flow"
+            )
+        return cls.from_state(config, tensors, path)
+
+    @classmethod
+    def from_state(
+        cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], where: str | Path = "state"
+    ) -> PosteriorFlow:
+        """Rebuild a flow from its config (without ``flow``) and its state dict."""
+        try:
+            names = ("lower", "upper", "shift", "cholesky")
+            preprocess = Preprocessing(*(tensors[f"preprocess.{k}"].numpy() for k in names))
+            flow = cls(preprocess, **config)
+            weights = [v for k, v in tensors.items() if k.startswith("transforms.")]
+            dtype = next((v.dtype for v in weights if v.is_floating_point()), torch.float32)
+            flow.transforms.to(dtype)
+            flow.load_state_dict(tensors)
+        except (KeyError, TypeError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"{str(where)!r} does not match a {cls.kind} flow: {first}"
+            ) from None
+        return flow.eval()
+
+
+def read_flow_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Config and tensors of a flow file; anything but a normkit flow file is a ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"flow file {str(path)!r} does not exist or is not a file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(
+            f"{str(path)!r} is not a safetensors flow file ({type(err).__name__}); "
+            "write flows with PosteriorFlow.save"
+        ) from None
+    if metadata.get("format") != FILE_FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is a safetensors file but not a normkit posterior flow "
+            f"(metadata format {metadata.get('format')!r})"
         )
-        config = dict(blob["config"])
-        flow = build_flow(config.pop("flow"), preprocess, **config)
-        dtype = next(
-            v.dtype
-            for k, v in blob["state_dict"].items()
-            if k.startswith("transforms.") and v.is_floating_point()
-        )
-        flow.transforms.to(dtype)
-        flow.load_state_dict(blob["state_dict"])
-        return flow
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} has a broken flow config: {err}") from None
+    if not isinstance(config, dict) or "flow" not in config:
+        raise ValueError(f"{str(path)!r} has a flow config without its kind: {config!r}")
+    return config, tensors

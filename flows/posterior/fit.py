@@ -24,24 +24,20 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from flows.posterior.base import PosteriorFlow
+from flows.posterior.kinds import FLOWS, build_flow
+from flows.posterior.training import mean_nll, train_by_likelihood
 from flows.posterior.transforms import BoundsLike, Preprocessing
 
-__all__ = ["FLOWS", "FitReport", "FitResult", "build_flow", "fit_flow", "as_rows"]
-
-FLOWS = ("spline", "transformer")
+__all__ = ["FitReport", "FitResult", "fit_flow", "as_rows"]
 
 
 @dataclass
@@ -70,59 +66,6 @@ class FitResult(NamedTuple):
 
     flow: PosteriorFlow
     report: FitReport
-
-
-class _Adam:
-    """Plain Adam (Kingma & Ba 2014) with decoupled weight decay.
-
-    Written out (a dozen lines) because the first ``torch.optim`` optimizer of a process
-    imports torch._dynamo, several seconds on a busy CPU: most of a small evidence run.
-    """
-
-    def __init__(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> None:
-        self.params, self.lr, self.weight_decay = params, lr, weight_decay
-        self.betas, self.eps, self.t = (0.9, 0.999), 1e-8, 0
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        correction1, correction2 = 1 - b1**self.t, 1 - b2**self.t
-        for p, m, v in zip(self.params, self.m, self.v):
-            if p.grad is None:
-                continue
-            m.mul_(b1).add_(p.grad, alpha=1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            if self.weight_decay:
-                p.mul_(1 - self.lr * self.weight_decay)
-            denom = (v / correction2).sqrt_().add_(self.eps)
-            p.addcdiv_(m, denom, value=-self.lr / correction1)
-
-
-def build_flow(name: str, preprocess: Preprocessing, **options) -> PosteriorFlow:
-    """Instantiate flow ``name`` (spline | transformer) on top of a preprocessing."""
-    if name == "spline":
-        from flows.posterior.spline import SplineFlow as cls
-    elif name == "transformer":
-        from flows.posterior.autoregressive import ParameterTransformerFlow as cls
-    else:
-        raise ValueError(f"flow {name!r} is unknown; choose one of: {', '.join(FLOWS)}")
-    allowed = [
-        p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "preprocess")
-    ]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"option {unknown[0]!r} does not apply to the {name} flow; its options are: "
-            + ", ".join(allowed)
-        )
-    return cls(preprocess, **options)
 
 
 def as_rows(samples: np.ndarray | torch.Tensor, what: str = "samples") -> np.ndarray:
@@ -245,70 +188,36 @@ def fit_flow(
         z, log_det = model.transform_whitened(y, c)
         return -(model.base_log_prob(z) + log_det)
 
-    def evaluate(y: torch.Tensor, c: torch.Tensor | None) -> float:
-        with torch.no_grad():
-            total = 0.0
-            for start in range(0, len(y), 8192):
-                cc = c[start : start + 8192] if c is not None else None
-                total += float(nll(y[start : start + 8192], cc).sum())
-        return total / len(y)
-
-    optimizer = _Adam(list(model.transforms.parameters()), lr, weight_decay)
-    torch_gen = torch.Generator().manual_seed(seed)
-    best = evaluate(y_val, c_val)
-    best_state = copy.deepcopy(model.transforms.state_dict())
-    best_epoch, since_best, skipped = 0, 0, 0
-    history_train: list[float] = []
-    history_val: list[float] = []
-    start_time = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc=f"fit_flow[{flow}]", disable=not progress, leave=False)
-    epoch = 0
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(len(y_train), generator=torch_gen)
-        running, count = 0.0, 0
-        for start in range(0, len(perm), batch_size):
-            idx = perm[start : start + batch_size]
-            loss = nll(y_train[idx], c_train[idx] if c_train is not None else None).mean()
-            if not torch.isfinite(loss):
-                skipped += 1
-                continue
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.transforms.parameters(), 10.0)
-            optimizer.step()
-            running += float(loss.detach()) * len(idx)
-            count += len(idx)
-        optimizer.lr = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-        model.eval()
-        val = evaluate(y_val, c_val)
-        history_train.append(running / max(count, 1) - offset_train)
-        history_val.append(val - offset_val)
-        if val < best - 1e-4:
-            best, best_epoch, since_best = val, epoch, 0
-            best_state = copy.deepcopy(model.transforms.state_dict())
-        else:
-            since_best += 1
-        bar.set_postfix(held_out_nll=f"{val - offset_val:.4f}")
-        out_of_time = max_time is not None and time.perf_counter() - start_time > max_time
-        if since_best >= patience or out_of_time:
-            break
-    bar.close()
-    model.transforms.load_state_dict(best_state)
-    model.eval()
+    history = train_by_likelihood(
+        model.transforms,
+        nll,
+        y_train,
+        y_val,
+        train_context=c_train,
+        held_out_context=c_val,
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        max_time=max_time,
+        progress=progress,
+        desc=f"fit_flow[{flow}]",
+    )
     report = FitReport(
         flow=flow,
-        train_nll=evaluate(y_train, c_train) - offset_train,
-        held_out_nll=best - offset_val,
-        epochs=epoch,
-        best_epoch=best_epoch,
-        stopped_early=epoch < epochs,
-        time_s=time.perf_counter() - start_time,
+        train_nll=mean_nll(nll, y_train, c_train) - offset_train,
+        held_out_nll=history.best_held_out - offset_val,
+        epochs=history.epochs,
+        best_epoch=history.best_epoch,
+        stopped_early=history.stopped_early,
+        time_s=history.time_s,
         n_train=len(train_rows),
         n_held_out=len(val_x),
-        skipped_steps=skipped,
-        history_train=history_train,
-        history_held_out=history_val,
+        skipped_steps=history.skipped_steps,
+        history_train=[v - offset_train for v in history.train],
+        history_held_out=[v - offset_val for v in history.held_out],
     )
     if not math.isfinite(report.held_out_nll):
         raise ValueError(

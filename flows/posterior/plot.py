@@ -1,7 +1,15 @@
-r"""Corner plot of posterior samples against samples of the fitted flow (matplotlib, PNG).
+r"""Corner plots: posterior samples, optionally overlaid with a second set (the fitted flow's
+samples), as histograms on the diagonal and 50% / 90% credible contours below it; PNG.
 
 A visual check of the density behind the learned harmonic mean (McEwen et al. 2021,
-arXiv:2111.12720): the flow's marginals should cover the chains' marginals.
+arXiv:2111.12720): the flow's marginals should cover the chains' marginals. Used by the
+evidence CLI and by ``flows.pta``.
+
+Example:
+    >>> import numpy as np
+    >>> from flows.posterior.plot import corner_plot
+    >>> x = np.random.default_rng(0).normal(size=(2000, 3))
+    >>> path = corner_plot(x, "/tmp/corner-doctest.png", ["a", "b", "c"], other=x[::-1] * 1.1)
 """
 
 from __future__ import annotations
@@ -11,71 +19,102 @@ from pathlib import Path
 
 import numpy as np
 
+from flows.posterior.files import write_atomically
+
 __all__ = ["corner_plot"]
 
 
 def corner_plot(
     samples: np.ndarray,
-    flow_samples: np.ndarray,
     path: str | Path,
     names: Sequence[str] | None = None,
+    *,
+    other: np.ndarray | None = None,
+    labels: tuple[str, str] = ("chains", "flow"),
+    title: str | None = None,
+    weights: np.ndarray | None = None,
     max_dims: int = 8,
     bins: int = 40,
+    dpi: int = 100,
 ) -> Path:
-    """Write a lower-triangle corner plot (histograms + 2-D contours) of both sample sets."""
+    """Write a lower-triangle corner plot of ``samples`` (and ``other``) to ``path``.
+
+    Arguments:
+        samples: (..., d) posterior samples (chains are flattened).
+        path: PNG file to write (atomically).
+        names: d parameter names (default p0, p1, ...).
+        other: optional (..., d) second sample set drawn on top (e.g. the flow's samples).
+        labels: legend entries for ``samples`` and ``other``.
+        title: figure title.
+        weights: optional per-sample weights of ``samples`` (weighted chains).
+        max_dims: plot at most the first ``max_dims`` parameters.
+        bins: histogram bins per axis (half as many for the 2-D contours).
+        dpi: resolution of the PNG.
+
+    Returns:
+        The path written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = np.asarray(samples, dtype=np.float64).reshape(-1, np.shape(samples)[-1])
-    y = np.asarray(flow_samples, dtype=np.float64).reshape(-1, x.shape[-1])
-    d = min(x.shape[1], max_dims)
-    names = list(names or [f"p{j}" for j in range(x.shape[1])])
-    fig, axes = plt.subplots(d, d, figsize=(2.2 * d + 1, 2.2 * d + 1), squeeze=False)
-    lo = np.percentile(x[:, :d], 0.5, axis=0)
-    hi = np.percentile(x[:, :d], 99.5, axis=0)
+    ndim = np.shape(samples)[-1]
+    x = np.asarray(samples, dtype=np.float64).reshape(-1, ndim)
+    sets = [(x, None if weights is None else np.asarray(weights, np.float64).ravel(), "k")]
+    if other is not None:
+        sets.append((np.asarray(other, dtype=np.float64).reshape(-1, ndim), None, "C1"))
+    d = min(ndim, max_dims)
+    names = list(names) if names is not None else [f"p{j}" for j in range(ndim)]
+    both = np.concatenate([s[0][:, :d] for s in sets])
+    lo, hi = np.percentile(both, 0.2, axis=0), np.percentile(both, 99.8, axis=0)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    size = max(2.2 * d, 3.5)
+    fig, axes = plt.subplots(d, d, figsize=(size, size), squeeze=False)
     for i in range(d):
         for j in range(d):
             ax = axes[i, j]
             if j > i:
                 ax.axis("off")
                 continue
-            if i == j:
-                edges = np.linspace(lo[i], hi[i], bins + 1)
-                ax.hist(x[:, i], edges, density=True, histtype="step", color="k", label="chains")
-                ax.hist(y[:, i], edges, density=True, histtype="step", color="C1", label="flow")
-                ax.set_yticks([])
-            else:
-                for data, color in ((x, "k"), (y, "C1")):
-                    h, xe, ye = np.histogram2d(
-                        data[:, j],
-                        data[:, i],
-                        bins=bins // 2,
-                        range=[[lo[j], hi[j]], [lo[i], hi[i]]],
-                        density=True,
-                    )
-                    levels = _levels(h)
-                    if len(levels) > 1:
-                        centres = (xe[:-1] + xe[1:]) / 2, (ye[:-1] + ye[1:]) / 2
-                        ax.contour(*centres, h.T, levels=levels, colors=color, linewidths=0.8)
+            for data, w, color in sets:
+                if i == j:
+                    ax.hist(data[:, i], bins=bins, range=(lo[i], hi[i]), weights=w,
+                            density=True, histtype="step", color=color)
+                    continue
+                h, xe, ye = np.histogram2d(data[:, j], data[:, i], bins=bins // 2, weights=w,
+                                           range=[(lo[j], hi[j]), (lo[i], hi[i])])
+                levels = _credible_levels(h, (0.9, 0.5))
+                if levels:
+                    ax.contour(0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1]), h.T,
+                               levels=levels, colors=color, linewidths=0.9)
             if i == d - 1:
-                ax.set_xlabel(names[j])
+                ax.set_xlabel(names[j], fontsize=8)
+            else:
+                ax.set_xticklabels([])
             if j == 0 and i > 0:
-                ax.set_ylabel(names[i])
-    axes[0, 0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+                ax.set_ylabel(names[i], fontsize=8)
+            elif i != j:
+                ax.set_yticklabels([])
+            if i == j:
+                ax.set_yticks([])
+            ax.tick_params(labelsize=6)
+    handles = [plt.Line2D([], [], color=color) for _, _, color in sets]
+    fig.legend(handles, list(labels[: len(sets)]), loc="upper right", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     path = Path(path)
-    fig.savefig(path, dpi=80)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
     plt.close(fig)
     return path
 
 
-def _levels(h: np.ndarray) -> np.ndarray:
-    """Density levels enclosing about 39% and 86% of the mass (1 and 2 sigma in 2-D)."""
+def _credible_levels(h: np.ndarray, masses: Sequence[float]) -> list[float]:
+    """Histogram heights enclosing the given probability masses (largest mass first)."""
     flat = np.sort(h.ravel())[::-1]
-    if flat.sum() <= 0:
-        return np.array([])
-    cum = np.cumsum(flat) / flat.sum()
-    levels = [flat[min(np.searchsorted(cum, q), len(flat) - 1)] for q in (0.86, 0.39)]
-    return np.unique(np.array(levels))
+    total = flat.sum()
+    if total <= 0:
+        return []
+    cum = np.cumsum(flat) / total
+    levels = {float(flat[min(np.searchsorted(cum, m), len(flat) - 1)]) for m in masses}
+    return sorted(lv for lv in levels if lv > 0)

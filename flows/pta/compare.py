@@ -5,20 +5,23 @@ For each model: emcee ensembles on the refit posterior (:mod:`flows.pta.sampling
 the learned-harmonic-mean ln Z (McEwen et al. 2021; Polanska et al. 2024) together with an
 independent flow importance-sampling estimate; for models with <= 3 parameters the brute-force
 grid integral (:mod:`flows.pta.grid`) is added as ground truth. ln B = ln Z_model - ln Z_ref,
-errors added in quadrature.
+errors added in quadrature. Every warning of the sampler and of the estimator stays with its
+model; an estimate its own diagnostics call meaningless is marked ``reliable = False`` (and so
+is every ln B it enters).
 
 References:
     "Normalising flows for rapid PTA model comparison" (the seed paper, 2025): flows fitted to
     MCMC posteriors of SGWB source models on NANOGrav 15-year data, evidence by the learned
     harmonic mean.
     J. D. McEwen et al., arXiv:2111.12720; A. Polanska et al., arXiv:2405.05969.
-    A. Afzal et al. (NANOGrav), arXiv:2306.17219 (models, priors, Bayes factors).
+    A. Afzal et al. (NANOGrav), arXiv:2306.16219 (models, priors, Bayes factors).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,20 +29,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flows.posterior.evidence import bayes_factor, evidence
+from flows.posterior.evidence import evidence
 
 from .data import FreeSpectrum
 from .grid import grid_evidence
 from .likelihood import ModelPosterior
 from .models import SpectralModel, build_model
 from .sampling import ChainResult, run_ensembles
+from .store import json_ready
 
-__all__ = ["ModelResult", "Comparison", "compare_models", "format_table", "run_model"]
-
+__all__ = ["Comparison", "ModelResult", "compare_models", "format_table", "run_model"]
 
 @dataclass
 class ModelResult:
-    """Everything measured for one model."""
+    """Everything measured for one model (``entry()`` is its JSON-ready part)."""
 
     name: str
     param_names: tuple[str, ...]
@@ -57,6 +60,63 @@ class ModelResult:
     flow_samples: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    reliable: bool = True
+    unreliable_because: list[str] = field(default_factory=list)
+
+    def entry(self) -> dict[str, Any]:
+        """The model's numbers for comparison.json (ln B is added by :class:`Comparison`)."""
+        flat = self.chains.flat()
+        return {
+            "name": self.name,
+            "ln_z": self.ln_z,
+            "ln_z_err": self.ln_z_err,
+            "reliable": self.reliable,
+            "unreliable_because": list(self.unreliable_because),
+            "estimator": self.estimator,
+            "temperature": self.temperature,
+            "ln_z_importance": self.ln_z_is,
+            "ln_z_importance_err": self.ln_z_is_err,
+            "estimators_agree": self.agree,
+            "ln_z_grid": self.ln_z_grid,
+            "ln_z_grid_err": self.ln_z_grid_err,
+            "params": list(self.param_names),
+            "posterior_mean": [float(v) for v in flat.mean(0)],
+            "posterior_std": [float(v) for v in flat.std(0)],
+            "sampling": self.chains.summary(),
+            "times_s": {k: round(v, 2) for k, v in self.times.items()},
+            "warnings": list(self.warnings),
+            "diagnostics": json_ready(self.diagnostics),
+        }
+
+    @classmethod
+    def from_entry(
+        cls, entry: Mapping[str, Any], chains: ChainResult, flow_samples: np.ndarray | None
+    ) -> ModelResult:
+        """Rebuild a result saved by :meth:`entry` (with its chains) for ``--resume``."""
+        return cls(
+            name=entry["name"],
+            param_names=tuple(entry["params"]),
+            ln_z=_number(entry["ln_z"]),
+            ln_z_err=_number(entry["ln_z_err"]),
+            estimator=entry["estimator"],
+            temperature=entry["temperature"],
+            ln_z_is=entry["ln_z_importance"],
+            ln_z_is_err=entry["ln_z_importance_err"],
+            agree=entry["estimators_agree"],
+            ln_z_grid=entry["ln_z_grid"],
+            ln_z_grid_err=entry["ln_z_grid_err"],
+            chains=chains,
+            times=dict(entry["times_s"]),
+            flow_samples=flow_samples,
+            warnings=list(entry["warnings"]),
+            diagnostics=dict(entry["diagnostics"]),
+            reliable=bool(entry["reliable"]),
+            unreliable_because=list(entry["unreliable_because"]),
+        )
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 @dataclass
@@ -78,39 +138,29 @@ class Comparison:
         """ln B of ``name`` vs the reference and its error (0, 0 for the reference)."""
         if name == self.reference:
             return 0.0, 0.0
-        return bayes_factor(self.by_name(name), self.by_name(self.reference))
+        a, b = self.by_name(name), self.by_name(self.reference)
+        return a.ln_z - b.ln_z, math.hypot(a.ln_z_err, b.ln_z_err)
+
+    def ln_b_reliable(self, name: str) -> bool:
+        """ln B means something only when both of its ln Z do."""
+        return self.by_name(name).reliable and self.by_name(self.reference).reliable
+
+    @property
+    def reliable(self) -> bool:
+        return all(r.reliable for r in self.results)
 
     def as_dict(self) -> dict[str, Any]:
         models = []
         for r in self.results:
             ln_b, ln_b_err = self.ln_b(r.name)
-            flat = r.chains.flat()
-            models.append(
-                {
-                    "name": r.name,
-                    "ln_z": r.ln_z,
-                    "ln_z_err": r.ln_z_err,
-                    "ln_b": ln_b,
-                    "ln_b_err": ln_b_err,
-                    "estimator": r.estimator,
-                    "temperature": r.temperature,
-                    "ln_z_importance": r.ln_z_is,
-                    "ln_z_importance_err": r.ln_z_is_err,
-                    "estimators_agree": r.agree,
-                    "ln_z_grid": r.ln_z_grid,
-                    "ln_z_grid_err": r.ln_z_grid_err,
-                    "params": list(r.param_names),
-                    "posterior_mean": [float(v) for v in flat.mean(0)],
-                    "posterior_std": [float(v) for v in flat.std(0)],
-                    "sampling": r.chains.summary(),
-                    "times_s": {k: round(v, 2) for k, v in r.times.items()},
-                    "warnings": r.warnings,
-                }
-            )
+            entry = r.entry()
+            entry.update(ln_b=ln_b, ln_b_err=ln_b_err, ln_b_reliable=self.ln_b_reliable(r.name))
+            models.append(entry)
         return {
             "reference": self.reference,
             "nfreqs": self.nfreqs,
             "total_time_s": round(self.total_time, 2),
+            "reliable": self.reliable,
             "models": models,
         }
 
@@ -197,7 +247,22 @@ def run_model(
         flow_samples=_flow_samples(ev, flow_samples, seed) if flow_samples else None,
         warnings=list(chains.warnings) + list(getattr(ev, "warnings", [])),
         diagnostics=dict(getattr(ev, "diagnostics", {}) or {}),
+        reliable=bool(ev.reliable),
+        unreliable_because=list(ev.unreliable_because),
     )
+
+
+def model_order(model_names: Sequence[str], reference: str) -> list[str]:
+    """The models a comparison runs, in order: the reference first if not listed, no repeats.
+
+    Names are canonical (``build_model(n).name``), so "smbhb + pt_sound" and "smbhb+pt_sound"
+    are one model; unknown names raise ValueError before anything is computed.
+    """
+    names = [build_model(n.strip()).name for n in model_names if n.strip()]
+    if not names:
+        raise ValueError("no models given; pass e.g. --models powerlaw,smbhb")
+    ref = build_model(reference).name
+    return list(dict.fromkeys(([] if ref in names else [ref]) + names))
 
 
 def compare_models(
@@ -212,6 +277,8 @@ def compare_models(
     evidence_options: dict[str, Any] | None = None,
     flow_samples: int = 4000,
     progress: bool = True,
+    finished: Mapping[str, ModelResult] | None = None,
+    on_result: Callable[[ModelResult], None] | None = None,
 ) -> Comparison:
     """Run :func:`run_model` for every model (the reference is added first if missing).
 
@@ -227,55 +294,72 @@ def compare_models(
         evidence_options: extra keyword arguments for ``flows.posterior.evidence``.
         flow_samples: flow draws kept for corner plots (0: none).
         progress: a tqdm bar over the models.
+        finished: results to reuse instead of computing (model name -> result).
+        on_result: called with each newly computed result as soon as it is done.
     """
-    names = list(dict.fromkeys(n.strip() for n in model_names if n.strip()))
-    if not names:
-        raise ValueError("no models given; pass e.g. --models powerlaw,smbhb")
-    models = [build_model(n) for n in names]
-    ref_model = build_model(reference)
-    if ref_model.name not in [m.name for m in models]:
-        models.insert(0, ref_model)
+    order = model_order(model_names, reference)
+    finished = dict(finished or {})
     start = time.perf_counter()
     results = []
-    bar = tqdm(models, desc="models", unit="model", disable=not progress)
-    for model in bar:
-        results.append(
-            run_model(
-                model, data, steps=steps, ensembles=ensembles, seed=seed,
-                grid_max_dim=grid_max_dim, evidence_options=evidence_options,
-                flow_samples=flow_samples, progress=bar,
-            )
+    bar = tqdm(order, desc="models", unit="model", disable=not progress)
+    for name in bar:
+        if name in finished:
+            results.append(finished[name])
+            continue
+        result = run_model(
+            build_model(name), data, steps=steps, ensembles=ensembles, seed=seed,
+            grid_max_dim=grid_max_dim, evidence_options=evidence_options,
+            flow_samples=flow_samples, progress=bar,
         )
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
     bar.close()
     return Comparison(
-        reference=ref_model.name,
+        reference=build_model(reference).name,
         results=results,
         nfreqs=data.nfreqs,
         total_time=time.perf_counter() - start,
     )
 
 
-def _pm(value: float | None, err: float | None, width: int = 15) -> str:
-    if value is None:
-        return "-".center(width)
-    return f"{value:8.3f} ± {err:5.3f}".rjust(width) if err is not None else f"{value:8.3f}"
+def _pm(value: float | None, err: float | None, width: int) -> str:
+    if value is None or not math.isfinite(value):
+        return "-".rjust(width)
+    text = f"{value:8.3f} ± {err:5.3f}" if err is not None else f"{value:8.3f}"
+    return text.rjust(width)
 
 
 def format_table(comparison: Comparison) -> str:
-    """A plain-text table: ln Z (learned harmonic, importance, grid), ln B, time per model."""
+    """A plain-text table: ln Z (learned harmonic, importance, grid), ln B, time per model.
+
+    A model with warnings gets a marker [k] in the last column, and the warnings are listed
+    under the table; an estimate its own diagnostics call meaningless is printed as
+    "unreliable" instead of a number (the number stays in the JSON).
+    """
     head = (
-        f"{'model':<22} {'D':>2} {'ln Z (flow LHM)':>18} {'ln Z (flow IS)':>18} "
-        f"{'ln Z (grid)':>18} {'ln B vs ' + comparison.reference:>20} {'time s':>7}"
+        f"{'model':<26} {'D':>2} {'ln Z (flow LHM)':>18} {'ln Z (flow IS)':>18} "
+        f"{'ln Z (grid)':>18} {'ln B vs ' + comparison.reference:>20} {'time s':>7}  notes"
     )
     lines = [head, "-" * len(head)]
+    notes: list[str] = []
     for r in comparison.results:
         ln_b, ln_b_err = comparison.ln_b(r.name)
-        lines.append(
-            f"{r.name:<22} {len(r.param_names):>2} {_pm(r.ln_z, r.ln_z_err, 18)} "
-            f"{_pm(r.ln_z_is, r.ln_z_is_err, 18)} {_pm(r.ln_z_grid, r.ln_z_grid_err, 18)} "
-            f"{_pm(ln_b, ln_b_err, 20)} {r.times['total']:7.1f}"
+        ln_z_cell = _pm(r.ln_z, r.ln_z_err, 18) if r.reliable else "unreliable".rjust(18)
+        ln_b_cell = (
+            _pm(ln_b, ln_b_err, 20) if comparison.ln_b_reliable(r.name)
+            else "unreliable".rjust(20)
         )
-    lines.append(
-        f"{comparison.nfreqs} frequencies; total time {comparison.total_time:.1f} s"
-    )
+        markers = []
+        for warning in r.warnings:
+            notes.append(f"[{len(notes) + 1}] {r.name}: {warning}")
+            markers.append(f"[{len(notes)}]")
+        lines.append(
+            f"{r.name:<26} {len(r.param_names):>2} {ln_z_cell} "
+            f"{_pm(r.ln_z_is, r.ln_z_is_err, 18)} {_pm(r.ln_z_grid, r.ln_z_grid_err, 18)} "
+            f"{ln_b_cell} {r.times['total']:7.1f}  {' '.join(markers)}".rstrip()
+        )
+    lines.append(f"{comparison.nfreqs} frequencies; total time {comparison.total_time:.1f} s")
+    if notes:
+        lines += ["", "warnings:"] + notes
     return "\n".join(lines)

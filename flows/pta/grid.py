@@ -9,7 +9,7 @@ grid twice as coarse: |ln Z_n - ln Z_{n/2}| (the midpoint rule converges as n^-2
 bounds the error of the fine grid by about a third of itself; we report the whole difference).
 
 References:
-    A. Afzal et al. (NANOGrav), arXiv:2306.17219 (the models integrated here).
+    A. Afzal et al. (NANOGrav), arXiv:2306.16219 (the models integrated here).
 """
 
 from __future__ import annotations

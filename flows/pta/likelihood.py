@@ -6,9 +6,14 @@ with lnpdf_k the tabulated KDE of the free-spectrum posterior of log10 rho_k (rh
 on an evenly spaced grid g_0 < ... < g_{G-1} (the free-spectrum prior is uniform, so the
 posterior density is the likelihood up to a constant that cancels in Bayes factors).
 
-Grid-edge behaviour (documented choice):
-    * ``interpolation="nearest"`` (default, the binned lookup of ceffyl): the value of the grid
-      point nearest to x; ``"linear"``: linear interpolation between the two neighbours.
+Interpolation and grid edges (documented choices):
+    * ``interpolation="linear"`` (default): linear interpolation between the two grid points
+      around x; ``"nearest"``: the value of the nearest grid point (ceffyl's binned lookup).
+      The KDE is smooth on the scale of the grid (steps of 0.0015 in log10 rho, bandwidths of
+      0.05 or more), so both give the same ln Z (power law on NANOGrav 15-yr: -18.3368 and
+      -18.3365), but the binned lookup makes ln L a staircase, whose steps a tail diagnostic of
+      the harmonic-mean terms reads as a heavy tail (Pareto k 0.82 binned, 0.37 linear, power
+      law, same seed).
     * below the grid (x < g_0): the lowest bin, lnpdf_k(g_0). A model predicting far less
       power than the data resolve is as good as one at the bottom of the grid (the KDE is flat
       there: the data only bound rho from above).
@@ -21,7 +26,7 @@ Grid-edge behaviour (documented choice):
 References:
     W. G. Lamb, S. R. Taylor, R. van Haasteren, arXiv:2303.15442 (ceffyl refits).
     A. Mitridate et al., "PTArcade", arXiv:2306.16377.
-    A. Afzal et al. (NANOGrav), arXiv:2306.17219, Sec. 2.
+    A. Afzal et al. (NANOGrav), arXiv:2306.16219 (the refit likelihood).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class FreeSpectrumLikelihood:
     """
 
     def __init__(
-        self, data: FreeSpectrum, interpolation: str = "nearest", above: str = "-inf"
+        self, data: FreeSpectrum, interpolation: str = "linear", above: str = "-inf"
     ) -> None:
         if interpolation not in ("nearest", "linear"):
             raise ValueError(
@@ -76,7 +81,9 @@ class FreeSpectrumLikelihood:
             )
         g0 = float(self.data.log10_rho_grid[0])
         step = self.data.grid_step
-        pos = (log10_rho - g0) / step  # fractional grid index
+        # fractional grid index; NaN (a spectrum undefined outside the prior, e.g. a negative
+        # shape parameter) counts as above the grid: -inf or the floor, never an index
+        pos = torch.nan_to_num((log10_rho - g0) / step, nan=math.inf)
         rows = torch.arange(n, device=log10_rho.device).expand_as(pos)
         if self.interpolation == "nearest":
             idx = torch.round(pos).clamp(0, g - 1).long()
@@ -86,8 +93,7 @@ class FreeSpectrumLikelihood:
             lo = clamped.floor().long().clamp(0, g - 2)
             t = clamped - lo
             val = (1 - t) * table[rows, lo] + t * table[rows, lo + 1]
-        # NaN (e.g. from a NaN theta) falls through to the "above" branch: -inf or the floor.
-        outside = ~(pos <= g - 1 + 0.5 * (self.interpolation == "nearest"))
+        outside = pos > g - 1 + 0.5 * (self.interpolation == "nearest")
         if self.above == "-inf":
             fill = torch.full_like(val, -math.inf)
         else:
@@ -115,7 +121,7 @@ class ModelPosterior:
         self,
         model: SpectralModel,
         data: FreeSpectrum,
-        interpolation: str = "nearest",
+        interpolation: str = "linear",
         above: str = "-inf",
     ) -> None:
         self.model = model

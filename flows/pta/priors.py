@@ -5,7 +5,7 @@ to holodeck population synthesis and used by PTArcade for every "+ SMBHB" model.
 
 References:
     A. Afzal et al. (NANOGrav), "The NANOGrav 15 yr Data Set: Search for Signals from New
-    Physics", ApJL 951 L11 (2023), arXiv:2306.17219, Sec. 3.1 and eq. (12).
+    Physics", ApJL 951 L11 (2023), arXiv:2306.16219 (the SMBHB prior).
     A. Mitridate et al., "PTArcade", arXiv:2306.16377.
 """
 

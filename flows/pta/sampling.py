@@ -32,21 +32,29 @@ import numpy as np
 
 from .priors import Prior
 
-__all__ = ["ChainResult", "run_ensembles", "default_steps"]
+__all__ = ["ChainResult", "default_steps", "long_enough", "run_ensembles"]
 
 
 def default_steps(ndim: int) -> tuple[int, int]:
     """(burn-in, maximum production) steps per ensemble: longer for more parameters.
 
     The production run stops earlier once it is MIN_TAUS integrated autocorrelation times long
+    and the estimate of tau changed by less than TAU_SETTLED since the previous check
     (checked every CHUNK steps after the first MIN_PRODUCTION).
     """
-    return 300 + 100 * ndim, 800 + 400 * ndim
+    return 300 + 100 * ndim, 800 + 600 * ndim
 
 
 MIN_TAUS = 25
+TAU_SETTLED = 0.05  # relative change of the tau estimate between checks (emcee's advice)
 MIN_PRODUCTION = 500
 CHUNK = 250
+
+
+def long_enough(steps: int, tau: float, tau_before: float) -> bool:
+    """Whether a production run of ``steps`` can stop: MIN_TAUS autocorrelation times long, by
+    an estimate of tau that has settled (short chains underestimate tau)."""
+    return steps >= MIN_TAUS * tau and abs(tau - tau_before) < TAU_SETTLED * tau
 
 
 @dataclass
@@ -191,10 +199,12 @@ def run_ensembles(
         sampler.reset()
         if adaptive:
             done = sampler.run_mcmc(state, min(MIN_PRODUCTION, steps), progress=progress)
+            tau_before = math.inf
             while sampler.iteration < steps:
                 tau_now = np.max(emcee.autocorr.integrated_time(sampler.get_chain(), tol=0))
-                if sampler.iteration >= MIN_TAUS * tau_now:
+                if long_enough(sampler.iteration, tau_now, tau_before):
                     break
+                tau_before = tau_now
                 more = min(CHUNK, steps - sampler.iteration)
                 done = sampler.run_mcmc(done, more, progress=progress)
         else:

@@ -12,24 +12,31 @@ induced spectrum is (Kohri & Terada 2018, eqs. (29)-(30))
 (eq. (39) there, the late-time oscillation average). For a delta peak this reduces to their
 closed form 3 A^2/64 ((4 - x^2)/4)^2 x^2 (3 x^2 - 2)^2 {...} (eq. (40)), a check in the tests.
 
-Since P_zeta(k u) = A N(ln u; -ln x, Delta^2) with x = k/k*, the double integral is an
-expectation over two independent normals in (ln u, ln v); we evaluate it with a midpoint rule on
-+-6 standard deviations (the triangle |1 - v| <= u <= 1 + v as an indicator) on a grid of
-(ln x, Delta) and interpolate bilinearly. Omega is returned for A = 1 (it scales as A^2).
+The triangle |1 - v| <= u <= 1 + v becomes a strip in s = u - v in (-1, 1) and
+y = ln(u + v) >= 0, where the integrand is smooth except for the logarithmic singularity (and
+the Theta step) at u + v = sqrt(3). We integrate with Gauss-Legendre rules: 48 nodes in s and
+2 x 40 nodes in y on the interval that holds +-7 Delta of the peak, graded quadratically towards
+y = ln sqrt(3) (y = y_c -+ L tau^2) so that the singularity costs no accuracy. The result
+agrees with a 10x denser rule to 0.001 dex and with PTArcade's tabulated sigw_gauss spectrum to
+0.002 dex (see the tests). It is tabulated once on a grid of (ln x, Delta), cached on disk and
+interpolated bilinearly; Omega is returned for A = 1 (it scales as A^2).
 
 References:
     K. Kohri, T. Terada, "Semianalytic calculation of gravitational wave spectrum nonlinearly
     induced from primordial curvature perturbations", arXiv:1804.08577.
     S. Pi, M. Sasaki, "Gravitational waves induced by scalar perturbations with a lognormal
     peak", arXiv:2005.12306.
-    A. Afzal et al. (NANOGrav), arXiv:2306.17219, Sec. 4.4.
+    A. Afzal et al. (NANOGrav), arXiv:2306.16219 (scalar-induced GWs).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
+import warnings
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,69 +49,111 @@ LN_X_RANGE = (-12.0, 8.0)
 WIDTH_RANGE = (0.1, 3.0)
 _N_LN_X = 121
 _N_WIDTH = 30
-_N_Z = 160
-_Z_MAX = 6.0
+_SQRT3 = math.sqrt(3.0)
 _LN_FLOOR = -700.0  # ln Omega where the integral vanishes (k > 2 k* beyond the peak's tail)
 
 
-def _kernel(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """[(4v^2-(1+v^2-u^2)^2)/(4uv)]^2 Ibar^2(u, v), zero outside the triangle."""
-    inside = (u >= np.abs(1 - v)) & (u <= 1 + v)
-    s = u**2 + v**2 - 3
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ln_term = np.log(np.abs((3 - (u + v) ** 2) / (3 - (u - v) ** 2)))
-        ln_term = np.where(np.isfinite(ln_term), ln_term, 0.0)
-        geom = ((4 * v**2 - (1 + v**2 - u**2) ** 2) / (4 * u * v)) ** 2
-        pref = (3 * s / (4 * u**3 * v**3)) ** 2
-        bracket = (-4 * u * v + s * ln_term) ** 2 + np.pi**2 * s**2 * (u + v > np.sqrt(3))
-        out = geom * pref * bracket
-    return np.where(inside, out, 0.0)
+def _integrand(s: np.ndarray, y: np.ndarray, ln_x: np.ndarray, width: float) -> np.ndarray:
+    """The Omega double integrand in (s, y) for P_zeta of unit amplitude, Jacobian included."""
+    total = np.exp(y)
+    u, v = (total + s) / 2, (total - s) / 2
+    shifted = u**2 + v**2 - 3
+    with np.errstate(divide="ignore"):
+        ln_term = np.log(np.abs((3 - total**2) / (3 - s**2)))
+    ln_term = np.where(np.isfinite(ln_term), ln_term, 0.0)  # the singular line has measure 0
+    geometry = ((4 * v**2 - (1 + v**2 - u**2) ** 2) / (4 * u * v)) ** 2
+    prefactor = (3 * shifted / (4 * u**3 * v**3)) ** 2
+    bracket = (-4 * u * v + shifted * ln_term) ** 2 + np.pi**2 * shifted**2 * (total > _SQRT3)
+    spectra = np.exp(-((np.log(u) + ln_x) ** 2 + (np.log(v) + ln_x) ** 2) / (2 * width**2))
+    # du dv = ds dt / 2 with t = u + v = e^y, dt = e^y dy
+    return geometry * prefactor * bracket * spectra / (2 * math.pi * width**2) * 0.5 * total
 
 
-def induced_omega(ln_x: np.ndarray, width: float, n_z: int = _N_Z) -> np.ndarray:
-    """Omega_ind(k) / A^2 at x = k/k* = exp(ln_x) for a log-normal peak of width ``width``."""
-    ln_x = np.atleast_1d(np.asarray(ln_x, dtype=np.float64))
-    edges = np.linspace(-_Z_MAX, _Z_MAX, n_z + 1)
-    z = 0.5 * (edges[1:] + edges[:-1])
-    w = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi) * (edges[1] - edges[0])
-    weights = w[:, None] * w[None, :]
-    out = np.empty_like(ln_x)
-    for i, lx in enumerate(ln_x):
-        ln_u = -lx + width * z
-        u = np.exp(ln_u)[:, None]
-        v = np.exp(ln_u)[None, :]
-        out[i] = np.sum(weights * u * v * _kernel(u, v)) / 12.0
-    return out
+def induced_omega(
+    ln_x: np.ndarray | float, width: float, nodes: tuple[int, int] = (40, 48)
+) -> np.ndarray:
+    """Omega_ind(k) / A^2 at x = k/k* = exp(ln_x) for a log-normal peak of width ``width``.
+
+    ``nodes`` = (per side of the singularity in y, in s) Gauss-Legendre points.
+    """
+    ln_x = np.atleast_1d(np.asarray(ln_x, dtype=np.float64))[:, None, None]
+    n_y, n_s = nodes
+    s, w_s = np.polynomial.legendre.leggauss(n_s)
+    t, w_t = np.polynomial.legendre.leggauss(n_y)
+    tau, w_tau = 0.5 * (t + 1), 0.5 * w_t
+    y_c = math.log(_SQRT3)
+    # the peak of P(ku) P(kv) sits at u = v = 1/x: keep u + v within e^(+-(7 Delta + 0.5))
+    low = np.maximum(0.0, math.log(2) - ln_x - 7 * width - 0.5)
+    high = np.maximum(low, math.log(2) - ln_x + 7 * width + 0.5)
+    near = np.clip(y_c, low, high)
+    total = np.zeros(ln_x.shape)
+    for sign, end in ((-1.0, low), (1.0, high)):
+        length = np.abs(end - near)
+        y = near + sign * length * tau[None, :, None] ** 2
+        weights = length * 2 * tau[None, :, None] * w_tau[None, :, None] * w_s[None, None, :]
+        total = total + np.sum(
+            weights * _integrand(s[None, None, :], y, ln_x, width), axis=(1, 2), keepdims=True
+        )
+    return total.reshape(-1) / 12.0
 
 
 def _cache_file() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normkit"
-    key = f"{LN_X_RANGE}-{WIDTH_RANGE}-{_N_LN_X}-{_N_WIDTH}-{_N_Z}-{_Z_MAX}-v1"
-    return root / f"sigw_gauss_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npy"
+    key = f"{LN_X_RANGE}-{WIDTH_RANGE}-{_N_LN_X}-{_N_WIDTH}-gauss-legendre-40-48-v2"
+    return root / f"sigw_gauss_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+
+
+def _digest(table: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(table, dtype=np.float64).tobytes()).hexdigest()
+
+
+def _read_cache(path: Path) -> np.ndarray | None:
+    """The cached table, or None when there is none; a damaged file says so and is ignored."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            table, digest = cached["ln_omega"], str(cached["sha256"])
+        if table.shape != (_N_LN_X, _N_WIDTH) or table.dtype != np.float64:
+            raise ValueError(f"shape {table.shape} / {table.dtype}, expected ({_N_LN_X}, "
+                             f"{_N_WIDTH}) float64")
+        if digest != _digest(table):
+            raise ValueError("checksum mismatch")
+        return table
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        warnings.warn(
+            f"the SIGW table cache {path} is damaged ({exc}); rebuilding it", stacklevel=3
+        )
+        return None
+
+
+def _write_cache(path: Path, table: np.ndarray) -> None:
+    """Write atomically (see :func:`flows.pta.store.atomic_write`): a reader never sees a
+    half-written table, and concurrent writers leave one complete file."""
+    from .store import atomic_write
+
+    buffer = io.BytesIO()
+    np.savez(buffer, ln_omega=table, sha256=np.array(_digest(table)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, buffer.getvalue())
+    except OSError:
+        pass  # no writable cache folder: the table is recomputed next time
 
 
 def _ln_table_numpy() -> np.ndarray:
-    """(N_LN_X, N_WIDTH) ln Omega table; computed once (~5 s) and cached on disk when the
-    user cache directory is writable (it is a pure function of the constants above)."""
+    """(N_LN_X, N_WIDTH) ln Omega table; computed once (~10 s) and cached in ~/.cache/normkit
+    (it is a pure function of the constants above; the file name encodes them)."""
     path = _cache_file()
-    try:
-        table = np.load(path)
-        if table.shape == (_N_LN_X, _N_WIDTH):
-            return table
-    except (OSError, ValueError):
-        pass
+    table = _read_cache(path)
+    if table is not None:
+        return table
     ln_x = np.linspace(*LN_X_RANGE, _N_LN_X)
     widths = np.linspace(*WIDTH_RANGE, _N_WIDTH)
     values = np.stack([induced_omega(ln_x, float(wd)) for wd in widths], axis=1)
     with np.errstate(divide="ignore"):
         ln_values = np.maximum(np.log(values), _LN_FLOOR)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, ln_values)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    _write_cache(path, ln_values)
     return ln_values
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flows.autoregressive import AutoregressiveBlock, Permutation, combine_guidance, jacobi_change
+from flows.autoregressive import AutoregressiveBlock, Permutation, combine_guidance
+from flows.jacobi import JacobiSolver
 
 T, D, W = 6, 3, 16
 
@@ -55,11 +56,14 @@ def test_round_trip_sequential_and_jacobi(variant: str) -> None:
     cond = _cond(kwargs, 3)
     z, _ = block(x, cond)
     assert (z - x).abs().max() > 1e-2
-    torch.testing.assert_close(block.reverse_sequential(z, cond), x, rtol=0, atol=1e-10)
-    x_j, passes = block.reverse_jacobi(z, cond, threshold=0.0, max_iter=T)
+    x_s, spent = block.reverse(z, cond)
+    torch.testing.assert_close(x_s, x, rtol=0, atol=1e-10)
+    x_j, stats = block.reverse(z, cond, solver=JacobiSolver(threshold=0.0, max_iter=T))
     torch.testing.assert_close(x_j, x, rtol=0, atol=1e-10)
     unknowns = block.params(x, cond)[1].shape[1]  # T, or T - 1 when token 0 is kept
-    assert passes == unknowns  # threshold 0: one token accepted per pass, then the chunk ends
+    assert spent.chunk_passes == [1] * unknowns and spent.token_passes == unknowns
+    # threshold 0: one token accepted per pass, then the chunk ends
+    assert stats.chunk_passes == [unknowns]
 
 
 @pytest.mark.float64
@@ -81,11 +85,11 @@ def test_logdet_matches_autograd_jacobian(variant: str) -> None:
 def test_jacobi_first_k_tokens_exact_after_k_passes(start_token: bool) -> None:
     block = _block(start_token=start_token, positions="rope" if start_token else "learned")
     z = torch.randn(2, T, D)
-    exact = block.reverse_sequential(z)
+    exact, _ = block.reverse(z)
     first = 0 if start_token else 1  # TARFlow leaves token 0 unchanged: it is exact at once
     for k in range(1, T - first):
-        x_k, passes = block.reverse_jacobi(z, threshold=0.0, max_iter=k)
-        assert passes == k
+        x_k, stats = block.reverse(z, solver=JacobiSolver(threshold=0.0, max_iter=k))
+        assert stats.passes == k
         n_exact = first + k
         torch.testing.assert_close(x_k[:, :n_exact], exact[:, :n_exact], rtol=0, atol=1e-10)
         assert (x_k[:, n_exact:] - exact[:, n_exact:]).abs().max() > 1e-6
@@ -97,10 +101,12 @@ def test_chunked_jacobi_with_cache_equals_sequential(chunk: int) -> None:
     kwargs = VARIANTS["prefix-rope-flip"]
     block = _block(**kwargs)
     z, cond = torch.randn(2, T, D), _cond(kwargs, 2)
-    exact = block.reverse_sequential(z, cond)
-    x, passes = block.reverse_jacobi(z, cond, threshold=0.0, max_iter=chunk, chunk_size=chunk)
+    exact, _ = block.reverse(z, cond)
+    solver = JacobiSolver(threshold=0.0, max_iter=chunk, chunk_size=chunk)
+    x, stats = block.reverse(z, cond, solver=solver)
     torch.testing.assert_close(x, exact, rtol=0, atol=1e-10)
-    assert passes == T  # threshold 0 accepts exactly one token per pass
+    assert stats.passes == T  # threshold 0 accepts exactly one token per pass
+    assert stats.chunk_passes == [min(chunk, T - s) for s in range(0, T, chunk)]
 
 
 @pytest.mark.float64
@@ -109,11 +115,12 @@ def test_jacobi_threshold_stops_early_and_init_is_used() -> None:
     with torch.no_grad():
         block.out.weight.mul_(0.02)  # a mildly coupled map converges in a few passes
     z = torch.randn(2, T, D)
-    exact = block.reverse_sequential(z)
-    x, passes = block.reverse_jacobi(z, threshold=1e-8, max_iter=50)
-    assert passes < T - 1 and (x - exact).abs().max() < 1e-3
-    _, passes_warm = block.reverse_jacobi(z, threshold=1e-12, max_iter=50, init=exact)
-    assert passes_warm == 1
+    exact, _ = block.reverse(z)
+    x, stats = block.reverse(z, solver=JacobiSolver(threshold=1e-8, max_iter=50))
+    assert stats.passes < T - 1 and (x - exact).abs().max() < 1e-3
+    warm = JacobiSolver(threshold=1e-12, max_iter=50)
+    _, stats_warm = block.reverse(z, solver=warm, init=exact)
+    assert stats_warm.passes == 1
 
 
 @pytest.mark.float64
@@ -125,12 +132,13 @@ def test_given_prefix_is_kept_and_rest_is_solved(start_token: bool) -> None:
     z, _ = block(x)
     noise = torch.randn_like(z)
     noise[:, 3:] = z[:, 3:]  # the first group's z is unknown; its x is given
-    out_seq = block.reverse_sequential(noise, given=x[:, :3])
-    out_jac, _ = block.reverse_jacobi(noise, given=x[:, :3], threshold=0.0, max_iter=T)
+    out_seq, _ = block.reverse(noise, given=x[:, :3])
+    exact_jacobi = JacobiSolver(threshold=0.0, max_iter=T)
+    out_jac, _ = block.reverse(noise, given=x[:, :3], solver=exact_jacobi)
     torch.testing.assert_close(out_seq, x, rtol=0, atol=1e-10)
     torch.testing.assert_close(out_jac, x, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="does not keep the first 2 tokens"):
-        block.reverse_sequential(noise, given=x[:, :2])
+        block.reverse(noise, given=x[:, :2])
 
 
 @pytest.mark.float64
@@ -159,9 +167,9 @@ def test_cached_decoding_equals_full_masked_pass() -> None:
     x = torch.randn(2, T, D)
     z, _ = block(x)
     ls_full, mu_full = block.params(x)
-    # reverse_sequential computes each token's parameters in one-token cached passes; its
+    # sequential reverse computes each token's parameters in one-token cached passes; its
     # exact inversion of z from the masked pass proves both give the same parameters
-    x_seq = block.reverse_sequential(z)
+    x_seq, _ = block.reverse(z)
     torch.testing.assert_close(x_seq, x, rtol=0, atol=1e-12)
     ls_again, mu_again = block.params(x_seq)
     torch.testing.assert_close(mu_again, mu_full, rtol=0, atol=1e-12)
@@ -174,18 +182,15 @@ def test_guidance_zero_equals_conditional(rule: str) -> None:
     kwargs = VARIANTS["prefix-learned"]
     block = _block(**kwargs)
     z, cond, uncond = torch.randn(2, T, D), _cond(kwargs, 2), _cond(kwargs, 2)
-    plain = block.reverse_sequential(z, cond)
-    guided0 = block.reverse_sequential(z, cond, uncond, guidance=0.0, guidance_rule=rule)
+    exact_jacobi = JacobiSolver(threshold=0.0, max_iter=T)
+    plain, _ = block.reverse(z, cond)
+    guided0, _ = block.reverse(z, cond, uncond, guidance=0.0, guidance_rule=rule)
     torch.testing.assert_close(guided0, plain, rtol=0, atol=1e-12)
-    jac0, _ = block.reverse_jacobi(
-        z, cond, uncond, guidance=0.0, guidance_rule=rule, threshold=0.0, max_iter=T
-    )
+    jac0, _ = block.reverse(z, cond, uncond, 0.0, rule, solver=exact_jacobi)
     torch.testing.assert_close(jac0, plain, rtol=0, atol=1e-10)
-    guided = block.reverse_sequential(z, cond, uncond, guidance=2.0, guidance_rule=rule)
+    guided, _ = block.reverse(z, cond, uncond, guidance=2.0, guidance_rule=rule)
     assert (guided - plain).abs().max() > 1e-4
-    jac, _ = block.reverse_jacobi(
-        z, cond, uncond, guidance=2.0, guidance_rule=rule, threshold=0.0, max_iter=T
-    )
+    jac, _ = block.reverse(z, cond, uncond, 2.0, rule, solver=exact_jacobi)
     torch.testing.assert_close(jac, guided, rtol=0, atol=1e-10)
 
 
@@ -236,47 +241,3 @@ def test_bad_arguments() -> None:
         block(torch.randn(1, T, D), torch.randn(1, 3, W))
     with pytest.raises(ValueError, match="expected tokens"):
         block(torch.randn(1, T + 1, D), torch.randn(1, 2, W))
-
-
-@pytest.mark.float64
-def test_jacobi_syncs_ranks_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        block = _block()
-        z = torch.randn(2, T, D)
-        calls = {"n": 0}
-        all_reduce = dist.all_reduce
-
-        def counting_all_reduce(*args, **kwargs):
-            calls["n"] += 1
-            return all_reduce(*args, **kwargs)
-
-        monkeypatch.setattr(dist, "all_reduce", counting_all_reduce)
-        # Sampling on one rank (the trainer's sample hook) must not wait on the others.
-        alone, _ = block.reverse_jacobi(z, threshold=0.0, max_iter=T)
-        assert calls["n"] == 0
-        synced, _ = block.reverse_jacobi(z, threshold=0.0, max_iter=T, sync_ranks=True)
-        assert calls["n"] > 0
-        torch.testing.assert_close(synced, alone, rtol=0, atol=1e-12)
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.float64
-def test_jacobi_change_is_worst_sample_and_still_prefix() -> None:
-    new = torch.ones(2, 4, 1)
-    old = new.clone()
-    old[1, 2] = 0.0  # sample 1, token 2 moved: per-token change 1, sample change 1/4
-    change, still = jacobi_change(new, old, 0.5)
-    assert change == 0.25 and still == 2  # token 3 is still too, but not in the prefix
-    change, still = jacobi_change(new, old, 0.1)
-    assert change == 0.25 and still == 2
-    assert jacobi_change(new, new, 0.0) == (0.0, 0)
-    assert jacobi_change(new, new, 1e-12) == (0.0, 4)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from flows.image import TransformerFlow, patchify, unpatchify
+from flows.jacobi import JacobiSolver
+from flows.sampling import ImageFlowSampler
 
 TINY = dict(image_size=8, in_channels=1, patch_size=2, width=16, num_heads=2)
 STARFLOW = dict(start_token=True, positions="rope", affine="softplus")
@@ -41,7 +43,7 @@ def test_fresh_flow_is_identity_with_zero_logdet() -> None:
 
 @pytest.mark.float64
 @pytest.mark.parametrize("variant", ["tarflow", "starflow-cond"])
-def test_round_trip_both_methods(variant: str) -> None:
+def test_round_trip_every_method(variant: str) -> None:
     kwargs = {} if variant == "tarflow" else {**STARFLOW, "num_classes": 3}
     flow = _flow(**kwargs)
     x = torch.randn(3, 1, 8, 8)
@@ -49,8 +51,10 @@ def test_round_trip_both_methods(variant: str) -> None:
     z, logdet = flow(x, y)
     assert (z - x).abs().max() > 0.1 and logdet.abs().min() > 1e-3
     for method in ("sequential", "jacobi", "auto"):
-        back = flow.reverse(z, y, method=method, jacobi_threshold=0.0, jacobi_max_iter=16)
+        sampler = ImageFlowSampler(flow, method, jacobi_threshold=0.0, jacobi_max_iter=16)
+        back, info = sampler.reverse(z, y)
         torch.testing.assert_close(back, x, rtol=0, atol=1e-10)
+        assert info["method"] == method or method == "auto"
 
 
 @pytest.mark.float64
@@ -70,19 +74,24 @@ def test_logdet_matches_autograd_jacobian() -> None:
 def test_jacobi_equals_sequential_and_reports_passes() -> None:
     flow = _flow()
     z = torch.randn(2, 1, 8, 8)
-    seq, info_s = flow.reverse(z, method="sequential", return_info=True)
-    jac, info_j = flow.reverse(
-        z, method="jacobi", jacobi_threshold=0.0, jacobi_max_iter=[15, 15, 15], return_info=True
-    )
+    seq, info_s = ImageFlowSampler(flow, "sequential").reverse(z)
+    jacobi = ImageFlowSampler(flow, "jacobi", jacobi_threshold=0.0, jacobi_max_iter=[15, 15, 15])
+    jac, info_j = jacobi.reverse(z)
     torch.testing.assert_close(jac, seq, rtol=0, atol=1e-10)
-    assert info_s == {"method": "sequential", "iterations": [15, 15, 15]}  # token 0 is kept
-    assert info_j["iterations"] == [15, 15, 15]  # token 0 is left unchanged: 15 unknowns
-    chunked, info_c = flow.reverse(
-        z, method="jacobi", jacobi_threshold=0.0, jacobi_chunk=4, jacobi_max_iter=4,
-        return_info=True,
-    )  # fmt: skip
+    assert info_s["method"] == "sequential" and info_j["method"] == "jacobi"
+    assert info_s["iterations"] == [15, 15, 15]  # token 0 is kept: 15 unknowns
+    assert info_s["token_passes"] == [15, 15, 15]
+    assert info_j["iterations"] == [15, 15, 15]  # one token accepted per pass at threshold 0
+    assert info_j["token_passes"] == [sum(range(1, 16))] * 3  # 15 + 14 + ... + 1
+    chunked, info_c = ImageFlowSampler(
+        flow, "jacobi", jacobi_threshold=0.0, jacobi_chunk=4, jacobi_max_iter=4
+    ).reverse(z)
     torch.testing.assert_close(chunked, seq, rtol=0, atol=1e-10)
-    assert info_c["iterations"] == [15, 15, 15]  # one token accepted per pass at threshold 0
+    assert info_c["iterations"] == [15, 15, 15] and info_c["jacobi_chunk"] == 4
+    with pytest.raises(ValueError, match="jacobi_max_iter lists 2 budgets for 3 blocks"):
+        ImageFlowSampler(flow, jacobi_max_iter=[4, 4])
+    with pytest.raises(ValueError, match="2 solvers given for 3 blocks"):
+        flow.reverse(z, solvers=[JacobiSolver()] * 2)
 
 
 @pytest.mark.float64
@@ -90,15 +99,13 @@ def test_jacobi_equals_sequential_and_reports_passes() -> None:
 def test_guidance(rule: str) -> None:
     flow = _flow(num_classes=3, **STARFLOW)
     z, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
-    plain = flow.reverse(z, y, method="sequential")
-    guided = flow.reverse(z, y, method="sequential", guidance=1.5, guidance_rule=rule)
+    plain, _ = flow.reverse(z, y)
+    guided, _ = flow.reverse(z, y, guidance=1.5, guidance_rule=rule)
     assert (guided - plain).abs().max() > 1e-3
-    guided_j = flow.reverse(
-        z, y, method="jacobi", guidance=1.5, guidance_rule=rule, jacobi_threshold=0.0,
-        jacobi_max_iter=16,
-    )  # fmt: skip
+    exact_jacobi = JacobiSolver(threshold=0.0, max_iter=16)
+    guided_j, _ = flow.reverse(z, y, exact_jacobi, guidance=1.5, guidance_rule=rule)
     torch.testing.assert_close(guided_j, guided, rtol=0, atol=1e-10)
-    tiny = flow.reverse(z, y, method="sequential", guidance=1e-7, guidance_rule=rule)
+    tiny, _ = flow.reverse(z, y, guidance=1e-7, guidance_rule=rule)
     torch.testing.assert_close(tiny, plain, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="guidance needs a class-conditional model"):
         flow.reverse(z, None, guidance=1.0)
@@ -112,7 +119,7 @@ def test_labels_are_checked() -> None:
     with pytest.raises(ValueError, match="unconditional"):
         _flow().reverse(z, torch.tensor([0]))
     with pytest.raises(ValueError, match="method 'newton' is unknown"):
-        flow.reverse(z, method="newton")
+        ImageFlowSampler(flow, method="newton")
 
 
 @pytest.mark.float64
@@ -130,10 +137,8 @@ def test_save_load_gives_identical_outputs(tmp_path) -> None:
     # equal weights; BLAS may take another path on the loaded (memory-mapped) buffers
     torch.testing.assert_close(z2, z1, rtol=0, atol=1e-12)
     torch.testing.assert_close(l2, l1, rtol=0, atol=1e-12)
-    back1 = flow.reverse(z1, y, method="sequential")
-    torch.testing.assert_close(
-        loaded.reverse(z1, y, method="sequential"), back1, rtol=0, atol=1e-12
-    )
+    back1, _ = flow.reverse(z1, y)
+    torch.testing.assert_close(loaded.reverse(z1, y)[0], back1, rtol=0, atol=1e-12)
 
 
 @pytest.mark.float64
@@ -187,10 +192,12 @@ def test_sample_for_logging_and_auto() -> None:
     flow = _flow(num_classes=2)
     images = flow.sample_for_logging(3, torch.Generator().manual_seed(0))
     assert images.shape == (3, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
-    _, info = flow.sample(2, method="auto")
+    attributes = dict(vars(flow))
+    _, info = ImageFlowSampler(flow, method="auto").sample(2)
     assert info["method"] in ("sequential", "jacobi")
+    assert vars(flow) == attributes  # the sampler, not the model, keeps what auto measured
     with pytest.raises(ValueError, match="number of samples must be >= 0, got -1"):
-        flow.sample(-1)
+        ImageFlowSampler(flow).sample(-1)
 
 
 @pytest.fixture(scope="module")
@@ -225,27 +232,13 @@ def test_latent_mode_with_a_local_autoencoder(tiny_vae_dir, tmp_path) -> None:
     expected = flow.vae.encode(images).latent_dist.mean * 0.5
     torch.testing.assert_close(latents, expected)
     z, _ = flow(latents)
-    torch.testing.assert_close(flow.reverse(z, method="sequential"), latents, rtol=0, atol=1e-10)
+    torch.testing.assert_close(flow.reverse(z)[0], latents, rtol=0, atol=1e-10)
     out = flow.loss({"x": images})
     assert torch.isfinite(out["loss"])
-    samples, _ = flow.sample(2, method="jacobi")
+    samples, _ = ImageFlowSampler(flow, method="jacobi").sample(2)
     assert samples.shape == (2, 1, 8, 8)
     flow.save_pretrained(tmp_path / "latent_flow")
     loaded = TransformerFlow.from_pretrained(tmp_path / "latent_flow")
     torch.testing.assert_close(loaded(latents)[0], z, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         TransformerFlow(**TINY, vae=str(tmp_path / "missing"))
-
-
-def test_auto_rule_follows_the_recorded_jacobi_work() -> None:
-    from flows.sampling import choose_method, predicted_costs, record_jacobi_work
-
-    flow = _flow()
-    t, blocks = flow.num_tokens, len(flow.blocks)
-    record_jacobi_work(flow, [t] * blocks, [t * t] * blocks)  # Jacobi no better than T passes
-    costs = predicted_costs(flow, 2, "cpu")
-    assert costs["jacobi"] >= costs["sequential"] > 0
-    assert choose_method(flow, 2, "cpu") == "sequential"
-    record_jacobi_work(flow, [1] * blocks, [t] * blocks)  # one pass: always cheaper
-    assert choose_method(flow, 2, "cpu") == "jacobi"
-    assert choose_method(flow, 2, "cuda") == "jacobi"  # decided without timing anything

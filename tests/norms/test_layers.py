@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -399,6 +401,24 @@ def test_batchchannelnorm_formula_train_and_eval():
     torch.testing.assert_close(layer.running_mean, 0.1 * batch_mean)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_batchchannelnorm_gradcheck(train):
+    """Through norms.moments: x and all four parameter vectors, batch and running statistics."""
+    layer = norms.build_norm("batchchannelnorm", 6, num_groups=3).train(train)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.uniform_(0.5, 1.5)
+        layer.running_mean.normal_(), layer.running_var.uniform_(0.5, 2.0)
+    x = (torch.randn(2, 6, 3, 2) * 2 + 0.5).requires_grad_()
+    names = ["bn_weight", "bn_bias", "weight", "bias"]
+    params = [getattr(layer, n) for n in names]
+
+    def f(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
 def test_weight_standardization_statistics_and_conv():
     conv = torch.nn.Conv2d(3, 6, 3)
     with torch.no_grad():
@@ -587,3 +607,128 @@ def test_batchnorm_matches_torch_train_and_eval(shape):
     ours.eval(), ref.eval()
     x = torch.randn(shape)
     torch.testing.assert_close(ours(x), ref(x.flatten(2)).view(shape), rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- memory layouts
+
+
+def _layer_and_copy(name):
+    """A layer with random gains, an exact copy, and whether it takes tokens."""
+    layer = norms.build_norm(name, 8)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.dim() <= 2:  # the gains; RN-L's conv kernels keep their initialisation
+                p.uniform_(0.5, 1.5)
+    return layer, copy.deepcopy(layer), norms.norm_spec(name).layouts[0] == "tokens"
+
+
+@pytest.mark.parametrize("name", norms.available_norms())
+def test_non_contiguous_inputs_give_the_contiguous_results(name):
+    """Channels-last maps and transposed token views: same outputs, gradients and buffers."""
+    first, second, tokens = _layer_and_copy(name)
+    if tokens:
+        strided = torch.randn(6, 3, 8).transpose(0, 1)
+    else:
+        strided = torch.randn(3, 8, 5, 4).contiguous(memory_format=torch.channels_last)
+    strided = (strided * 2 + 0.3).requires_grad_()
+    dense = strided.detach().contiguous().requires_grad_()
+    assert not strided.is_contiguous()
+    dy = torch.randn(dense.shape)
+    for layer, x in ((first, strided), (second, dense)):
+        layer(x).backward(dy)
+    torch.testing.assert_close(first(strided), second(dense), rtol=0, atol=1e-12)
+    torch.testing.assert_close(strided.grad, dense.grad, rtol=0, atol=1e-12)
+    for (_, a), (_, b) in zip(first.named_buffers(), second.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- RN-L features
+
+
+def test_channel_mean_max_gradients_including_ties():
+    from norms.region import _ChannelMeanMax
+
+    x = torch.randn(2, 5, 7, requires_grad=True)
+    assert torch.autograd.gradcheck(_ChannelMeanMax.apply, (x,))
+    tied = torch.randn(2, 5, 7)
+    tied[:, 1:3] = tied.amax(1, keepdim=True)  # two channels share every pixel's max
+    tied.requires_grad_()
+    grad = torch.randn(2, 2, 7)
+    (ours,) = torch.autograd.grad(_ChannelMeanMax.apply(tied), tied, grad)
+    reference = torch.cat([tied.mean(1, keepdim=True), tied.amax(1, keepdim=True)], 1)
+    (expected,) = torch.autograd.grad(reference, tied, grad)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+
+
+def test_regionnorm_l_matches_autograd_of_its_formula():
+    """Outputs and every gradient (x, the three convs) against plain autograd of RN-L."""
+    layer = norms.build_norm("regionnorm_l", 4, kernel_size=3)
+    with torch.no_grad():
+        layer.mask_conv.weight.uniform_(0.0, 0.5)
+    x = torch.randn(2, 4, 6, 5)
+    x[:, :, :3] += 3.0  # a bright top half, so that both regions are populated
+    x.requires_grad_()
+    dy = torch.randn(x.shape)
+
+    def formula(x):
+        features = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        soft = torch.sigmoid(layer._conv(layer.mask_conv, features))
+        region = (soft.detach() >= layer.threshold).expand_as(x)
+        out = torch.zeros_like(x)
+        for inside in (region, ~region):
+            n = inside.sum((0, 2, 3), keepdim=True)
+            mu = (x * inside).sum((0, 2, 3), keepdim=True) / n
+            var = ((x - mu).square() * inside).sum((0, 2, 3), keepdim=True) / n
+            out = torch.where(inside, (x - mu) / torch.sqrt(var + 1e-5), out)
+        gamma, beta = layer._conv(layer.gamma_conv, soft), layer._conv(layer.beta_conv, soft)
+        return out * (1 + gamma) + beta
+
+    params = list(layer.parameters())
+    y = layer(x)
+    ours = torch.autograd.grad(y, [x, *params], dy)
+    y_ref = formula(x)
+    expected = torch.autograd.grad(y_ref, [x, *params], dy)
+    region = layer.importance(x) >= layer.threshold
+    assert 0 < int(region.sum()) < region.numel()
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+    for got, want in zip(ours, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", norms.available_norms())
+def test_float32_kernels_agree_with_float64(name):
+    """The same layer and input in float32 and float64: outputs and gradients within 1e-4."""
+    layer64, layer32, tokens = _layer_and_copy(name)
+    layer32.float()
+    shape = (3, 7, 8) if tokens else (3, 8, 5, 3)
+    x64 = (torch.randn(shape) * 2 + 0.3).requires_grad_()
+    x32 = x64.detach().float().requires_grad_()
+    dy = torch.randn(shape)
+    y64, y32 = layer64(x64), layer32(x32)
+    y64.backward(dy)
+    y32.backward(dy.float())
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- autocast
+
+
+@pytest.mark.parametrize("name", norms.available_norms())
+def test_bfloat16_autocast_computes_in_the_input_dtype(name):
+    """Under CPU autocast a bfloat16 activation meets float32 parameters and buffers: the layer
+    returns bfloat16 close to its float32 result, trains, and keeps float32 buffers."""
+    tokens = norms.norm_spec(name).layouts[0] == "tokens"
+    options = {"warmup_iters": 1} if name in ("powernorm", "unifiednorm") else {}
+    layer = norms.build_norm(name, 8, **options).float()
+    shape = (3, 7, 8) if tokens else (3, 8, 5, 3)
+    x = torch.randn(shape, dtype=torch.float32) * 2 + 0.3
+    for _ in range(3):  # past PowerNorm's / UN's warm-up: running statistics in use
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x.bfloat16().requires_grad_())
+        y.float().square().sum().backward()
+    assert y.dtype == torch.bfloat16
+    reference = layer(x)
+    torch.testing.assert_close(y.float(), reference, rtol=5e-2, atol=5e-2)
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in layer.parameters())
+    assert all(b.dtype in (torch.float32, torch.long, torch.bool) for b in layer.buffers())

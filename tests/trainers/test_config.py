@@ -48,8 +48,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
         ("trainer.nap=1", "'trainer.nap': value 1 is not of type bool"),
         ("model.depth=2.5", "'model.depth': value 2.5 is not of type int"),
         ("trainer.mixed_precision=fp8", "choose one of: no, fp16, bf16"),
-        ("trainer.ema_decay=1.5", "not in [0, 1)"),
-        ("data.batch_size=0", "must be >= 1"),
+        ("trainer.ema_decay=1.5", "value 1.5 is out of range; allowed: 0 <= ema_decay < 1"),
+        ("data.batch_size=0", "value 0 is out of range; allowed: batch_size >= 1"),
         ("lr=3", "must be section.key"),
     ],
 )
@@ -57,6 +57,69 @@ def test_bad_keys_and_values_name_key_value_and_nearest(override, message):
     with pytest.raises(ValueError) as info:
         load_config(SMOKE, [override])
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# Every numeric option of the data/optimizer/trainer sections, just outside its range (and a
+# value just inside, which must be accepted).
+NUMERIC_LIMITS = [
+    ("data.batch_size", "0", "1"), ("data.num_workers", "-1", "0"),
+    ("optimizer.lr", "-1e-3", "0"), ("optimizer.lr", ".inf", "10"),
+    ("optimizer.lr", ".nan", "1e-3"), ("optimizer.weight_decay", "-0.1", "0"),
+    ("optimizer.beta1", "1.0", "0.0"), ("optimizer.beta2", "-0.5", "0.5"),
+    ("optimizer.eps", "0", "1e-12"), ("optimizer.momentum", "1", "0.99"),
+    ("optimizer.ns_steps", "0", "1"), ("optimizer.normuon_beta2", "1.5", "0.9"),
+    ("optimizer.conda_update_period", "0", "1"), ("optimizer.delta", "-0.1", "0"),
+    ("optimizer.wd_ratio", "1.1", "1"), ("optimizer.adamw_lr", "-1", "null"),
+    ("trainer.max_steps", "0", "1"), ("trainer.seed", "-1", "4294967295"),
+    ("trainer.seed", "4294967296", "0"), ("trainer.gradient_accumulation_steps", "0", "1"),
+    ("trainer.max_grad_norm", "-1", "0"), ("trainer.max_grad_norm", ".nan", ".inf"),
+    ("trainer.warmup_steps", "-3", "0"), ("trainer.min_lr_ratio", "5", "1"),
+    ("trainer.min_lr_ratio", "-0.1", "0"), ("trainer.ema_decay", "1", "0"),
+    ("trainer.log_every", "0", "1"), ("trainer.sample_every", "-1", "0"),
+    ("trainer.num_samples", "0", "1"), ("trainer.checkpoint_every", "-1", "0"),
+    ("trainer.keep_last", "0", "1"), ("trainer.max_nonfinite", "0", "1"),
+    ("trainer.threads", "0", "1"),
+]
+
+
+@pytest.mark.parametrize("key, bad, good", NUMERIC_LIMITS)
+def test_numeric_options_out_of_range_are_one_line_errors(key, bad, good):
+    with pytest.raises(ValueError) as info:
+        load_config(SMOKE, [f"{key}={bad}"])
+    message = str(info.value)
+    field = key.split(".")[1]
+    assert message.startswith(f"config key '{key}': value ") and "\n" not in message
+    assert ("is out of range" in message or "is not a finite number" in message)
+    assert "allowed: " in message and field in message.split("allowed: ")[1]
+    load_config(SMOKE, [f"{key}={good}"])
+
+
+def test_every_numeric_option_is_bounded():
+    import dataclasses
+
+    from trainers.config import DataConfig, OptimizerConfig, TrainerConfig
+
+    for section, cls in (("data", DataConfig), ("optimizer", OptimizerConfig),
+                         ("trainer", TrainerConfig)):
+        numeric = {f.name for f in dataclasses.fields(cls)
+                   if any(t in str(f.type) for t in ("int", "float"))}
+        bounded = {f.name for f in dataclasses.fields(cls) if "bounds" in f.metadata}
+        assert numeric == bounded, section
+        assert {f"{section}.{name}" for name in numeric} <= {key for key, _, _ in NUMERIC_LIMITS}
+
+
+def test_overwrite_and_resume_contradict():
+    with pytest.raises(ValueError, match="'trainer.overwrite' .* 'trainer.resume'"):
+        load_config(SMOKE, ["trainer.overwrite=true", "trainer.resume=latest"])
+
+
+def test_optimizer_names_are_listed_once():
+    from trainers.optim import OPTIMIZERS
+
+    with pytest.raises(ValueError) as info:
+        load_config(SMOKE, ["optimizer.name=adamx"])
+    assert info.value.args[0].endswith("choose one of: " + ", ".join(OPTIMIZERS))
+    assert not hasattr(__import__("trainers.config").config, "OPTIMIZER_NAMES")
 
 
 def test_missing_file_and_missing_sections(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,23 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.trainers.helpers import ROOT, SMOKE
 from trainers import checkpoint as ckpt
 from trainers import load_checkpoint_model, load_config
 from trainers.ema import EMA
+from trainers.metrics import duration
 from trainers.smoke import SmokeMLP
 from trainers.train import NonFiniteLossError, lr_factor, main, train
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOKE = ROOT / "configs" / "smoke.yaml"
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def smoke(tmp_path: Path, *overrides: str, name: str = "run"):
@@ -67,8 +58,9 @@ def test_smoke_run_writes_every_output(tmp_path, monkeypatch):
         "step-0000010.png", "step-0000020.png"]
     assert [s for s, _ in ckpt.find_checkpoints(run)] == [20]  # keep_last=1
     folder = run / "checkpoint-20"
-    assert {p.name for p in folder.iterdir()} >= {"config.yaml", "model", "ema", "accelerator",
-                                                  "trainer_state.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "config.yaml", "model", "ema", "training_state.json", "training_state.safetensors",
+        "rng-rank0.json", "trainer_state.json"}
     model, cfg = load_checkpoint_model(run)  # a run dir resolves to its newest checkpoint
     assert isinstance(model, SmokeMLP) and not model.training
     assert cfg.model.name == cfg["model"]["name"] == "smoke_mlp"
@@ -83,18 +75,21 @@ def test_smoke_run_writes_every_output(tmp_path, monkeypatch):
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
+    import trainers.checkpoint as C
     import trainers.train as T
+    from trainers.state_io import save_state
 
-    original = T.write_checkpoint_files
+    original = C.write_checkpoint_files
 
-    def dies_midway(folder, config, state, model, ema, accelerator, wrapper):
-        if state["step"] == 15:  # half a checkpoint, then a hard kill
-            accelerator.save_state(str(folder / "accelerator"))
+    def dies_midway(folder, config, state, parts):
+        if state.step == 15:  # half a checkpoint, then a hard kill
+            folder.mkdir()
+            save_state(folder, C.TRAINING_STATE, parts.training_state())
             (folder / "config.yaml").write_text(config.to_yaml())
             os.kill(os.getpid(), signal.SIGKILL)
-        original(folder, config, state, model, ema, accelerator, wrapper)
+        original(folder, config, state, parts)
 
-    T.write_checkpoint_files = dies_midway
+    C.write_checkpoint_files = dies_midway
     sys.exit(T.main(sys.argv[1:]))
     """
 )
@@ -145,15 +140,19 @@ DP_OPTIMIZER = ["optimizer.name=normuon", "optimizer.lr=0.02", "optimizer.adamw_
 
 
 def _two_rank_worker(output_dir: str) -> None:
+    import shutil
+
     from accelerate import PartialState
     from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # forked from a used parent
-    config = load_config(SMOKE, [f"trainer.output_dir={output_dir}", "trainer.progress=false",
-                                 "data.batch_size=8", "model.noise_std=0.0",
-                                 "trainer.max_steps=6", "trainer.sample_every=0",
-                                 "trainer.checkpoint_every=3", *DP_OPTIMIZER])
-    train(config)
+    def run(folder: str, *overrides: str):
+        AcceleratorState._reset_state(reset_partial_state=True)  # forked, or run before
+        return train(load_config(SMOKE, [f"trainer.output_dir={folder}", "trainer.progress=false",
+                                         "data.batch_size=8", "trainer.max_steps=6",
+                                         "trainer.sample_every=0", "trainer.checkpoint_every=3",
+                                         *DP_OPTIMIZER, *overrides]))
+
+    run(output_dir, "model.noise_std=0.0")
     state = PartialState()
     assert state.num_processes == 2
     model, _ = load_checkpoint_model(output_dir, use_ema=False)
@@ -161,9 +160,16 @@ def _two_rank_worker(output_dir: str) -> None:
     gathered = [torch.zeros_like(flat) for _ in range(2)]
     torch.distributed.all_gather(gathered, flat)
     assert torch.equal(gathered[0], gathered[1]), "ranks ended with different weights"
+    # per-rank noise and accumulation: a run resumed from its step-3 checkpoint is the same run
+    noisy = ["model.noise_std=0.1", "trainer.gradient_accumulation_steps=2"]
+    run(f"{output_dir}-noisy", *noisy)
+    if state.is_main_process:
+        shutil.copytree(f"{output_dir}-noisy/checkpoint-3", f"{output_dir}-resumed/checkpoint-3")
+    state.wait_for_everyone()
+    run(f"{output_dir}-resumed", *noisy, "trainer.resume=latest")
 
 
-def test_two_rank_data_parallel_equals_single_process(tmp_path):
+def test_two_rank_data_parallel_equals_single_process_and_resumes_exactly(tmp_path):
     # The two ranks are forked from a fresh interpreter: forking this pytest process after
     # earlier tests ran multi-threaded (OpenMP) kernels can deadlock the children's matmuls.
     launch = (
@@ -175,12 +181,18 @@ def test_two_rank_data_parallel_equals_single_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", launch, root, str(tmp_path / "ddp")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "ddp" / "checkpoint-6" / "accelerator" / "random_states_1.pkl").exists()
+    rng = [(tmp_path / "ddp" / "checkpoint-6" / f"rng-rank{r}.json").read_text() for r in (0, 1)]
+    assert rng[0] != rng[1]  # every rank keeps its own random streams
     single = train(smoke(tmp_path, "data.batch_size=16", "model.noise_std=0.0",
                          "trainer.max_steps=6", "trainer.sample_every=0", *DP_OPTIMIZER,
                          name="single"))
     torch.testing.assert_close(weights(tmp_path / "ddp" / "checkpoint-6" / "model"),
                                weights(single.checkpoint / "model"), rtol=1e-5, atol=1e-6)
+    noisy, resumed = tmp_path / "ddp-noisy", tmp_path / "ddp-resumed"
+    assert losses(resumed) == losses(noisy)[3:]
+    for part in ("model", "ema"):
+        torch.testing.assert_close(weights(resumed / "checkpoint-6" / part),
+                                   weights(noisy / "checkpoint-6" / part), rtol=0, atol=0)
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
@@ -306,3 +318,84 @@ def test_missing_config_file_through_the_real_cli(tmp_path):
     assert done.stderr.strip().count("\n") == 0 and "nope.yaml" in done.stderr
     assert done.stderr.startswith("error: ") and "does not exist" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_start_lines_eta_and_threads(tmp_path, capsys, monkeypatch):
+    seen = []
+    original = SmokeMLP.loss
+
+    def spy(self, batch):
+        seen.append(torch.get_num_threads())
+        return original(self, batch)
+
+    monkeypatch.setattr(SmokeMLP, "loss", spy)
+    before = torch.get_num_threads()
+    train(smoke(tmp_path, "trainer.threads=2", "trainer.progress=true", "trainer.sample_every=0",
+                "trainer.gradient_accumulation_steps=2"))
+    out, err = capsys.readouterr()
+    assert set(seen) == {2} and torch.get_num_threads() == before  # set for the run only
+    assert ("training smoke_mlp on smoke (256 items): steps 1..20 (20 steps, about 2.5 epochs "
+            "of 8 steps); global batch 32 = 16 per process x 1 process(es) x 2 accumulation") in out
+    assert ("running on cpu with 1 process(es) (distributed type NO, precision no, 2 torch "
+            "threads per process)") in out
+    assert re.search(r"\nstep 4/20: [0-9.e-]+ s per step, about \d+m\d\ds to finish\n", out)
+    assert "20/20 [" in err and re.search(r"<\d\d:\d\d", err)  # the progress bar's ETA
+    assert (duration(65.4), duration(3725), duration(0.2)) == ("1m05s", "1h02m", "0m00s")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_stops_its_ranks(tmp_path):
+    import shutil
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = tmp_path / "run"
+    launcher = [shutil.which("accelerate") or "accelerate", "launch", "--multi_gpu",
+                "--num_processes", "2", "--main_process_port", str(port), "-m", "trainers.train",
+                "--config", str(SMOKE), f"trainer.output_dir={run}", "trainer.max_steps=1000000",
+                "trainer.progress=false", "trainer.sample_every=0", "data.batch_size=4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
+    process = subprocess.Popen(launcher, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
+            assert process.poll() is None and time.monotonic() < deadline, "ranks never trained"
+            time.sleep(0.5)
+        ranks = _children(process.pid)
+        assert len(ranks) == 2, ranks
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 60
+        while any(_running(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_running(pid) for pid in ranks), "ranks outlived their launcher"
+    finally:
+        for pid in [process.pid, *ranks]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

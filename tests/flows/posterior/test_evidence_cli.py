@@ -1,4 +1,5 @@
-"""The evidence CLI: table, JSON schema, input formats, corner plot, errors exit 2."""
+"""The evidence CLI: table with warning markers, JSON schema, reliability exit status, input
+formats, corner plot, option validation at parse time, errors exit 2."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import emcee
 import numpy as np
 import pytest
 
 from flows.evidence import main
-from flows.posterior.io import load_chains
+from flows.posterior.cli import EXIT_UNRELIABLE
+from flows.posterior.readers import load_chains
 
 ROOT = Path(__file__).resolve().parents[3]
 FAST = ["--epochs", "2"]
@@ -52,7 +55,8 @@ def test_json_schema(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert first["file"] == str(a) and first["temperature"] == 0.8
     assert abs(first["ln_z"] - za) < 5 * first["ln_z_err"] + 0.01
     (factor,) = report["bayes_factors"]
-    assert set(factor) == {"a", "b", "ln_b", "ln_b_err"}
+    assert set(factor) == {"a", "b", "ln_b", "ln_b_err", "reliable"}
+    assert first["reliable"] is True and first["unreliable_because"] == []
     second = report["results"][1]
     assert abs(second["ln_z"] - zb) < 5 * second["ln_z_err"] + 0.01
     assert factor["ln_b"] == pytest.approx(first["ln_z"] - second["ln_z"])
@@ -115,6 +119,9 @@ def test_text_chains_with_chain_column_and_integer_column(tmp_path: Path) -> Non
             ),
             "too few samples per chain: 8",
         ),
+        (lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 40), "is not a readable .npz archive"),
+        (lambda p: p.mkdir(), "is a folder"),
+        (lambda p: p.write_bytes(b"\x80\x04\x95" + b"\0" * 20), "is a pickle; normkit never"),
     ],
 )
 def test_bad_input_one_line_exit_2(
@@ -127,15 +134,122 @@ def test_bad_input_one_line_exit_2(
     assert err.startswith("error: ") and "\n" not in err and message in err
 
 
-def test_bad_temperature_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--epochs", "-1"], "argument --epochs: -1 must be an integer in [0, inf]"),
+        (["--epochs", "2.5"], "argument --epochs: '2.5' is not an integer"),
+        (["--temperature", "2"], "argument --temperature: 2 must be a number in (0, 1]"),
+        (["--temperature", "nan"], "argument --temperature: nan must be a number in (0, 1]"),
+        (["--threads", "0"], "argument --threads: 0 must be an integer in [1, 1024]"),
+        (["--burn-in", "1"], "argument --burn-in: 1 must be a number in [0, 1)"),
+        (["--seed", "-3"], "argument --seed: -3 must be an integer in [0, 9.22337e+18]"),
+        (["--format", "pickle"], "argument --format: invalid choice: 'pickle'"),
+    ],
+)
+def test_numeric_options_checked_at_parse_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "never-read.npz"), *option])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and "\n" not in err
+
+
+def test_outputs_checked_before_computing_and_written_atomically(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     _gaussian_file(tmp_path / "a.npz", 1.0, 0)
-    assert main([str(tmp_path / "a.npz"), "--temperature", "2"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --temperature 2.0 must lie in (0, 1]"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cases = [
+        (["--out", str(folder)], "is a folder"),
+        (["--out", str(tmp_path / "missing" / "r.json")], "does not exist"),
+        (["--plot", str(tmp_path / "corner.pdf")], "must end in .png"),
+    ]
+    for option, message in cases:
+        assert main([str(tmp_path / "a.npz"), *option, *FAST]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --") and message in err and "\n" not in err
+    out = tmp_path / "report.json"
+    out.write_text("stale")
+    assert main([str(tmp_path / "a.npz"), "--json", "--out", str(out), *FAST]) == 0
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "folder", "report.json"]
 
 
-def test_module_entry_point_exit_code(tmp_path: Path) -> None:
+def _unconverged_chains(path: Path) -> float:
+    """The issue's case: 16 emcee walkers x 32 steps started 3 sigma off the mode (4-D)."""
+    rng = np.random.default_rng(0)
+    d = 4
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T / d + 0.2 * np.eye(d)
+    precision = np.linalg.inv(cov)
+    std = np.sqrt(np.diag(cov))
+
+    def ln_post(t: np.ndarray) -> np.ndarray:
+        return -0.5 * np.einsum("...i,ij,...j->...", t, precision, t)
+
+    np.random.seed(1)
+    sampler = emcee.EnsembleSampler(16, d, ln_post, vectorize=True)
+    sampler.run_mcmc(3 * std + 0.01 * std * rng.normal(size=(16, d)), 32)
+    x = sampler.get_chain().transpose(1, 0, 2)
+    np.savez(path, samples=x, ln_posterior=sampler.get_log_prob().T)
+    return 0.5 * d * math.log(2 * math.pi) + 0.5 * np.linalg.slogdet(cov)[1]
+
+
+def test_unreliable_estimate_is_marked_and_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad, good = tmp_path / "unconverged.npz", tmp_path / "good.npz"
+    _unconverged_chains(bad)
+    _gaussian_file(good, 1.0, 0)
+    assert main([str(bad), "--json", *FAST]) == EXIT_UNRELIABLE
+    captured = capsys.readouterr()
+    (result,) = json.loads(captured.out)["results"]
+    assert result["reliable"] is False and result["unreliable_because"]
+    assert set(result["unreliable_because"]) <= set(result["warnings"])
+    statistical = result["diagnostics"]["ln_z_err_statistical"]
+    assert result["ln_z_err"] >= max(statistical, result["diagnostics"]["log_term_range"])
+    assert captured.err.startswith("error: unreliable estimate for")
+    assert main([str(good), str(bad), *FAST, "--allow-unreliable"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith(str(bad)))
+    markers = [tok for tok in row.split() if tok.startswith("[")]
+    assert "UNRELIABLE" in row and len(markers) == len(result["warnings"])
+    for marker in markers:  # every marker is spelled out below the table
+        assert any(line.startswith(f"{marker} {bad}: ") for line in lines)
+    good_row = next(line for line in lines if line.startswith(str(good)))
+    assert "UNRELIABLE" not in good_row
+    assert lines[-1 - len(markers) - 1].rstrip().endswith("UNRELIABLE")  # the Bayes factor
+
+
+def test_cli_choices_are_the_library_names() -> None:
+    from flows.posterior import cli, kinds, readers
+
+    assert cli.FLOWS == tuple(kinds.FLOWS) and cli.FORMATS == ("auto", *readers.FORMATS)
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys, runpy; sys.argv = ['flows.posterior', '--help']\n"
+        "try:\n    runpy.run_module('flows.posterior', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "flows.evidence", str(tmp_path / "missing.npz")],
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.stdout.strip().endswith("NO-TORCH") and "--allow-unreliable" in result.stdout
+    assert "(default: 200)" in result.stdout.replace("\n", " ").replace("  ", " ")
+
+
+@pytest.mark.parametrize("module", ["flows.posterior", "flows.evidence"])
+def test_module_entry_point_exit_code(tmp_path: Path, module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, str(tmp_path / "missing.npz")],
         cwd=ROOT,
         capture_output=True,
         text=True,

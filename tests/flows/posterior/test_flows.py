@@ -10,7 +10,8 @@ import torch
 from scipy import stats
 
 from flows.posterior import ParameterTransformerFlow, PosteriorFlow, SplineFlow, fit_flow
-from flows.posterior.spline import rational_quadratic_spline
+from flows.posterior.kinds import load_flow
+from flows.posterior.rqs import rational_quadratic_spline
 
 FLOW_KINDS = ("spline", "transformer")
 
@@ -167,13 +168,71 @@ def test_wildly_different_scales_are_standardised() -> None:
     assert np.allclose(s.std(0), x.std(0), rtol=0.1)
 
 
-def test_save_and_load_round_trip(tmp_path) -> None:
-    flow = _randomised("transformer", _gauss(d=3))
-    path = tmp_path / "flow.pt"
-    flow.save(str(path))
-    loaded = PosteriorFlow.load(str(path))
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_save_and_load_round_trip(tmp_path, kind: str) -> None:
+    flow = _randomised(kind, _gauss(d=3), bounds=[None, (-9.0, 9.0), None])
+    path = flow.save(tmp_path / "flow.safetensors")
     x = torch.randn(7, 3, dtype=torch.float64)
-    assert torch.allclose(loaded.log_prob(x), flow.log_prob(x))
+    for loaded in (load_flow(path), type(flow).load(path)):
+        assert type(loaded) is type(flow) and loaded.config == flow.config
+        assert torch.equal(loaded.log_prob(x), flow.log_prob(x))
+    other = SplineFlow if kind == "transformer" else ParameterTransformerFlow
+    with pytest.raises(ValueError, match=f"holds a '{kind}' flow"):
+        other.load(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flow.safetensors"]  # no temp left
+
+
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: the attack a pickle-based loader allows."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_loading_a_planted_pickle_never_runs_it(tmp_path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(str(marker)))
+    for name in ("flow.safetensors", "flow.pt"):
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ValueError, match="is not a safetensors flow file"):
+            load_flow(tmp_path / name)
+        with pytest.raises(ValueError, match="is not a safetensors flow file"):
+            SplineFlow.load(tmp_path / name)
+    torch.save({"config": {"flow": "spline"}, "payload": _Payload(str(marker))},
+               tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="not a safetensors flow file"):
+        load_flow(tmp_path / "old.pt")
+    assert not marker.exists()
+
+
+def test_damaged_flow_files_are_one_line_errors(tmp_path) -> None:
+    flow = _randomised("spline", _gauss(d=2))
+    path = flow.save(tmp_path / "flow.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a safetensors flow file"):
+        load_flow(tmp_path / "cut.safetensors")
+    with pytest.raises(ValueError, match="does not exist or is not a file"):
+        load_flow(tmp_path)
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a normkit posterior flow"):
+        load_flow(tmp_path / "other.safetensors")
+    tensors = {k: v.contiguous() for k, v in flow.state_dict().items()}
+    tensors.pop("transforms.0.conditioner.output.bias")
+    meta = {"format": "normkit-posterior-flow-1", "config": '{"flow": "spline", "transforms": 2,'
+            ' "hidden": [16, 16], "bins": 6, "bound": 5.0, "context_features": 0}'}
+    save_file(tensors, str(tmp_path / "missing.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="does not match a spline flow"):
+        load_flow(tmp_path / "missing.safetensors")
 
 
 def test_conditional_flow_depends_on_context() -> None:

@@ -1,4 +1,4 @@
-"""flows.video_cli: text-, image- and video-to-video sampling from a checkpoint folder."""
+"""python -m flows.video: text-, image- and video-to-video sampling from a checkpoint folder."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from flows.video import VideoTransformerFlow
-from flows.video_cli import main
-from flows.video_io import read_video, write_video
+from flows.video.__main__ import main
+from flows.video.io import read_video, write_video
 
 MODEL = dict(
     frames=3,
@@ -145,7 +145,7 @@ def test_missing_checkpoint(tmp_path, capsys) -> None:
 def test_sample_py_entry_point(checkpoint, tmp_path) -> None:
     from PIL import Image
 
-    from flows.video_cli import sample_video_flow
+    from flows.video.sampling import sample_video_flow
 
     config = yaml.safe_load((checkpoint / "config.yaml").read_text())
     out = tmp_path / "strip.png"

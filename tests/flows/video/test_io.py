@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flows.text import TextEmbedding, TextTokenizer
-from flows.video_data import (
+from flows.video.data import (
     BouncingShapes,
     MovingDigits,
     TinyClip,
@@ -14,7 +13,8 @@ from flows.video_data import (
     moving_digits,
     tiny_clip,
 )
-from flows.video_io import read_video, write_filmstrip, write_video
+from flows.video.io import read_video, write_filmstrip, write_video
+from flows.video.text import TextEmbedding, TextTokenizer
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])

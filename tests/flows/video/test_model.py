@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from flows.video import VideoTransformerFlow
+from flows.video import VideoFlowSampler, VideoTransformerFlow
 
 T, S, P = 3, 4, 2  # frames, frame side, patch: 4 tokens of 4 numbers per frame
 
@@ -36,6 +36,16 @@ def _model(randomise: bool = True, **kwargs) -> VideoTransformerFlow:
             for p in model.parameters():
                 p.add_(0.2 * torch.randn_like(p))
     return model
+
+
+SAMPLER_OPTIONS = ("jacobi_threshold", "jacobi_max_iter", "jacobi_chunk", "jacobi_init",
+                   "context_frames")  # fmt: skip
+
+
+def _reverse(model: VideoTransformerFlow, z, y=None, text=None, method="sequential", **kwargs):
+    """Invert with a fresh sampler: sampler options go to it, the rest to ``reverse``."""
+    options = {key: kwargs.pop(key) for key in SAMPLER_OPTIONS if key in kwargs}
+    return VideoFlowSampler(model, method, **options).reverse(z, y, text, **kwargs)
 
 
 def _video(batch: int = 2, frames: int = T) -> torch.Tensor:
@@ -68,8 +78,8 @@ def test_round_trip(method: str, local_blocks: int) -> None:
     y, text = _cond(model)
     z, _ = model(x, y, text)
     assert (z - x).abs().max() > 1e-2
-    back, info = model.reverse(
-        z, y, text, method=method, jacobi_threshold=0.0, jacobi_max_iter=S * S
+    back, info = _reverse(
+        model, z, y, text, method=method, jacobi_threshold=0.0, jacobi_max_iter=S * S
     )
     torch.testing.assert_close(back, x, rtol=0, atol=1e-10)
     assert len(info["iterations_per_frame"]) == T
@@ -126,8 +136,9 @@ def test_video_jacobi_equals_sequential_with_guidance(chunk: int | None, init: s
     y, text = _cond(model)
     z = _video()
     kwargs = dict(guidance=1.5, guidance_rule="starflow")
-    seq, info_s = model.reverse(z, y, text, method="sequential", **kwargs)
-    jac, info_j = model.reverse(
+    seq, info_s = _reverse(model, z, y, text, method="sequential", **kwargs)
+    jac, info_j = _reverse(
+        model,
         z,
         y,
         text,
@@ -142,7 +153,7 @@ def test_video_jacobi_equals_sequential_with_guidance(chunk: int | None, init: s
     # A chunk of c tokens is exact after c passes, so the loop never needs more.
     assert max(info_j["iterations_per_frame"]) <= max(chunk or 0, model.tokens_per_frame)
     with pytest.raises(ValueError, match="whole frames"):
-        model.reverse(z, y, text, method="jacobi", jacobi_chunk=6)
+        _reverse(model, z, y, text, method="jacobi", jacobi_chunk=6)
 
 
 @pytest.mark.float64
@@ -153,10 +164,10 @@ def test_window_jacobi_accepts_unmoved_tokens() -> None:
     y, text = _cond(model)
     z = _video()
     n = model.tokens_per_frame
-    seq, _ = model.reverse(z, y, text, method="sequential")
+    seq, _ = _reverse(model, z, y, text, method="sequential")
     for chunk in (None, n * T):
-        jac, info = model.reverse(
-            z, y, text, method="jacobi", jacobi_threshold=1e-14, jacobi_chunk=chunk
+        jac, info = _reverse(
+            model, z, y, text, method="jacobi", jacobi_threshold=1e-14, jacobi_chunk=chunk
         )
         torch.testing.assert_close(jac, seq, rtol=0, atol=1e-5)
         assert sum(info["iterations_per_frame"]) <= T * n
@@ -168,16 +179,9 @@ def test_generation_beyond_training_length_keeps_context() -> None:
     y, text = _cond(model)
     given = torch.rand(2, 2, 1, S, S) * 2 - 1
     generator = torch.Generator().manual_seed(1)
-    video, info = model.sample(
-        2,
-        num_frames=2 * T,
-        y=y,
-        text=text,
-        given=given,
-        generator=generator,
-        method="jacobi",
-        context_frames=1,
-        denoise="none",
+    sampler = VideoFlowSampler(model, "jacobi", context_frames=1)
+    video, info = sampler.sample(
+        2, num_frames=2 * T, y=y, text=text, given=given, generator=generator, denoise="none"
     )
     assert video.shape == (2, 2 + 2 * T, 1, S, S)
     assert torch.equal(video[:, :2], given)
@@ -186,12 +190,19 @@ def test_generation_beyond_training_length_keeps_context() -> None:
     # Frames before the first window rebuild do not depend on how many frames follow.
     z = torch.randn(2, 2 * T, 1, S, S)
     noisy_given = given + 0.1 * torch.randn_like(given)
-    long, _ = model.reverse(z, y, text, given=noisy_given, method="sequential", context_frames=1)
-    short, _ = model.reverse(z[:, :1], y, text, given=noisy_given, method="sequential")
+    long, _ = _reverse(model, z, y, text, given=noisy_given, method="sequential", context_frames=1)
+    short, _ = _reverse(model, z[:, :1], y, text, given=noisy_given, method="sequential")
     torch.testing.assert_close(long[:, :1], short, rtol=0, atol=1e-12)
     # Sliding-window Jacobi equals sliding-window sequential.
-    jac, _ = model.reverse(
-        z, y, text, given=noisy_given, method="jacobi", jacobi_threshold=0.0, context_frames=1
+    jac, _ = _reverse(
+        model,
+        z,
+        y,
+        text,
+        given=noisy_given,
+        method="jacobi",
+        jacobi_threshold=0.0,
+        context_frames=1,
     )
     torch.testing.assert_close(jac, long, rtol=0, atol=1e-10)
 
@@ -202,10 +213,10 @@ def test_guidance_zero_equals_conditional(rule: str) -> None:
     model = _model(**COND)
     y, text = _cond(model)
     z = _video()
-    plain, _ = model.reverse(z, y, text, method="sequential")
-    guided, _ = model.reverse(z, y, text, method="sequential", guidance=0.0, guidance_rule=rule)
+    plain, _ = _reverse(model, z, y, text, method="sequential")
+    guided, _ = _reverse(model, z, y, text, method="sequential", guidance=0.0, guidance_rule=rule)
     torch.testing.assert_close(guided, plain, rtol=0, atol=1e-12)
-    strong, _ = model.reverse(z, y, text, method="sequential", guidance=2.0, guidance_rule=rule)
+    strong, _ = _reverse(model, z, y, text, method="sequential", guidance=2.0, guidance_rule=rule)
     assert (strong - plain).abs().max() > 1e-4
 
 
@@ -241,11 +252,11 @@ def test_denoiser_target_is_the_flow_score() -> None:
     model.train()
     seen = {}
 
-    def capture(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        seen["x"], seen["target"] = x, target
+    def capture(tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        seen["x"], seen["target"] = model._video(tokens), model._video(target)
         return target.pow(2).mean()
 
-    model._denoiser_gradients = capture
+    model.auxiliary_state().accumulate = capture
     out = model.loss({"x": _video().clamp(-1, 1)})
     assert set(out) == {"loss", "bits_per_dim", "denoiser_loss"}
     x, target = seen["x"], seen["target"]
@@ -317,13 +328,13 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="at most 4"):
         model.encode_prompts(["a 1 and a 2 moving apart"])
     with pytest.raises(ValueError, match="method"):
-        model.reverse(_video(), method="fast")
+        VideoFlowSampler(model, method="fast")
     with pytest.raises(ValueError, match="class labels"):
         model.reverse(_video(), y=torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="expected a video"):
         model(torch.randn(2, T, 3, S, S))
     with pytest.raises(ValueError, match="context_frames"):
-        model.reverse(_video(), method="sequential", context_frames=T)
+        model.reverse(_video(), context_frames=T)
 
 
 @pytest.mark.float64
@@ -346,48 +357,117 @@ def test_latent_mode_with_a_local_autoencoder(tmp_path) -> None:
     pixels = torch.rand(2, T, 1, 8, 8) * 2 - 1
     latents = model.encode(pixels)
     z, _ = model(latents)
-    back, _ = model.reverse(z, method="sequential")
+    back, _ = _reverse(model, z, method="sequential")
     torch.testing.assert_close(back, latents, rtol=0, atol=1e-10)
     assert model.decode(latents).shape == pixels.shape
     assert "bits_per_dim" in model.loss({"x": pixels})
 
 
-def test_auto_uses_observed_wall_times() -> None:
+def _label(solver) -> str:
+    if solver.chunk_size == 1:
+        return "sequential"
+    return "jacobi" if solver.chunk_size is None else f"jacobi@{solver.chunk_size}"
+
+
+def _forge_seconds(monkeypatch, model: VideoTransformerFlow, seconds: dict) -> None:
+    """``model.reverse`` reports ``seconds[stage][label of its solver]`` as each stage's time."""
+    real = model.reverse
+
+    def reverse(*args, global_solver, local_solver, **kwargs):
+        x, info = real(*args, global_solver=global_solver, local_solver=local_solver, **kwargs)
+        labels = {"global": _label(global_solver), "local": _label(local_solver)}
+        info["seconds"] = {stage: seconds[stage][label] for stage, label in labels.items()}
+        return x, info
+
+    monkeypatch.setattr(model, "reverse", reverse)
+
+
+def test_auto_uses_observed_wall_times(monkeypatch) -> None:
+    from flows.planner import AutoPlanner
+
     model = _model()
     z = _video()
     n, frames = model.tokens_per_frame, z.shape[1]
     window = f"jacobi@{n * frames}"
-    x_seq, _ = model.reverse(z, method="sequential")
-    model.reverse(z, method="jacobi")
-    x_window, _ = model.reverse(z, method="jacobi", jacobi_chunk=n * frames)
-    (observed,) = model._stage_seconds.values()
-    assert set(observed["global"]) == {"sequential", "jacobi", window}
-    observed["global"].update({"sequential": 1.0, "jacobi": 0.5, window: 0.75})
-    observed["local"].update(sequential=0.5, jacobi=1.0)
-    x_auto, info = model.reverse(z, method="auto")
+    seconds = {
+        "global": {"sequential": 1.0, "jacobi": 0.5, window: 0.75},
+        "local": {"sequential": 0.5, "jacobi": 1.0},
+    }
+    _forge_seconds(monkeypatch, model, seconds)
+    planner = AutoPlanner()  # explicit runs are observations "auto" reuses
+    x_seq, _ = VideoFlowSampler(model, "sequential", planner=planner).reverse(z)
+    VideoFlowSampler(model, "jacobi", planner=planner).reverse(z)
+    x_auto, info = VideoFlowSampler(model, "auto", planner=planner).reverse(z)
     assert info["method"] == {"global": "jacobi", "local": "sequential"}
-    assert info["jacobi_chunk"]["global"] is None
+    assert info["jacobi_chunk"]["global"] is None  # one frame: whole windows only when asked
     torch.testing.assert_close(x_auto, x_seq, rtol=0, atol=1e-3)
-    # The whole-window chunk wins once it is the fastest observed setting.
-    observed["global"].update({"sequential": 1.0, "jacobi": 0.5, window: 0.25})
-    observed["local"].update(sequential=1.0, jacobi=0.5)
-    x_auto, info = model.reverse(z, method="auto")
-    assert info["method"]["global"] == "jacobi"
+    # Asked for whole-window chunks, auto weighs them against sequential (best times kept).
+    whole_window = VideoFlowSampler(model, "jacobi", jacobi_chunk=n * frames, planner=planner)
+    x_window, _ = whole_window.reverse(z)
+    seconds["global"][window], seconds["local"]["jacobi"] = 0.25, 0.4
+    whole_window.reverse(z)
+    auto = VideoFlowSampler(model, "auto", jacobi_chunk=n * frames, planner=planner)
+    x_auto, info = auto.reverse(z)
+    assert info["method"] == {"global": "jacobi", "local": "jacobi"}
     assert info["jacobi_chunk"]["global"] == n * frames
     assert sum(info["iterations_per_frame"][1:]) == 0  # one group: passes booked on frame 0
     torch.testing.assert_close(x_auto, x_window, rtol=0, atol=0)
 
 
 def test_auto_tries_every_candidate_once() -> None:
-    # A wrong first prediction cannot stick: auto runs each untried (method, chunk) once.
+    # A wrong first prediction cannot stick: auto runs each untried setting once, per stage.
     model = _model()
+    attributes = dict(vars(model))
     z = _video()
-    window = f"jacobi@{model.tokens_per_frame * T}"
-    picks = []
-    for _ in range(3):
-        _, info = model.reverse(z, method="auto")
-        picks.append((info["method"]["global"], info["jacobi_chunk"]["global"]))
-    (observed,) = model._stage_seconds.values()
-    assert set(observed["global"]) == {"sequential", "jacobi", window}
-    assert set(observed["local"]) == {"sequential", "jacobi"}
-    assert len(set(picks)) == 3
+    auto = VideoFlowSampler(model, "auto")
+    picks = [auto.reverse(z)[1]["method"] for _ in range(3)]
+    for stage in ("global", "local"):
+        assert {pick[stage] for pick in picks[:2]} == {"sequential", "jacobi"}
+    assert vars(model) == attributes  # the sampler, not the model, keeps what auto measured
+
+
+def test_denoiser_optimizer_state_resumes_exactly(tmp_path) -> None:
+    """Saving auxiliary_state() mid-training and restoring it gives bit-identical next steps."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    def train(model: VideoTransformerFlow, steps: int, seed: int) -> list[float]:
+        generator = torch.Generator().manual_seed(seed)
+        losses = []
+        for _ in range(steps):
+            batch = {"x": torch.rand(2, T, 1, S, S, generator=generator) * 2 - 1}
+            torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+            for _ in range(2):  # gradient accumulation over two micro-steps
+                out = model.loss(batch)
+            model.after_optimizer_step()
+            losses.append(float(out["denoiser_loss"]))
+        return losses
+
+    model = _model().train()
+    train(model, 3, seed=1)
+    # a checkpoint the trainer's way: tensors to safetensors, the rest to JSON (never pickle)
+    weights = {name: p.clone() for name, p in model.state_dict().items()}
+    state = model.auxiliary_state().state_dict()
+    tensors = {f"{index}.{name}": value for index, entry in state["state"].items()
+               for name, value in entry.items()}  # fmt: skip
+    save_file(tensors, tmp_path / "denoiser_optimizer.safetensors")
+    (tmp_path / "denoiser_optimizer.json").write_text(json.dumps(state["param_groups"]))
+    expected = train(model, 3, seed=2)
+
+    restored: dict = {}
+    for key, value in load_file(tmp_path / "denoiser_optimizer.safetensors").items():
+        index, name = key.split(".")
+        restored.setdefault(index, {})[name] = value  # indices come back as strings
+    groups = json.loads((tmp_path / "denoiser_optimizer.json").read_text())
+    resumed = _model().train()
+    resumed.load_state_dict(weights)
+    resumed.auxiliary_state().load_state_dict({"state": restored, "param_groups": groups})
+    assert train(resumed, 3, seed=2) == expected
+    fresh = _model().train()
+    fresh.load_state_dict(weights)
+    assert train(fresh, 3, seed=2) != expected  # without the Adam moments the steps differ
+    model.loss({"x": torch.rand(2, T, 1, S, S)})
+    with pytest.raises(RuntimeError, match="gradients of 1 micro-steps not yet applied"):
+        model.auxiliary_state().state_dict()
+    assert _model(learned_denoiser=False).auxiliary_state() is None

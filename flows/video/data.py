@@ -10,7 +10,7 @@
 Every item is a dict of tensors: ``"x"`` the video (T, C, H, W) in [-1, 1] on 8-bit levels
 (``x = x_int / 127.5 - 1``, as the image datasets of :mod:`flows.data`, so a model can recover
 the integers for uniform dequantisation) and, for captioned sets, ``"text"`` the caption's
-token ids (see :mod:`flows.text`) and ``"y"`` a class label. The factories take
+token ids (see :mod:`flows.video.text`) and ``"y"`` a class label. The factories take
 ``split="train" | "test"`` (disjoint seeds for the generated sets).
 Items are deterministic functions of (seed, index). These feed the video flows (STARFlow-V,
 Apple 2025); registered for the trainer as ``moving_digits``, ``bouncing_shapes``,
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from flows.text import TextTokenizer
-from flows.video_io import GIF_SUFFIXES, MP4_SUFFIXES, match_channels, read_video
+from flows.video.io import GIF_SUFFIXES, MP4_SUFFIXES, match_channels, read_video
+from flows.video.text import TextTokenizer
 
 __all__ = [
     "BouncingShapes",
@@ -288,7 +288,7 @@ class VideoFolder(Dataset):
         return {"x": _quantised(self._video(k)[start : start + self.frames])}
 
 
-# Factories the trainer's dataset registry points at ("flows.video_data:moving_digits", ...).
+# Factories the trainer's dataset registry points at ("flows.video.data:moving_digits", ...).
 def moving_digits(split: str = "train", seed: int = 0, **options) -> MovingDigits:
     """The ``moving_digits`` dataset (see :class:`MovingDigits` for the options)."""
     return MovingDigits(seed=_split_seed(seed, split), **options)

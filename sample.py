@@ -53,7 +53,8 @@ def build_parser() -> ArgumentParser:
         help=f"checkpoint folder, run folder or shipped model name (default: {DEFAULT_MODEL})")
     add("--list", action="store_true", help="list the shipped models and exit")
     add("--num", type=positive_int, default=None,
-        help="number of samples (default: 64 images, 1 video, 8 normal maps, 4 aligned images)")
+        help="number of samples (default: 64 images, 1 video, 8 normal maps, one aligned "
+        "image per map of --normal-map)")
     add("--method", choices=("auto", "jacobi", "sequential"), default=None,
         help="flow inversion: auto picks per call (default), jacobi or sequential")
     add("--guidance", type=finite_float, default=None,
@@ -91,7 +92,8 @@ def build_parser() -> ArgumentParser:
                        help="integer upscaling of the output")
     normals = parser.add_argument_group("normal-map diffusion (normal_adapted, normal_aligned)")
     normals.add_argument("--normal-map", default=None,
-                         help="normal_aligned: PNG of a normal map (or a grid of maps)")
+                         help="normal_aligned: PNG of a normal map, or a grid of maps that "
+                         "normal_adapted wrote (answered with the matching grid)")
     normals.add_argument("--steps", type=positive_int, default=None,
                          help="denoising steps (default 25)")
     normals.add_argument("--sampler", choices=("ddim", "dpm"), default=None)

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--prompt", help="normal_adapted: e.g. 'front view, full body'")
     what.add_argument("--normal-map", help="normal_aligned: PNG of a normal map (or a grid)")
     parser.add_argument("--out", required=True, help="output PNG")
-    parser.add_argument("--num", type=int, default=8)
+    parser.add_argument("--num", type=int, default=None,
+                        help="default: 8 normal maps; one aligned image per map of the PNG")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="default: the model's")
     parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-ema", action="store_true", help="use the raw (non-EMA) weights")
     args = parser.parse_args(argv)
-    common = dict(num=args.num, seed=args.seed, out=args.out, steps=args.steps,
+    num = {} if args.num is None else {"num": args.num}
+    common = dict(**num, seed=args.seed, out=args.out, steps=args.steps,
                   guidance=args.guidance, device=args.device, sampler=args.sampler,
                   use_ema=not args.no_ema)
     try:

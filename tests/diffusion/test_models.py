@@ -110,8 +110,8 @@ def test_configs_train_and_checkpoints_sample(tmp_path, capsys) -> None:
     assert summary["label"] == 2 * 3 + 1 and Path(summary["out"]).is_file()
     assert 0.0 <= summary["back_facing"] <= 1.0 and summary["norm_error"] >= 0.0
     # Chain: a rendered map (known foreground) -> aligned images.
-    maps, _ = load_normal_map_png(summary["out"], 16)
-    assert maps.shape[1:] == (3, 16, 16)
+    maps, _, columns = load_normal_map_png(summary["out"], 16)
+    assert maps.shape == (3, 3, 16, 16) and columns == 3
     summary = sample_aligned(aligned, summary["out"], num=2, seed=0, out=tmp_path / "c.png",
                              steps=2, guidance=1.5, device="cpu")
     assert Path(summary["out"]).is_file() and -1.0 <= summary["shading_correlation"] <= 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -50,9 +51,35 @@ def test_the_readme_commands_chain_both_shipped_models(tmp_path, capsys) -> None
         assert image.size == (3 * 32, 32)
     color = tmp_path / "color.png"
     code = sample.main(["--checkpoint", "normal_aligned", "--normal-map", str(normals),
-                        "--num", "2", "--steps", "2", "--out", str(color)])
+                        "--steps", "2", "--out", str(color)])
     summary = json.loads(capsys.readouterr().out)
-    assert code == 0 and summary["model"] == "normal_aligned" and summary["num"] == 2
+    assert code == 0 and summary["model"] == "normal_aligned"
+    assert summary["num"] == summary["maps"] == 3  # one image per map of the grid
     assert -1.0 <= summary["shading_correlation"] <= 1.0
-    with Image.open(color) as image:  # two (normal map, image) pairs of 32x64
-        assert image.size == (2 * 64, 32)
+    with Image.open(color) as image:  # the matching grid: image i where map i was
+        assert image.size == (3 * 32, 32)
+        tiles = np.asarray(image.convert("RGB")).reshape(32, 3, 32, 3)
+    with Image.open(normals) as image:
+        maps = np.asarray(image.convert("RGB")).reshape(32, 3, 32, 3)
+    # The aligned model paints only the foreground of its own map (mask_background).
+    assert np.array_equal(tiles.max(axis=-1) == 0, maps.max(axis=-1) == 0)
+
+
+def test_a_single_map_png_is_one_map_even_when_its_side_is_a_multiple_of_32(
+    tmp_path, capsys
+) -> None:
+    # A 64x64 map of one figure without normkit's grid mark: one map, not four tiles.
+    normals = tmp_path / "normals.png"
+    assert sample.main(["--checkpoint", "normal_adapted", "--prompt", "back view, only head",
+                        "--num", "1", "--steps", "2", "--out", str(normals)]) == 0
+    capsys.readouterr()
+    with Image.open(normals) as image:
+        image.convert("RGB").resize((64, 64), Image.NEAREST).save(tmp_path / "big.png")
+    color = tmp_path / "color.png"
+    assert sample.main(["--checkpoint", "normal_aligned", "--normal-map",
+                        str(tmp_path / "big.png"), "--num", "2", "--steps", "2",
+                        "--out", str(color)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["maps"] == 1 and summary["num"] == 2
+    with Image.open(color) as image:  # two images of the one map, side by side
+        assert image.size == (2 * 32, 32)

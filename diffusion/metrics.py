@@ -78,6 +78,7 @@ def _mirror(maps: torch.Tensor, views: torch.Tensor) -> tuple[torch.Tensor, torc
     return flipped, swap[views]
 
 
+@torch.enable_grad()
 def train_view_probe(
     maps: torch.Tensor, views: torch.Tensor, framings: torch.Tensor, steps: int = 600,
     batch_size: int = 64, lr: float = 2e-3, seed: int = 0, width: int = 16, convs: int = 1,
@@ -85,7 +86,8 @@ def train_view_probe(
     """Fit a :class:`ViewProbe` on clean rendered maps (random mirroring; cosine-decayed Adam).
 
     ``maps`` ``(N, 3, R, R)`` in [-1, 1] with background -1; ``views`` / ``framings`` ``(N,)``.
-    Returns the probe in eval mode.
+    Returns the probe in eval mode. Trains even when called under ``torch.no_grad()`` (the
+    quality benchmark measures inside one).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")

@@ -70,6 +70,15 @@ def test_probe_learns_views_and_framings_and_scores_them() -> None:
     assert wrong["view"] < 0.1
 
 
+def test_probe_trains_inside_no_grad_as_the_quality_benchmark_calls_it() -> None:
+    maps, views, framings = _blobs(16, torch.Generator().manual_seed(0))
+    untrained = train_view_probe(maps, views, framings, steps=1, lr=0.0)
+    with torch.no_grad():
+        probe = train_view_probe(maps, views, framings, steps=3, batch_size=8, lr=1e-2)
+    moved = [not torch.equal(a, b) for a, b in zip(probe.parameters(), untrained.parameters())]
+    assert any(moved)
+
+
 def test_probe_refuses_bad_sizes() -> None:
     with pytest.raises(ValueError, match="divisible by 8"):
         ViewProbe(20)

@@ -22,6 +22,7 @@ Bad input (a missing or damaged checkpoint, an unknown name, nan or a count belo
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,11 +106,18 @@ def _size(folder: Path) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def _training(config: dict[str, Any]) -> str:
-    """How a checkpoint was trained, in a few words, from its config."""
+def _training(config: dict[str, Any], folder: Path) -> str:
+    """How a checkpoint was trained, in a few words, from its config and trainer state."""
     trainer, optimizer = config.get("trainer") or {}, config.get("optimizer") or {}
     batch = (config.get("data") or {}).get("batch_size", "?")
-    words = [f"{trainer.get('max_steps', '?')} steps", f"{optimizer.get('name', '?')}",
+    steps = f"{trainer.get('max_steps', '?')} steps"
+    try:  # a checkpoint taken before the end of its run says so
+        step = json.loads((folder / "trainer_state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        step = None
+    if step is not None and step != trainer.get("max_steps"):
+        steps = f"step {step} of {steps}"
+    words = [steps, f"{optimizer.get('name', '?')}",
              f"lr {optimizer.get('lr', '?')}", f"batch {batch}"]
     if trainer.get("ema_decay"):
         words.append(f"EMA {trainer['ema_decay']}")
@@ -125,7 +133,8 @@ def shipped_rows() -> list[list[str]]:
         kind, shipped = registry.shipped_models()[name]
         config = read_config(folder)
         data = (config.get("data") or {}).get("name", "?")
-        rows.append([name, kind.name, data, _size(folder), _training(config), shipped.description])
+        rows.append([name, kind.name, data, _size(folder), _training(config, folder),
+                     shipped.description])
     return rows
 
 

@@ -117,7 +117,7 @@ def measure_adapted(model, quick: bool, name: str = "normal_adapted") -> list[di
     fg_gap = abs(quality["foreground"] - reference["foreground"])
     ratio = hits["view"] / max(ceiling["view"], 1e-12)
     return [
-        _row(name, "mean | ||n|| - 1 | before renormalisation", quality["norm_error"],
+        _row(name, "mean abs(norm(n) - 1) before renormalisation", quality["norm_error"],
              "<= 0.05", quality["norm_error"] <= 0.05),
         _row(name, "back-facing normals (n_z < 0)", quality["back_facing"], "<= 0.02",
              quality["back_facing"] <= 0.02),

@@ -150,6 +150,8 @@ def _sample(argv: list[str] | None) -> None:
     if args.list:
         print_shipped()
         return
+    if args.out is not None and Path(args.out).is_dir():  # found before minutes of sampling
+        raise ValueError(f"--out {args.out!r} is a folder; give a file name")
     from core.checkpoint import read_config, resolve_source
 
     checkpoint = resolve_source(args.checkpoint or DEFAULT_MODEL)

@@ -5,7 +5,7 @@ Prints, side by side in one run, the causal forward time of one attention layer
 last of n tokens one at a time (softmax with a KVCache vs NaLa with a RecurrentStateCache,
 whose per-token cost does not grow with the prefix).
 
-    PYTHONPATH=. python benchmarks/linear_attention.py --dim 256 --heads 4 --lengths 256 1024 4096
+    python benchmarks/linear_attention.py --width 256 --num-heads 4 --lengths 256 1024 4096
 """
 
 from __future__ import annotations
@@ -31,25 +31,27 @@ def _seconds(fn, repeats: int) -> float:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    if args.dim % args.heads or min(args.lengths) < 2:
+    if args.width % args.num_heads or min(args.lengths) < 2:
         print(
-            f"error: dim {args.dim} must be divisible by heads {args.heads} and lengths >= 2",
+            f"error: width {args.width} must be divisible by num_heads {args.num_heads} and "
+            f"lengths >= 2",
             file=sys.stderr,
         )
         return 2
-    layers = {name: ATTENTIONS[name](args.dim, args.heads).eval() for name in ("softmax", "nala")}
+    layers = {name: ATTENTIONS[name](args.width, args.num_heads).eval()
+              for name in ("softmax", "nala")}
     print(
         f"{'n':>6} {'softmax fwd ms':>15} {'nala fwd ms':>12} {'softmax step ms':>16} "
         f"{'nala step ms':>13}"
     )
     for n in args.lengths:
-        x = torch.randn(args.batch, n, args.dim)
+        x = torch.randn(args.batch, n, args.width)
         forward = {k: _seconds(lambda a=a, x=x: a(x), args.repeats) for k, a in layers.items()}
         step = {}
         for name, cache in (("softmax", KVCache()), ("nala", RecurrentStateCache(1))):

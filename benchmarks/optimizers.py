@@ -47,12 +47,12 @@ GRIDS = {
 class DigitsLM(nn.Module):
     """Causal transformer over 64 pixel tokens (the first token predicts from a start token)."""
 
-    def __init__(self, dim: int = 64, depth: int = 3, heads: int = 4) -> None:
+    def __init__(self, width: int = 64, depth: int = 3, num_heads: int = 4) -> None:
         super().__init__()
-        self.embed = nn.Embedding(VOCAB + 1, dim)  # + start token
-        self.pos_embed = nn.Parameter(torch.randn(1, 64, dim) * 0.02)
-        self.stack = TransformerStack(dim, depth, heads)
-        self.head = nn.Linear(dim, VOCAB)
+        self.embed = nn.Embedding(VOCAB + 1, width)  # + start token
+        self.pos_embed = nn.Parameter(torch.randn(1, 64, width) * 0.02)
+        self.stack = TransformerStack(width, depth, num_heads)
+        self.head = nn.Linear(width, VOCAB)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         start = torch.full_like(tokens[:, :1], VOCAB)
@@ -80,7 +80,7 @@ def lr_scale(step: int, steps: int, warmup: int) -> float:
 def train_one(name: str, lr: float, adamw_lr: float | None, args: argparse.Namespace,
               train: torch.Tensor, held: torch.Tensor) -> dict:
     torch.manual_seed(args.seed)
-    model = DigitsLM(args.dim, args.depth, args.heads)
+    model = DigitsLM(args.width, args.depth, args.num_heads)
     config = replace(OptimizerConfig(), name=name, lr=lr, adamw_lr=adamw_lr,
                      weight_decay=args.weight_decay, beta2=0.95)
     optimizer = build_optimizer(model, config)
@@ -112,7 +112,7 @@ def time_steps(names: list[str], args: argparse.Namespace, train: torch.Tensor) 
     models, opts = {}, {}
     for name in names:
         torch.manual_seed(args.seed)
-        models[name] = DigitsLM(args.dim, args.depth, args.heads)
+        models[name] = DigitsLM(args.width, args.depth, args.num_heads)
         opts[name] = build_optimizer(models[name], OptimizerConfig(name=name, lr=1e-3,
                                                                    adamw_lr=1e-3))
     times = {name: [] for name in names}
@@ -134,9 +134,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timing-reps", type=int, default=40)
@@ -157,7 +157,7 @@ def main() -> None:
             for run in runs:
                 handle.write(json.dumps(run) + "\n")
     step_times = time_steps(names, args, train)
-    print(f"\n{args.steps} steps, batch {args.batch_size}, dim {args.dim}, depth {args.depth}; "
+    print(f"\n{args.steps} steps, batch {args.batch_size}, width {args.width}, depth {args.depth}; "
           f"best lr of the grid by held-out loss; time/step median, interleaved\n")
     print("| optimizer | lr (matrix / other) | train loss | held-out loss | time/step vs AdamW |")
     print("| --- | --- | --- | --- | --- |")

@@ -2,9 +2,9 @@ r"""Posterior flows and evidence side by side, each comparison in one run: normk
 (density fit), vs dynesty (evidence), vs harmonic (the JAX learned-harmonic-mean package), and
 normkit's error calibration over many independent chains, its threads under load.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/posterior.py --sections all   # long
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/posterior.py --sections readme --seeds 50
-    PYTHONPATH=. python benchmarks/posterior.py --sections harmonic \
+    OMP_NUM_THREADS=1 python benchmarks/posterior.py --sections all   # long
+    OMP_NUM_THREADS=1 python benchmarks/posterior.py --sections readme --seeds 50
+    python benchmarks/posterior.py --sections harmonic \
         --harmonic-python venvs/harmonic/bin/python        # see harmonic_runner.py for the venv
 
 Sections (``--sections a,b``):

@@ -196,7 +196,7 @@ def load_model(
         )
     registry.refuse_renamed(name, saved, prefix="", source=str(weights / "config.json"))
     try:
-        model = model_class.from_pretrained(str(weights))
+        model = model_class.from_pretrained(str(weights), use_safetensors=True)  # never a .bin
     except Exception as error:  # diffusers and safetensors raise many kinds on damaged files
         reason = (str(error).strip().splitlines() or [""])[0]
         if not isinstance(error, ValueError | OSError):  # e.g. a meta-tensor NotImplementedError

@@ -5,13 +5,17 @@
   traceback (exit status 1).
 - :class:`ArgumentParser`: ``--help`` shows every default; a usage error is the same one
   ``error:`` line (no usage dump) with status 2.
-- :func:`print_json`: the result as one JSON object on one line of stdout (non-finite numbers
-  become ``null``: JSON has no NaN).
+- :func:`print_json` / :func:`json_line`: the result as one JSON object on one line of stdout
+  (non-finite numbers become ``null``: JSON has no NaN).
 - Argument types that refuse nan, inf and out-of-range values at parse time
   (:func:`positive_int`, :func:`non_negative_int`, :func:`finite_float`,
-  :func:`non_negative_float`, :func:`probability`) and :func:`add_threads_option`.
+  :func:`non_negative_float`, :func:`probability`), :func:`add_threads_option`, the device
+  choices :data:`DEVICES` and :func:`given_options` (what the user typed, for samplers that
+  fill in their own defaults).
 
-Nothing heavy is imported here, so ``--help`` stays fast. A CLI module looks like::
+Nothing heavy is imported here, and a CLI module imports torch and the models only inside the
+function that runs a command, so ``--help`` stays fast (``tests/test_clis.py`` checks that no
+CLI's parser imports torch). A CLI module looks like::
 
     from core.cli import ArgumentParser, positive_int, print_json, run_cli
 
@@ -31,6 +35,7 @@ Nothing heavy is imported here, so ``--help`` stays fast. A CLI module looks lik
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -39,11 +44,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEVICES",
     "ArgumentParser",
     "HelpFormatter",
     "UsageError",
     "add_threads_option",
     "finite_float",
+    "given_options",
+    "json_line",
     "non_negative_float",
     "non_negative_int",
     "one_line",
@@ -54,6 +62,7 @@ __all__ = [
 ]
 
 EXPECTED_ERRORS = (ValueError, OSError)
+DEVICES = ("cpu", "cuda")  # the choices of every --device option
 
 
 class UsageError(ValueError):
@@ -84,9 +93,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     written (examples stay laid out)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or isinstance(action.const, bool):
+        if not _shows_default(action):
             return action.help  # nothing to show for "not given" and on/off switches
         return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and _shows_default(action):  # argparse skips help-less options
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    return action.default not in (None, argparse.SUPPRESS) and not isinstance(action.const, bool)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -106,6 +125,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def print_json(summary: dict[str, Any]) -> None:
     """Print ``summary`` as one JSON object on one line of stdout."""
+    print(json_line(summary), flush=True)
+
+
+def json_line(summary: dict[str, Any]) -> str:
+    """``summary`` as one line of JSON: non-finite floats become null, paths and numpy or
+    torch scalars plain values."""
 
     def finite(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
@@ -120,7 +145,14 @@ def print_json(summary: dict[str, Any]) -> None:
             return finite(value.item())
         return value
 
-    print(json.dumps(finite(summary), allow_nan=False), flush=True)
+    return json.dumps(finite(summary), allow_nan=False)
+
+
+def given_options(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The options the user gave (those not left at None), without ``skip``: a sampler then
+    fills in its own defaults for the rest, so every CLI that calls it behaves the same."""
+    return {key: value for key, value in vars(args).items()
+            if value is not None and key not in skip}
 
 
 def _number(text: str, kind: type, low: float | None, high: float | None, what: str) -> Any:
@@ -169,13 +201,16 @@ class _SetThreads(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
-def add_threads_option(parser: argparse.ArgumentParser) -> None:
+def add_threads_option(parser: argparse.ArgumentParser, default: int | None = None,
+                       help: str | None = None) -> None:
     """Add ``--threads N``: torch's intra-op threads, set as soon as the option is parsed.
 
     Without it torch uses one thread per core, which is fastest on an idle machine; on a
-    shared, loaded one (or with several jobs at once) ``--threads 1`` can be far faster.
+    shared, loaded one (or with several jobs at once) ``--threads 1`` can be far faster
+    (measured: benchmarks/RESULTS.md). A CLI whose ``default`` is a number applies it itself
+    when the option is not given (the action only runs for a given option).
     """
     parser.add_argument(
-        "--threads", type=positive_int, default=None, action=_SetThreads,
-        help="torch threads (default: torch's choice, one per core); 1 on a busy machine",
+        "--threads", type=positive_int, default=default, action=_SetThreads,
+        help=help or "torch threads (default: torch's choice, one per core); 1 on a busy machine",
     )

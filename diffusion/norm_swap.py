@@ -18,7 +18,6 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 import norms
@@ -96,9 +95,7 @@ def load_swapped(model_cls: type, folder: str | Path, **kwargs: Any) -> nn.Modul
     if swap is not None:
         swap_norms(model, swap["norm"], **swap.get("options", {}))
     weights = folder / "diffusion_pytorch_model.safetensors"
-    if weights.exists():
-        state = load_file(str(weights))
-    else:
-        state = torch.load(folder / "diffusion_pytorch_model.bin", weights_only=True)
-    model.load_state_dict(state, strict=True)
+    if not weights.exists():  # a .bin would be a pickle: never read
+        raise FileNotFoundError(f"{folder} holds no diffusion_pytorch_model.safetensors")
+    model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval()

@@ -4,55 +4,80 @@ References:
     Huang, Huang, Chen, Xu, Guo. HumanNorm: Learning Normal Diffusion Model for High-quality and
         Realistic 3D Human Generation. CVPR 2024, arXiv:2310.01406.
 
-    python -m diffusion.sample --checkpoint runs/normal_adapted --prompt "front view, full body" \\
-        --out normals.png
+examples:
+    python -m diffusion.sample --checkpoint runs/normal_adapted --prompt "front view, full body"
     python -m diffusion.sample --checkpoint runs/normal_aligned --normal-map normals.png \\
         --out color.png
 
-Bad input prints one line starting with "error: " and exits with code 2.
+The same sampler as python sample.py, with the same options, defaults and JSON summary (one
+line on stdout): the checkpoint's model.name (normal_adapted or normal_aligned) picks it. Bad
+input prints one line starting with "error: " and exits with code 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from .sampling import sample_aligned, sample_normals
+from core.cli import (
+    DEVICES,
+    ArgumentParser,
+    add_threads_option,
+    finite_float,
+    given_options,
+    positive_int,
+    print_json,
+    run_cli,
+)
+
+__all__ = ["KINDS", "build_parser", "main"]
+
+KINDS = ("normal_adapted", "normal_aligned")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m diffusion.sample",
+                            description=__doc__.split("\n\n", 1)[0],
+                            epilog=__doc__.split("\n\n", 2)[2])
+    add = parser.add_argument
+    add("--checkpoint", required=True,
+        help="checkpoint folder, run folder (its newest checkpoint) or shipped model name")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="normal_adapted: view / framing words, e.g. "
+                      "'front view, full body'")
+    what.add_argument("--normal-map", help="normal_aligned: PNG of a normal map (or a grid)")
+    add("--out", help="output PNG (default: normals.png for normal_adapted, color.png for "
+        "normal_aligned)")
+    add("--num", type=positive_int,
+        help="number of samples (default: 8 normal maps, one aligned image per map)")
+    add("--seed", type=int, default=0)
+    add("--steps", type=positive_int, help="denoising steps (default: the model's)")
+    add("--guidance", type=finite_float,
+        help="classifier-free guidance weight (default: the model's)")
+    add("--sampler", choices=("ddim", "dpm"), help="default: the model's")
+    add("--device", choices=DEVICES, default="cpu")
+    add("--no-ema", dest="use_ema", action="store_false", help="use the raw (non-EMA) weights")
+    add_threads_option(parser)
+    return parser  # fmt: skip
+
+
+def _sample(argv: list[str] | None) -> None:
+    args = build_parser().parse_args(argv)
+    from core import registry
+    from core.checkpoint import read_config, resolve_source
+
+    checkpoint = resolve_source(args.checkpoint)
+    config = read_config(checkpoint)
+    kind = config["model"]["name"]
+    if kind not in KINDS:
+        raise ValueError(f"--checkpoint {args.checkpoint!r} holds a {kind!r} model; "
+                         f"diffusion.sample takes {' or '.join(KINDS)} (python sample.py "
+                         "samples every kind)")
+    options = given_options(args, skip=("checkpoint", "threads"))
+    print_json(registry.get_sampler(kind)(checkpoint, config, options))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffusion.sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run dir or checkpoint-<step> dir")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--prompt", help="normal_adapted: e.g. 'front view, full body'")
-    what.add_argument("--normal-map", help="normal_aligned: PNG of a normal map (or a grid)")
-    parser.add_argument("--out", required=True, help="output PNG")
-    parser.add_argument("--num", type=int, default=None,
-                        help="default: 8 normal maps; one aligned image per map of the PNG")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="default: the model's")
-    parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
-    parser.add_argument("--sampler", default=None, choices=["ddim", "dpm"],
-                        help="default: the model's")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw (non-EMA) weights")
-    args = parser.parse_args(argv)
-    num = {} if args.num is None else {"num": args.num}
-    common = dict(**num, seed=args.seed, out=args.out, steps=args.steps,
-                  guidance=args.guidance, device=args.device, sampler=args.sampler,
-                  use_ema=not args.no_ema)
-    try:
-        if args.prompt is not None:
-            summary = sample_normals(args.checkpoint, args.prompt, **common)
-        else:
-            summary = sample_aligned(args.checkpoint, args.normal_map, **common)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    return run_cli(_sample, argv)
 
 
 if __name__ == "__main__":

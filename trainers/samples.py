@@ -20,6 +20,10 @@ from core.images import save_image_grid
 
 __all__ = ["sample_grid"]
 
+# Tiles smaller than this (in pixels, their shorter side) are upscaled to it, so that the
+# smoke MLP's 1x8 rows give a picture one can see, not a 28x7-pixel PNG.
+MIN_TILE_SIDE = 16
+
 
 def sample_grid(accelerator: Any, model: nn.Module, num: int, seed: int, path: Path) -> None:
     """``model.sample_for_logging(num, generator)`` -> PNG at ``path`` (main process writes)."""
@@ -37,4 +41,5 @@ def sample_grid(accelerator: Any, model: nn.Module, num: int, seed: int, path: P
         images = model.sample_for_logging(num, generator)
         model.train(was_training)
     if accelerator.is_main_process:
-        save_image_grid(images, path)
+        side = min(images.shape[-2:])
+        save_image_grid(images, path, scale=max(1, -(-MIN_TILE_SIDE // side)))

@@ -20,6 +20,12 @@ from torch.utils.data import Dataset
 __all__ = ["SmokeDataset", "SmokeMLP"]
 
 
+def _check(name: str, value: float, ok: bool, allowed: str) -> None:
+    """A one-line ValueError for a setting out of range (the trainer's CLI: exit 2)."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is out of range; allowed: {allowed}")
+
+
 class SmokeMLP(ModelMixin, ConfigMixin):
     """MLP ``dim -> hidden -> ... -> dim``; ``batchnorm=True`` adds running-statistics norms."""
 
@@ -33,6 +39,11 @@ class SmokeMLP(ModelMixin, ConfigMixin):
         batchnorm: bool = False,
         aux_lr: float = 0.0,
     ) -> None:
+        _check("model.dim", dim, dim >= 1, "dim >= 1")
+        _check("model.hidden", hidden, hidden >= 1, "hidden >= 1")
+        _check("model.depth", depth, depth >= 0, "depth >= 0")
+        _check("model.noise_std", noise_std, 0 <= noise_std < float("inf"), "0 <= noise_std")
+        _check("model.aux_lr", aux_lr, 0 <= aux_lr < float("inf"), "0 <= aux_lr")
         super().__init__()
         layers: list[nn.Module] = []
         width = dim
@@ -97,6 +108,9 @@ class SmokeDataset(Dataset):
     """``num_samples`` items ``{"x": N(0, I_dim), "y": sin(x A)}``, fixed by ``seed``."""
 
     def __init__(self, num_samples: int = 256, dim: int = 8, seed: int = 0) -> None:
+        _check("data.num_samples", num_samples, num_samples >= 1, "num_samples >= 1")
+        _check("data.dim", dim, dim >= 1, "dim >= 1")
+        _check("data.seed", seed, 0 <= seed < 2**63, "0 <= seed < 2**63")
         generator = torch.Generator().manual_seed(seed)
         self.x = torch.randn(num_samples, dim, generator=generator)
         mixing = torch.randn(dim, dim, generator=generator) / dim**0.5

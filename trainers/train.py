@@ -32,9 +32,14 @@ Gradient Descent with Warm Restarts", arXiv:1608.03983 (cosine schedule); Lyle e
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
+
+if __name__ == "__main__":  # parse (and answer --help or a bad config) before torch loads
+    from trainers.cli import main
+
+    sys.exit(main())
+
+import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +51,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from core.registry import get_dataset, get_model
 from trainers import checkpoint as ckpt
-from trainers.config import TrainConfig, TrainerConfig, load_config
+from trainers.config import TrainConfig, TrainerConfig
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingStopped", "lr_factor", "main", "train"]
 
@@ -511,10 +516,11 @@ def _train(config: TrainConfig) -> TrainResult:
         mixed_precision=tc.mixed_precision,
     )
     stop_with_launcher()
-    _say(accelerator, f"resolved config:\n{config.to_yaml()}")
     lock = RunLock(tc.output_dir)
     try:
         resume_from, run_id = _claim_run_folder(config, accelerator, lock)
+        # printed once the folder is ours: a refused run says only why, in one line
+        _say(accelerator, f"resolved config:\n{config.to_yaml()}")
         run = _set_up(config, accelerator, resume_from, run_id)
         try:
             _loop(run)
@@ -533,32 +539,8 @@ def _train(config: TrainConfig) -> TrainResult:
 # --------------------------------------------------------------------------- CLI
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; the exit code: 0 done, 2 bad input, 1 a stopped run (or a bug)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m trainers.train",
-        description="Train a registered model from a YAML config plus key=value overrides.",
-    )
-    parser.add_argument("--config", required=True, help="YAML file (see configs/)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optimizer.lr=3e-4")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        preflight(config)
-        train(config)
-    except TrainingStopped as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as error:  # the user's: config, data, run folder, checkpoint
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    return 0
+    """The command line (:mod:`trainers.cli`): 0 done, 2 bad input, 1 a stopped run or a bug."""
+    from trainers.cli import main as cli_main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return cli_main(argv)

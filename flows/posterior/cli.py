@@ -22,10 +22,10 @@ import json
 import math
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
+from core.cli import ArgumentParser, add_threads_option, json_line, run_cli
 from flows.posterior.readers import FORMATS as READERS
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_UNRELIABLE", "build_parser", "main"]
@@ -38,12 +38,6 @@ FLOWS = ("spline", "transformer")  # flows.posterior.kinds.FLOWS, named here to 
 
 class UsageError(ValueError):
     """Bad input: reported as one ``error:`` line with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _number(kind: type, low: float | None = None, high: float | None = None,
@@ -74,13 +68,12 @@ def _temperature(text: str) -> float | str:
     return _number(float, 0.0, 1.0, low_open=True)(text)
 
 
-def build_parser(prog: str = "python -m flows.posterior") -> argparse.ArgumentParser:
-    parser = _Parser(
+def build_parser(prog: str = "python -m flows.posterior") -> ArgumentParser:
+    parser = ArgumentParser(
         prog=prog,
         description="ln Z (learned harmonic mean with a normalising flow) and Bayes factors "
         "from posterior chains. Exit status: 0 ok, 2 bad input, 3 an estimate is unreliable "
         "(see --allow-unreliable), 1 a bug.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("files", nargs="+", help="chain files or folders (see --format)")
     parser.add_argument("--format", default="auto", choices=FORMATS,
@@ -97,11 +90,13 @@ def build_parser(prog: str = "python -m flows.posterior") -> argparse.ArgumentPa
                         help="maximum flow training epochs (0: the Gaussian fit)")
     parser.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=0,
                         help="seeds the chain split, the flow fit and importance draws")
-    parser.add_argument("--threads", type=_number(int, 1, 1024), default=1,
-                        help="torch CPU threads (1 is fastest for these small flows on a "
-                        "busy machine; see docs/posterior.md)")
+    add_threads_option(parser, default=1, help="torch CPU threads (1 is fastest for these "
+                       "small flows on a busy machine; see docs/posterior.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (one line)")
-    parser.add_argument("--out", default=None, help="also write the JSON report to this file")
+    parser.add_argument("--out", default=None, help="also write the JSON report to this file "
+                        "(rewritten after every file: \"complete\": false until all are done)")
+    parser.add_argument("--resume", action="store_true", help="reuse the files an interrupted "
+                        "run finished in --out (those computed with the same settings)")
     parser.add_argument("--plot", default=None, help="corner plot PNG (one per file)")
     parser.add_argument("--allow-unreliable", action="store_true",
                         help="exit 0 even when an estimate is unreliable")
@@ -141,10 +136,55 @@ def _check_output(option: str, value: str | None, suffix: str | None = None) -> 
         raise UsageError(f"{option} {value!r} must end in {suffix}")
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a file's result depends on besides the file: a resumed row must match them."""
+    return {key: getattr(args, key) for key in
+            ("format", "column", "burn_in", "temperature", "flow", "epochs", "seed")}
+
+
+def _finished_rows(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """file -> row of the earlier report in ``--out`` computed with ``settings`` (--resume)."""
+    if not args.out:
+        raise UsageError("--resume needs --out (the report of the run to continue)")
+    path = Path(args.out)
+    if not path.exists():
+        return {}
+    try:
+        report = json.loads(path.read_text())
+        rows = report["results"] if report.get("settings") == settings else []
+        return {row["file"]: row for row in rows}
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise UsageError(f"--resume: {args.out!r} is not a report of this CLI ({error})") \
+            from None
+
+
+def _report(settings: dict[str, Any], rows: list[dict[str, Any]], complete: bool) -> dict:
+    factors = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            ln_za, ln_zb = (math.nan if r["ln_z"] is None else r["ln_z"] for r in (a, b))
+            err_a, err_b = (math.inf if r["ln_z_err"] is None else r["ln_z_err"] for r in (a, b))
+            ln_b, err = ln_za - ln_zb, math.hypot(err_a, err_b)
+            factors.append({
+                "a": a["file"], "b": b["file"],
+                "ln_b": ln_b if math.isfinite(ln_b) else None,
+                "ln_b_err": err if math.isfinite(err) else None,
+                "reliable": a["reliable"] and b["reliable"],
+            })
+    return {"complete": complete, "settings": settings, "results": rows,
+            "bayes_factors": factors if complete else []}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Read every file, compute, and return the report (no printing)."""
+    """Read every file, compute, and return the report (no printing).
+
+    With ``--out`` the report is rewritten (atomically) after every file, marked
+    ``"complete": false`` until the last one is done; ``--resume`` reuses its finished rows.
+    """
     _check_output("--out", args.out)
     _check_output("--plot", args.plot, ".png")
+    settings = _settings(args)
+    finished = _finished_rows(args, settings) if args.resume else {}
     from flows.posterior.readers import load_chains
 
     column = _column(args.column)
@@ -152,11 +192,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from flows.posterior.evidence import bayes_factor, evidence
+    from flows.posterior.evidence import evidence
+    from flows.posterior.files import write_text_atomically
 
     torch.set_num_threads(args.threads)
-    results = []
+    rows = []
     for index, (file, chain) in enumerate(zip(args.files, chains), 1):
+        if file in finished:
+            rows.append(finished[file])
+            continue
         result = evidence(
             chain.samples,
             chain.ln_posterior,
@@ -167,26 +211,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress=not args.json and sys.stderr.isatty(),
             fit_options={"epochs": args.epochs},
         )
-        results.append(result)
+        rows.append({"file": file, "format": chain.format, "names": chain.names,
+                     **result.as_dict()})
         if args.plot:
             from flows.posterior.plot import corner_plot
 
             flow_samples = result.flow.sample(min(20000, chain.samples[..., 0].size)).numpy()
             corner_plot(chain.samples, _plot_path(args.plot, index, len(args.files), file),
                         chain.names, other=flow_samples, weights=chain.weights)
-    rows = [
-        {"file": file, "format": chain.format, "names": chain.names, **result.as_dict()}
-        for file, chain, result in zip(args.files, chains, results)
-    ]
-    factors = []
-    for i in range(len(results)):
-        for j in range(i + 1, len(results)):
-            ln_b, err = bayes_factor(results[i], results[j])
-            factors.append({
-                "a": args.files[i], "b": args.files[j], "ln_b": ln_b, "ln_b_err": err,
-                "reliable": results[i].reliable and results[j].reliable,
-            })
-    return {"results": rows, "bayes_factors": factors}
+        if args.out and index < len(args.files):  # a kill now keeps what is done
+            write_text_atomically(args.out, json.dumps(_report(settings, rows, False)) + "\n")
+    return _report(settings, rows, True)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -213,10 +248,12 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"{'a':<{width}}  {'b':<{width}}  {'ln B':>10}  {'+-':>9}  {'B':>11}  notes")
         for f in report["bayes_factors"]:
-            b = math.exp(f["ln_b"]) if abs(f["ln_b"]) < 700 else math.inf * (f["ln_b"] > 0)
+            ln_b = math.nan if f["ln_b"] is None else f["ln_b"]
+            err = math.inf if f["ln_b_err"] is None else f["ln_b_err"]
+            b = math.exp(ln_b) if abs(ln_b) < 700 else math.inf * (ln_b > 0)
             lines.append(
-                f"{f['a']:<{width}}  {f['b']:<{width}}  {f['ln_b']:>10.4f}  "
-                f"{f['ln_b_err']:>9.4f}  {b:>11.4g}  {'' if f['reliable'] else 'UNRELIABLE'}"
+                f"{f['a']:<{width}}  {f['b']:<{width}}  {ln_b:>10.4f}  "
+                f"{err:>9.4f}  {b:>11.4g}  {'' if f['reliable'] else 'UNRELIABLE'}"
                 .rstrip()
             )
     if notes:
@@ -225,23 +262,14 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m flows.posterior") -> int:
-    """Parse, compute, print; the exit status (see the module docstring)."""
+def _run(argv: list[str] | None, prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        report = run(args)
-        text = json.dumps(report)
-        if args.out:
-            from flows.posterior.files import write_text_atomically
+    report = run(args)
+    text = json_line(report)
+    if args.out:
+        from flows.posterior.files import write_text_atomically
 
-            write_text_atomically(args.out, text + "\n")
-    except (ValueError, OSError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception:  # noqa: BLE001 - a bug: keep its traceback, distinct status
-        traceback.print_exc()
-        return 1
+        write_text_atomically(args.out, text + "\n")
     print(text if args.json else format_table(report))
     if all(r["reliable"] for r in report["results"]) or args.allow_unreliable:
         return 0
@@ -249,3 +277,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.posterior")
     print(f"error: unreliable estimate for {', '.join(unreliable)} (see the warnings); "
           "--allow-unreliable accepts it", file=sys.stderr)
     return EXIT_UNRELIABLE
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m flows.posterior") -> int:
+    """Parse, compute, print; the exit status (see the module docstring)."""
+    return run_cli(lambda args: _run(args, prog), argv)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 
 from core.cli import (
+    DEVICES,
     ArgumentParser,
     add_threads_option,
     finite_float,
@@ -29,11 +30,15 @@ from core.cli import (
     print_json,
     run_cli,
 )
-from flows.jacobi import DEFAULT_JACOBI_THRESHOLD
-from flows.sampling import METHODS
-from flows.video.sampling import DEFAULTS, DENOISERS, sample_video_flow
 
 __all__ = ["build_parser", "main"]
+
+# flows.sampling.METHODS, flows.video.sampling.DENOISERS and flows.jacobi's default threshold,
+# named here so that --help does not import torch (tests/flows/video/test_cli.py checks that
+# they agree)
+METHODS = ("sequential", "jacobi", "auto")
+DENOISERS = ("none", "tweedie", "learned")
+DEFAULT_JACOBI_THRESHOLD = 1e-11
 
 
 def build_parser() -> ArgumentParser:
@@ -60,7 +65,7 @@ def build_parser() -> ArgumentParser:
     add("--out", default="video.mp4", help=".mp4 | .gif | .png")
     add("--fps", type=positive_int, default=8)
     add("--scale", type=positive_int, default=4, help="integer upscaling of the output")
-    add("--device", default="cpu", help="cpu | cuda")
+    add("--device", choices=DEVICES, default="cpu")
     add("--no-ema", dest="use_ema", action="store_false", help="the raw, not the EMA, weights")
     add("--no-progress", dest="progress", action="store_false")
     add_threads_option(parser)
@@ -68,9 +73,10 @@ def build_parser() -> ArgumentParser:
 
 
 def _sample(argv: list[str] | None) -> None:
-    from core.checkpoint import read_config, resolve_source
-
     args = build_parser().parse_args(argv)
+    from core.checkpoint import read_config, resolve_source
+    from flows.video.sampling import DEFAULTS, sample_video_flow
+
     options = {key: getattr(args, key) for key in DEFAULTS}
     checkpoint = resolve_source(args.checkpoint)
     print_json(sample_video_flow(checkpoint, read_config(checkpoint), options))

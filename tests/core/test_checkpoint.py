@@ -170,3 +170,31 @@ def test_renamed_knobs_of_old_checkpoints_are_refused(run, tmp_path) -> None:
     with pytest.raises(ValueError, match="'placement' in .*config.json' was renamed to "
                                          "'norm_placement'"):
         load_model(old_json)
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that a pickle was executed."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("part", ["model", "ema"])
+def test_a_planted_pickle_in_the_weights_is_never_opened(tmp_path, part) -> None:
+    import pickle
+
+    from diffusion.norm_swap import load_swapped
+    from flows.image import TransformerFlow
+
+    marker = tmp_path / "PWNED"
+    folder = write_tiny_flow(tmp_path / "checkpoint", ema=True)
+    (folder / part / "diffusion_pytorch_model.safetensors").unlink()
+    (folder / part / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(ValueError, match="cannot load the weights"):
+        load_model(folder, use_ema=part == "ema")
+    with pytest.raises(FileNotFoundError, match="no diffusion_pytorch_model.safetensors"):
+        load_swapped(TransformerFlow, folder / part)
+    assert not marker.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from core.cli import (
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="tool", description="A tool.")
     parser.add_argument("--num", type=positive_int, default=8, help="how many")
+    parser.add_argument("--fps", type=positive_int, default=12)
     parser.add_argument("--weight", type=finite_float, default=None, help="a weight")
     parser.add_argument("--flag", action="store_true", help="a switch")
     add_threads_option(parser)
@@ -71,6 +73,7 @@ def test_help_shows_defaults(capsys) -> None:
         _parser().parse_args(["--help"])
     text = capsys.readouterr().out
     assert "how many (default: 8)" in text
+    assert re.search(r"--fps FPS\s+\(default: 12\)\n", text)  # an option without help text
     assert "a weight\n" in text and "a switch\n" in text  # nothing shown for None / switches
 
 

@@ -19,14 +19,18 @@ from trainers.run_folder import LOCK_FILE, RunFolderError, RunLock, claim_run_fo
 
 
 def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
+    """The refusal's one ``error:`` line; nothing else is printed (not even the config)."""
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
+    assert captured.out == "", captured.out
     return err
 
 
 def test_a_new_run_refuses_a_folder_holding_another_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert run_cli(run, "trainer.max_steps=20", "trainer.checkpoint_every=10") == 0
+    capsys.readouterr()
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     assert run_cli(run, "trainer.max_steps=5") == 2
     err = one_error_line(capsys)

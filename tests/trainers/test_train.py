@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from tests.trainers.helpers import ROOT, SMOKE
@@ -56,6 +57,8 @@ def test_smoke_run_writes_every_output(tmp_path, monkeypatch):
     assert (run / "loss.png").stat().st_size > 0
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
         "step-0000010.png", "step-0000020.png"]
+    with Image.open(run / "samples" / "step-0000020.png") as grid:  # 8 rows of 1x8, upscaled
+        assert grid.size == (16 * 28, 16 * 7)  # 3x3 tiles of 1x8 pixels with gaps, x16
     assert [s for s, _ in ckpt.find_checkpoints(run)] == [20]  # keep_last=1
     folder = run / "checkpoint-20"
     assert {p.name for p in folder.iterdir()} == {

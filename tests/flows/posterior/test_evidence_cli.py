@@ -49,7 +49,8 @@ def test_json_schema(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     za, zb = _gaussian_file(a, 1.0, 0), _gaussian_file(b, 0.5, 1)
     assert main([str(a), str(b), "--json", "--temperature", "0.8", *FAST]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report) == {"results", "bayes_factors"}
+    assert set(report) == {"complete", "settings", "results", "bayes_factors"}
+    assert report["complete"] is True and report["settings"]["temperature"] == 0.8
     first = report["results"][0]
     assert {"file", "ln_z", "ln_z_err", "estimator", "temperature", "warnings"} <= set(first)
     assert first["file"] == str(a) and first["temperature"] == 0.8
@@ -141,7 +142,7 @@ def test_bad_input_one_line_exit_2(
         (["--epochs", "2.5"], "argument --epochs: '2.5' is not an integer"),
         (["--temperature", "2"], "argument --temperature: 2 must be a number in (0, 1]"),
         (["--temperature", "nan"], "argument --temperature: nan must be a number in (0, 1]"),
-        (["--threads", "0"], "argument --threads: 0 must be an integer in [1, 1024]"),
+        (["--threads", "0"], "argument --threads: must be an integer >= 1, got '0'"),
         (["--burn-in", "1"], "argument --burn-in: 1 must be a number in [0, 1)"),
         (["--seed", "-3"], "argument --seed: -3 must be an integer in [0, 9.22337e+18]"),
         (["--format", "pickle"], "argument --format: invalid choice: 'pickle'"),
@@ -150,9 +151,7 @@ def test_bad_input_one_line_exit_2(
 def test_numeric_options_checked_at_parse_time(
     tmp_path: Path, capsys: pytest.CaptureFixture, option: list[str], message: str
 ) -> None:
-    with pytest.raises(SystemExit) as stop:
-        main([str(tmp_path / "never-read.npz"), *option])
-    assert stop.value.code == 2
+    assert main([str(tmp_path / "never-read.npz"), *option]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err
 
@@ -177,6 +176,49 @@ def test_outputs_checked_before_computing_and_written_atomically(
     assert main([str(tmp_path / "a.npz"), "--json", "--out", str(out), *FAST]) == 0
     assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "folder", "report.json"]
+
+
+def test_each_file_is_saved_when_done_and_resume_reuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    module = importlib.import_module("flows.posterior.evidence")
+    a, b, out = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "report.json"
+    _gaussian_file(a, 1.0, 0)
+    _gaussian_file(b, 3.0, 1)
+    real, calls = module.evidence, []
+
+    def killed_on_the_second_file(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill would stop it: nothing of b is written
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evidence", killed_on_the_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(a), str(b), "--out", str(out), *FAST])
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False and partial["bayes_factors"] == []
+    assert [row["file"] for row in partial["results"]] == [str(a)]
+
+    calls.clear()
+    monkeypatch.setattr(module, "evidence", lambda *args, **kwargs: (calls.append(1),
+                                                                     real(*args, **kwargs))[1])
+    assert main([str(a), str(b), "--out", str(out), "--resume", "--json", *FAST]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report and len(calls) == 1  # only b computed
+    assert report["complete"] is True and report["results"][0] == partial["results"][0]
+    (factor,) = report["bayes_factors"]
+    assert factor["ln_b"] == pytest.approx(report["results"][0]["ln_z"]
+                                           - report["results"][1]["ln_z"])
+    calls.clear()  # other settings: nothing is reused
+    assert main([str(a), str(b), "--out", str(out), "--resume", "--seed", "1", *FAST]) == 0
+    assert len(calls) == 2
+    capsys.readouterr()
+    assert main([str(a), "--resume", *FAST]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --resume needs --out (the report of the run to continue)")
 
 
 def _unconverged_chains(path: Path) -> float:

@@ -172,3 +172,15 @@ def test_sample_py_dispatches_video_checkpoints(checkpoint, tmp_path, capsys) ->
     assert len(read_video(out)) == 4
     code = sample.main(["--checkpoint", str(checkpoint), "--frames", "0", "--out", str(out)])
     assert code == 2 and "--frames: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_parser_names_the_library_choices_and_defaults() -> None:
+    """The CLI spells the choices out (so --help needs no torch); they must be the library's."""
+    from flows import jacobi, sampling
+    from flows.video import __main__ as cli
+    from flows.video import sampling as video_sampling
+
+    assert cli.METHODS == sampling.METHODS and cli.DENOISERS == video_sampling.DENOISERS
+    assert cli.DEFAULT_JACOBI_THRESHOLD == jacobi.DEFAULT_JACOBI_THRESHOLD
+    defaults = vars(cli.build_parser().parse_args(["--checkpoint", "x"]))
+    assert {key: defaults[key] for key in video_sampling.DEFAULTS} == video_sampling.DEFAULTS

@@ -212,7 +212,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "diffusion --num 0": (_diffusion("--num", "0"), "--num"),
     "diffusion --steps 0": (_diffusion("--steps", "0"), "--steps"),
     "diffusion --guidance nan": (_diffusion("--guidance", "nan"), "--guidance"),
-    "diffusion of a flow checkpoint": (_diffusion(), "not 'normal_adapted'"),
+    "diffusion of a flow checkpoint": (_diffusion(), "holds a 'tarflow' model"),
     # the evidence CLI
     "evidence --epochs -1": (_evidence("--epochs", "-1"), "--epochs"),
     "evidence --burn-in 1": (_evidence("--burn-in", "1"), "--burn-in"),

@@ -54,7 +54,8 @@ def build_parser() -> ArgumentParser:
         help=f"checkpoint folder, run folder or shipped model name (default: {DEFAULT_MODEL})")
     add("--list", action="store_true", help="list the shipped models and exit")
     add("--num", type=positive_int, default=None,
-        help="number of samples (default: 64 images, 1 video, 8 normal maps, 4 aligned images)")
+        help="number of samples (default: 64 images, 1 video, 8 normal maps, one aligned "
+        "image per map of --normal-map)")
     add("--method", choices=("auto", "jacobi", "sequential"), default=None,
         help="flow inversion: auto picks per call (default), jacobi or sequential")
     add("--guidance", type=finite_float, default=None,
@@ -92,7 +93,8 @@ def build_parser() -> ArgumentParser:
                        help="integer upscaling of the output")
     normals = parser.add_argument_group("normal-map diffusion (normal_adapted, normal_aligned)")
     normals.add_argument("--normal-map", default=None,
-                         help="normal_aligned: PNG of a normal map (or a grid of maps)")
+                         help="normal_aligned: PNG of a normal map, or a grid of maps that "
+                         "normal_adapted wrote (answered with the matching grid)")
     normals.add_argument("--steps", type=positive_int, default=None,
                          help="denoising steps (default 25)")
     normals.add_argument("--sampler", choices=("ddim", "dpm"), default=None)
@@ -105,18 +107,18 @@ def _size(folder: Path) -> str:
 
 
 def _training(config: dict[str, Any], folder: Path) -> str:
-    """How a checkpoint was trained, in a few words, from its config and trainer_state.json
-    (the step it was saved at, when that is not the end of its schedule)."""
+    """How a checkpoint was trained, in a few words, from its config and trainer state."""
     trainer, optimizer = config.get("trainer") or {}, config.get("optimizer") or {}
     batch = (config.get("data") or {}).get("batch_size", "?")
     steps = f"{trainer.get('max_steps', '?')} steps"
-    state = folder / "trainer_state.json"
-    if state.is_file():
-        step = json.loads(state.read_text()).get("step")
-        if step is not None and step != trainer.get("max_steps"):
-            steps = f"step {step} of {steps}"
-    words = [steps, f"{optimizer.get('name', '?')}", f"lr {optimizer.get('lr', '?')}",
-             f"batch {batch}"]
+    try:  # a checkpoint taken before the end of its run says so
+        step = json.loads((folder / "trainer_state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        step = None
+    if step is not None and step != trainer.get("max_steps"):
+        steps = f"step {step} of {steps}"
+    words = [steps, f"{optimizer.get('name', '?')}",
+             f"lr {optimizer.get('lr', '?')}", f"batch {batch}"]
     if trainer.get("ema_decay") and (folder / "ema").is_dir():
         words.append(f"EMA {trainer['ema_decay']}")
     return ", ".join(words)
@@ -131,9 +133,8 @@ def shipped_rows() -> list[list[str]]:
         kind, shipped = registry.shipped_models()[name]
         config = read_config(folder)
         data = (config.get("data") or {}).get("name", "?")
-        rows.append(
-            [name, kind.name, data, _size(folder), _training(config, folder), shipped.description]
-        )
+        rows.append([name, kind.name, data, _size(folder), _training(config, folder),
+                     shipped.description])
     return rows
 
 

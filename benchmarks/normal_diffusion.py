@@ -8,8 +8,9 @@ Normal-adapted: one model per norm, trained for the same steps on the same batch
 interleaved (one step of each model in turn) so the time ratios see the same machine load.
 Reported per norm: final training loss (mean of the last 10% of steps), time per step relative
 to GroupNorm, and for label-conditioned DDIM samples: mean | ||n|| - 1 | before
-renormalisation, fraction of back-facing foreground normals, and the view-bucket accuracy of a
-small CNN trained on rendered maps (its accuracy on held-out renders is printed as a ceiling).
+renormalisation, fraction of back-facing foreground normals, and the view-bucket accuracy of the
+CNN probe of ``diffusion.metrics`` trained on rendered maps (its accuracy on held-out renders is
+printed as a ceiling).
 
 Normal-aligned: a concat-conditioned image model trained the same way; the correlation between
 the luminance of its samples and the Lambertian shading max(n.l, 0) of the conditioning normals
@@ -36,38 +37,11 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion.data import NormalMapDataset  # noqa: E402
+from diffusion.metrics import clean_normal_maps, probe_accuracy, train_view_probe  # noqa: E402
 from diffusion.models import NormalAdaptedDiffusion, NormalAlignedDiffusion  # noqa: E402
-from diffusion.normal_maps import decode_normals, normal_quality, shading_correlation  # noqa: E402
+from diffusion.normal_maps import normal_quality, shading_correlation  # noqa: E402
 from diffusion.pipelines import sample_aligned_images, sample_normal_maps  # noqa: E402
 from diffusion.render import FRAMINGS, light_direction  # noqa: E402
-
-
-def view_classifier(channels: int = 16) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, channels, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-        nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-        nn.Conv2d(2 * channels, 2 * channels, 3, padding=1), nn.SiLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * channels, 4),
-    )
-
-
-def train_classifier(train: NormalMapDataset, test: NormalMapDataset, steps: int,
-                     seed: int) -> tuple[nn.Module, float]:
-    torch.manual_seed(seed)
-    net = view_classifier()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(train), (64,), generator=gen).tolist()
-        b = default_collate([train[i] for i in idx])
-        loss = nn.functional.cross_entropy(net(b["x"]), b["view"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    with torch.no_grad():
-        acc = float((net(test.data["x"]).argmax(1) == test.data["view"]).float().mean())
-    return net, acc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     render_s = time.perf_counter() - t0
     print(f"rendered {num_train + len(test)} maps at {res}x{res} in {render_s:.1f} s")
 
-    classifier, clf_acc_renders = train_classifier(train, test, 60 if args.quick else 250,
-                                                   args.seed)
-    print(f"view classifier accuracy on held-out renders: {clf_acc_renders:.3f}")
+    probe = train_view_probe(train.data["x"], train.data["view"], train.data["framing"],
+                             steps=60 if args.quick else 250, seed=args.seed)
+    clf_acc_renders = probe_accuracy(probe, test.data["x"], test.data["view"],
+                                     test.data["framing"])["view"]
+    print(f"view probe accuracy on held-out renders: {clf_acc_renders:.3f}")
 
     torch.manual_seed(args.seed)
     models = {}
@@ -132,11 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         x = sample_normal_maps(models[name], labels, torch.Generator().manual_seed(args.seed),
                                steps=sample_steps, guidance_scale=2.0)
         quality = normal_quality(x)
-        normals, mask, _ = decode_normals(((x + 1) / 2).clamp(0, 1))
-        clean = torch.where(mask.unsqueeze(1), normals, -torch.ones_like(normals))
-        with torch.no_grad():
-            pred = classifier(clean).argmax(1)
-        acc = float((pred == labels // len(FRAMINGS)).float().mean())
+        clean, _ = clean_normal_maps(x)
+        views, framings = labels // len(FRAMINGS), labels % len(FRAMINGS)
+        acc = probe_accuracy(probe, clean, views, framings)["view"]
         rows.append({
             "norm": name, "final_loss": sum(losses[name][-tail:]) / tail,
             "time_per_step_s": per_step[name],

@@ -13,9 +13,20 @@ References:
         Diffusion Models. CVPR 2022, arXiv:2112.10752 (latent space of a frozen autoencoder,
         latents scaled by the autoencoder's scaling factor).
 
-Both models follow ``trainers.protocol``: ``loss(batch)`` is the DDPM epsilon loss (linear betas
-1e-4..0.02, 1000 steps) and ``sample_for_logging`` draws a few samples with DDIM. Data live in
-[-1, 1]. ``norm`` swaps every GroupNorm of the networks for that map norm of ``norms/``.
+    Salimans, Ho. Progressive Distillation for Fast Sampling of Diffusion Models. ICLR 2022,
+        arXiv:2202.00512 (v-prediction).
+    Nichol, Dhariwal. Improved Denoising Diffusion Probabilistic Models. ICML 2021,
+        arXiv:2102.09672 (the cosine noise schedule).
+    Hoogeboom, Heek, Salimans. simple diffusion: End-to-end diffusion for high resolution
+        images. ICML 2023, arXiv:2301.11093 (a space-to-depth patch layer in pixel space).
+
+Both models follow ``trainers.protocol``: ``loss(batch)`` is the DDPM loss (by default linear
+betas 1e-4..0.02, 1000 steps, epsilon prediction; ``beta_schedule`` and ``prediction_type``
+choose the cosine schedule and v- or x0-prediction) and ``sample_for_logging`` draws a few
+samples with DDIM. Data live in [-1, 1]. ``norm`` swaps every GroupNorm of the networks for that
+map norm of ``norms/``. ``patch_size`` p > 1 runs the UNet on ``pixel_unshuffle``-d inputs
+(p x p pixels -> 3 p^2 channels at 1/p of the side), which cuts the cost of the full-resolution
+convolutions by about p^2 while the output keeps every pixel.
 ``NormalAdaptedDiffusion(vae="path/to/folder")`` works in the latent space of a local, frozen
 diffusers ``AutoencoderKL`` (loaded offline; kept out of the state dict and the optimizer).
 """
@@ -39,30 +50,68 @@ from .norm_swap import swap_norms
 __all__ = ["NormalAdaptedDiffusion", "NormalAlignedDiffusion", "training_scheduler"]
 
 
-def training_scheduler(num_train_timesteps: int = 1000, clip_sample: bool = True) -> DDPMScheduler:
-    """The DDPM noise schedule both models train with (linear betas, epsilon prediction).
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
 
-    ``clip_sample`` clips predicted clean samples to [-1, 1] when sampling (pixels); latents are
-    not bounded, so latent models turn it off.
+
+def training_scheduler(
+    num_train_timesteps: int = 1000, clip_sample: bool = True,
+    prediction_type: str = "epsilon", beta_schedule: str = "linear",
+) -> DDPMScheduler:
+    """The DDPM noise schedule a model trains with (and its sampling schedulers copy).
+
+    ``beta_schedule``: ``linear`` (betas 1e-4..0.02) or ``squaredcos_cap_v2`` (cosine);
+    ``prediction_type``: what the network predicts, ``epsilon`` (the noise), ``v_prediction``
+    (sqrt(abar) noise - sqrt(1 - abar) x0) or ``sample`` (x0). ``clip_sample`` clips predicted
+    clean samples to [-1, 1] when sampling (pixels); latents are not bounded, so latent models
+    turn it off.
     """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {prediction_type!r} is unknown; choose one of: "
+                         f"{', '.join(PREDICTION_TYPES)}")
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule {beta_schedule!r} is unknown; choose one of: "
+                         f"{', '.join(BETA_SCHEDULES)}")
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps, beta_start=1e-4, beta_end=0.02,
-        beta_schedule="linear", prediction_type="epsilon", clip_sample=clip_sample,
+        beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=clip_sample,
     )
 
 
-def _check_sizes(resolution: int, block_out_channels: tuple[int, ...], groups: int) -> None:
-    levels = len(block_out_channels)
-    if resolution % (2 ** (levels - 1)):
+def _check_sizes(
+    resolution: int, block_out_channels: tuple[int, ...], groups: int, patch_size: int = 1
+) -> int:
+    """The UNet's side (``resolution / patch_size``) after checking that every size fits."""
+    if patch_size < 1 or resolution % patch_size:
         raise ValueError(
-            f"resolution {resolution} must be divisible by 2^(levels - 1) = {2 ** (levels - 1)} "
-            f"for block_out_channels {list(block_out_channels)}"
+            f"patch_size {patch_size} must be >= 1 and divide the side {resolution}"
+        )
+    size, levels = resolution // patch_size, len(block_out_channels)
+    if size % (2 ** (levels - 1)):
+        raise ValueError(
+            f"side {size} (resolution / patch_size) must be divisible by 2^(levels - 1) = "
+            f"{2 ** (levels - 1)} for block_out_channels {list(block_out_channels)}"
         )
     bad = [c for c in block_out_channels if c % groups]
     if bad:
         raise ValueError(
             f"norm_num_groups {groups} must divide every channel count; {bad} are not divisible"
         )
+    return size
+
+
+def _check_sampling(sampler: str, steps: int) -> None:
+    from .pipelines import SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
+    if steps < 1:
+        raise ValueError(f"sample_steps must be >= 1, got {steps}")
+
+
+def _head_dim(block_out_channels: tuple[int, ...], attention_levels: int) -> int:
+    # One head size serves every attention level, so it must fit the narrowest of them.
+    return min(32, *block_out_channels[len(block_out_channels) - max(attention_levels, 1):])
 
 
 def _block_types(levels: int, attention_levels: int, cross: bool) -> tuple[list, list]:
@@ -73,11 +122,27 @@ def _block_types(levels: int, attention_levels: int, cross: bool) -> tuple[list,
     return down, up
 
 
-def _ddpm_loss(scheduler: DDPMScheduler, x0: torch.Tensor, predict) -> torch.Tensor:
+def _diffusion_loss(scheduler: DDPMScheduler, x0: torch.Tensor, predict) -> torch.Tensor:
+    """Mean squared error of the network's prediction of the scheduler's ``prediction_type``."""
     noise = torch.randn_like(x0)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
-    return F.mse_loss(predict(noisy, t), noise)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, t)
+    else:
+        target = x0
+    return F.mse_loss(predict(noisy, t), target)
+
+
+def _unpatch(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    return F.pixel_shuffle(x, patch_size) if patch_size > 1 else x
+
+
+def _patch(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    return F.pixel_unshuffle(x, patch_size) if patch_size > 1 else x
 
 
 def _drop(keep_prob: float, batch: int, device: torch.device, training: bool) -> torch.Tensor:
@@ -146,7 +211,9 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         num_labels: number of conditioning labels (12 = 4 views x 3 framings).
         condition_dropout: probability of the null label during training.
         num_train_timesteps: DDPM steps.
-        guidance_scale, sample_steps: defaults of ``sample_for_logging``.
+        guidance_scale, sample_steps, sampler: the sampling defaults (``ddim`` or ``dpm``).
+        prediction_type, beta_schedule: see :func:`training_scheduler`.
+        patch_size: the UNet sees ``pixel_unshuffle(x, patch_size)`` (1: the pixels as they are).
         vae: folder of a local diffusers AutoencoderKL (latent mode) or None (pixels). The UNet
             then works on latents of side ``resolution / 2^(len(vae block_out_channels) - 1)``
             with the autoencoder's latent channels; the autoencoder is frozen and stays out of
@@ -168,34 +235,43 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         guidance_scale: float = 2.0,
         sample_steps: int = 25,
+        sampler: str = "ddim",
+        prediction_type: str = "epsilon",
+        beta_schedule: str = "linear",
+        patch_size: int = 1,
         vae: str | None = None,
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
+        _check_sampling(sampler, sample_steps)
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         size, channels = self._init_latent(vae, latent_scale, resolution)
-        _check_sizes(size, block_out_channels, norm_num_groups)
+        size = _check_sizes(size, block_out_channels, norm_num_groups, patch_size)
+        channels *= patch_size**2
         down, up = _block_types(len(block_out_channels), attention_levels, cross=False)
         self.unet = UNet2DModel(
             sample_size=size, in_channels=channels, out_channels=channels,
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, norm_num_groups=norm_num_groups,
-            attention_head_dim=min(32, block_out_channels[-1]),
+            attention_head_dim=_head_dim(block_out_channels, attention_levels),
             num_class_embeds=num_labels + 1,
         )
         swap_norms(self.unet, norm)
-        self.scheduler = training_scheduler(num_train_timesteps, clip_sample=self._latent is None)
+        self.scheduler = training_scheduler(
+            num_train_timesteps, self._latent is None, prediction_type, beta_schedule
+        )
 
     @property
     def null_label(self) -> int:
         return self.config.num_labels
 
-
     def denoise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for noisy maps ``x`` at timesteps ``t`` given ``labels``."""
-        return self.unet(x, t, class_labels=labels).sample
+        """The network's prediction (``prediction_type``) for noisy maps ``x`` at timesteps
+        ``t`` given ``labels``."""
+        p = self.config.patch_size
+        return _unpatch(self.unet(_patch(x, p), t, class_labels=labels).sample, p)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x0 = self.encode(batch["x"])
@@ -204,7 +280,7 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
             labels = torch.full((x0.shape[0],), self.null_label, device=x0.device)
         keep = _drop(1.0 - self.config.condition_dropout, x0.shape[0], x0.device, self.training)
         labels = torch.where(keep, labels.to(x0.device), torch.full_like(labels, self.null_label))
-        loss = _ddpm_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, labels))
+        loss = _diffusion_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, labels))
         return {"loss": loss}
 
     @torch.no_grad()
@@ -212,10 +288,7 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         from .pipelines import sample_normal_maps
 
         labels = torch.arange(num) % self.config.num_labels
-        x = sample_normal_maps(
-            self, labels, generator=generator, steps=self.config.sample_steps,
-            guidance_scale=self.config.guidance_scale,
-        )
+        x = sample_normal_maps(self, labels, generator=generator)
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
@@ -238,6 +311,11 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     the UNet denoises latents of the image, and the normal map enters through the same frozen
     encoder (its scaled latents, like InstructPix2Pix's image condition), both for concatenation
     and as the ControlNet condition; the null condition is the encoding of the all-zero map.
+
+    ``prediction_type``, ``beta_schedule`` and ``patch_size`` mean what they mean for
+    :class:`NormalAdaptedDiffusion` (with patches, image and condition are both unshuffled).
+    ``mask_background``: sampling paints the background of the condition (its black pixels) black
+    in the output, as in the training images, instead of leaving the network's near-black there.
     """
 
     @register_to_config
@@ -256,13 +334,20 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         guidance_scale: float = 2.0,
         sample_steps: int = 25,
+        sampler: str = "ddim",
+        prediction_type: str = "epsilon",
+        beta_schedule: str = "linear",
+        patch_size: int = 1,
+        mask_background: bool = False,
         vae: str | None = None,
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
         block_out_channels = tuple(block_out_channels)
+        _check_sampling(sampler, sample_steps)
         size, channels = self._init_latent(vae, latent_scale, resolution)
-        _check_sizes(size, block_out_channels, norm_num_groups)
+        size = _check_sizes(size, block_out_channels, norm_num_groups, patch_size)
+        channels *= patch_size**2
         if conditioning not in ("concat", "controlnet", "both"):
             raise ValueError(
                 f"conditioning {conditioning!r} is unknown; choose one of: concat, controlnet, both"
@@ -277,7 +362,7 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
             block_out_channels=block_out_channels, layers_per_block=layers_per_block,
             down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
             norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
-            attention_head_dim=min(32, block_out_channels[-1]),
+            attention_head_dim=_head_dim(block_out_channels, attention_levels),
         )
         self.controlnet: ControlNetModel | None = None
         if conditioning in ("controlnet", "both"):
@@ -288,20 +373,25 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
             swap_norms(self.controlnet, norm)
         swap_norms(self.unet, norm)
         self.token = nn.Parameter(torch.randn(1, 1, cross_attention_dim) * 0.02)
-        self.scheduler = training_scheduler(num_train_timesteps, clip_sample=self._latent is None)
+        self.scheduler = training_scheduler(
+            num_train_timesteps, self._latent is None, prediction_type, beta_schedule
+        )
 
     def condition(self, normals: torch.Tensor) -> torch.Tensor:
         """Normal maps in [-1, 1] -> the condition the networks read (latents in latent mode)."""
         return self.encode(normals)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for noisy images ``x`` given normal maps (zeros = no condition)."""
+        """The network's prediction (``prediction_type``) for noisy images ``x`` given normal
+        maps (zeros = no condition)."""
         return self.denoise_condition(x, t, self.condition(normals))
 
     def denoise_condition(
         self, x: torch.Tensor, t: torch.Tensor, normals: torch.Tensor
     ) -> torch.Tensor:
         """``denoise`` with the condition already mapped by ``condition`` (sampling reuses it)."""
+        p = self.config.patch_size
+        x, normals = _patch(x, p), _patch(normals, p)
         tokens = self.token.to(x.dtype).expand(x.shape[0], -1, -1)
         inp = torch.cat([x, normals], dim=1) if self.concat else x
         extra: dict[str, Any] = {}
@@ -312,13 +402,13 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
             )
             extra = {"down_block_additional_residuals": down_res,
                      "mid_block_additional_residual": mid_res}
-        return self.unet(inp, t, encoder_hidden_states=tokens, **extra).sample
+        return _unpatch(self.unet(inp, t, encoder_hidden_states=tokens, **extra).sample, p)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x0, normals = self.encode(batch["color"]), batch["x"]
         keep = _drop(1.0 - self.config.condition_dropout, x0.shape[0], x0.device, self.training)
         normals = normals * keep.to(normals.dtype)[:, None, None, None]
-        loss = _ddpm_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, normals))
+        loss = _diffusion_loss(self.scheduler, x0, lambda xt, t: self.denoise(xt, t, normals))
         return {"loss": loss}
 
     @torch.no_grad()
@@ -329,8 +419,5 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
 
         data = NormalMapDataset(self.config.resolution, num_samples=num, seed=12345, flip=False)
         normals = data.data["x"].to(self.device, self.dtype)
-        x = sample_aligned_images(
-            self, normals, generator=generator, steps=self.config.sample_steps,
-            guidance_scale=self.config.guidance_scale,
-        )
+        x = sample_aligned_images(self, normals, generator=generator)
         return ((torch.cat([normals, x], dim=-1) + 1.0) / 2.0).clamp(0.0, 1.0)

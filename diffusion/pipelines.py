@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
+from .normal_maps import foreground_mask
+
 __all__ = [
     "SAMPLERS",
     "NormalAdaptedPipeline",
@@ -76,14 +78,27 @@ def guided_sample(
     return x.clamp(-1.0, 1.0) if clip else x
 
 
+def _defaults(model, steps: int | None, guidance_scale: float | None,
+              sampler: str | None) -> tuple[int, float, str]:
+    """The model's own sampling settings (its config) for every one not given."""
+    config = model.config
+    return (
+        config.sample_steps if steps is None else steps,
+        config.guidance_scale if guidance_scale is None else guidance_scale,
+        config.sampler if sampler is None else sampler,
+    )
+
+
 def sample_normal_maps(
-    model, labels: torch.Tensor, generator: torch.Generator | None = None, steps: int = 25,
-    guidance_scale: float = 2.0, sampler: str = "ddim",
+    model, labels: torch.Tensor, generator: torch.Generator | None = None,
+    steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
 ) -> torch.Tensor:
     """Normal maps in [-1, 1] ``(B, 3, H, W)`` from a NormalAdaptedDiffusion, one per label.
 
-    In latent mode the sampled latents are decoded by the model's autoencoder.
+    ``steps``, ``guidance_scale`` and ``sampler`` default to the model's config. In latent mode
+    the sampled latents are decoded by the model's autoencoder.
     """
+    steps, guidance_scale, sampler = _defaults(model, steps, guidance_scale, sampler)
     was_training = model.training
     model.eval()
     labels = torch.as_tensor(labels, device=model.device)
@@ -101,14 +116,17 @@ def sample_normal_maps(
 
 
 def sample_aligned_images(
-    model, normals: torch.Tensor, generator: torch.Generator | None = None, steps: int = 25,
-    guidance_scale: float = 2.0, sampler: str = "ddim",
+    model, normals: torch.Tensor, generator: torch.Generator | None = None,
+    steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
 ) -> torch.Tensor:
     """Images in [-1, 1] from a NormalAlignedDiffusion, one per normal map ``(B, 3, H, W)``.
 
-    ``normals`` in [-1, 1] (background -1); all-zero maps give unconditioned samples. In latent
-    mode the sampled latents are decoded by the model's autoencoder.
+    ``normals`` in [-1, 1] (background -1); all-zero maps give unconditioned samples.
+    ``steps``, ``guidance_scale`` and ``sampler`` default to the model's config. In latent mode
+    the sampled latents are decoded by the model's autoencoder. A model with
+    ``mask_background`` returns -1 (black) wherever the normal map is background.
     """
+    steps, guidance_scale, sampler = _defaults(model, steps, guidance_scale, sampler)
     was_training = model.training
     model.eval()
     normals = normals.to(model.device, model.dtype)
@@ -121,6 +139,8 @@ def sample_aligned_images(
     )
     if latent:
         out = model.decode(out).clamp(-1.0, 1.0)
+    if model.config.mask_background:
+        out = torch.where(foreground_mask((normals + 1.0) / 2.0).unsqueeze(1), out, -1.0)
     model.train(was_training)
     return out
 
@@ -135,8 +155,8 @@ class NormalAdaptedPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self, prompt: str | list[str] | None = None, labels: torch.Tensor | None = None,
-        num: int = 1, generator: torch.Generator | None = None, steps: int = 25,
-        guidance_scale: float = 2.0, sampler: str = "ddim",
+        num: int = 1, generator: torch.Generator | None = None, steps: int | None = None,
+        guidance_scale: float | None = None, sampler: str | None = None,
     ) -> torch.Tensor:
         from .data import prompt_to_label
 
@@ -157,7 +177,7 @@ class NormalAlignedPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(
-        self, normals: torch.Tensor, generator: torch.Generator | None = None, steps: int = 25,
-        guidance_scale: float = 2.0, sampler: str = "ddim",
+        self, normals: torch.Tensor, generator: torch.Generator | None = None,
+        steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
     ) -> torch.Tensor:
         return sample_aligned_images(self.model, normals, generator, steps, guidance_scale, sampler)

@@ -48,11 +48,12 @@ def build_parser() -> ArgumentParser:
     add("--out", help="output PNG (default: normals.png for normal_adapted, color.png for "
         "normal_aligned)")
     add("--num", type=positive_int,
-        help="number of samples (default: 8 normal maps, 4 aligned images)")
+        help="number of samples (default: 8 normal maps, one aligned image per map)")
     add("--seed", type=int, default=0)
-    add("--steps", type=positive_int, default=25, help="denoising steps")
-    add("--guidance", type=finite_float, default=2.0, help="classifier-free guidance weight")
-    add("--sampler", choices=("ddim", "dpm"), default="ddim")
+    add("--steps", type=positive_int, help="denoising steps (default: the model's)")
+    add("--guidance", type=finite_float,
+        help="classifier-free guidance weight (default: the model's)")
+    add("--sampler", choices=("ddim", "dpm"), help="default: the model's")
     add("--device", choices=DEVICES, default="cpu")
     add("--no-ema", dest="use_ema", action="store_false", help="use the raw (non-EMA) weights")
     add_threads_option(parser)

@@ -12,9 +12,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
-# headers being rewritten on other branches (ship-flows, ship-diffusion2) while this test was
-# written: drop a name here when its new header lands
-PENDING = {"configs/normal_adapted.yaml", "configs/normal_aligned.yaml"}
 
 
 def _header(path: str) -> str:
@@ -25,8 +22,6 @@ def _header(path: str) -> str:
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_header_says_what_when_and_how_short(path: str) -> None:
-    if path in PENDING:
-        pytest.skip(f"{path}: header being rewritten on another branch (see PENDING)")
     header = _header(path)
     assert yaml.safe_load((ROOT / path).read_text())  # still a config
     assert "# For: " in header and "# Wall time: " in header, header

@@ -16,7 +16,8 @@ spread by more than
 than half of the estimate, fewer than ``MIN_TOTAL_ESS`` effective samples feed it, or the two
 estimators disagree by more than three standard errors. The widened error is at least the
 full range of the log terms (the interval any mean of them can fall in) and the gap to
-importance sampling.
+importance sampling. A caution only: the flow misfits the posterior, so the temperature rule
+limited T (``estimator.choose_temperature``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ def assess(diag: dict[str, Any], ndim: int) -> list[Finding]:
             + ("ln Z is unreliable" if k > MAX_PARETO_K
                else "the error may be underestimated; lower the temperature"),
             k > MAX_PARETO_K))
+    if diag.get("temperature_capped"):
+        out.append(Finding(
+            f"the flow misfits the posterior (held-out spread of ln q - ln p~ "
+            f"{diag['flow_mismatch']:.2f} nats per sqrt(dim)): the temperature was limited to "
+            "<= 0.7; on such posteriors the error may still be up to ~20% small; a better "
+            "flow fit (more samples, more epochs) helps", False))
     share = diag["max_weight_fraction"]
     if share > HEAVY_WEIGHT:
         out.append(Finding(

@@ -94,8 +94,8 @@ def assess(diag: dict[str, Any], ndim: int) -> list[Finding]:
     if mismatch > MISFIT_PER_SQRT_DIM:
         out.append(Finding(
             f"the flow misfits the posterior (held-out spread of ln q - ln p~ {mismatch:.2f} "
-            f"nats per sqrt(dim) > {MISFIT_PER_SQRT_DIM}): the error may be too small (up to "
-            "2x on curved posteriors); check with importance sampling (ln_likelihood and "
+            f"nats per sqrt(dim) > {MISFIT_PER_SQRT_DIM}): the error may be too small (by ~1.5x "
+            "on curved posteriors); check with importance sampling (ln_likelihood and "
             "ln_prior) or a better flow fit", False))
     share = diag["max_weight_fraction"]
     if share > HEAVY_WEIGHT:

@@ -379,13 +379,13 @@ def harmonic_benchmark(args) -> None:
 
 
 def calibration_benchmark(args) -> None:
-    for d in (2, 4, 8, 16):
+    for d in args.calibration_dims:
         rows = []
         for seed in range(args.seeds):
             x, lp, truth = ar_chains(d, seed, nchains=4, n=3000)
             rows.append(dict(ours(x, lp, seed), truth=truth))
         print(f"{d:2d}-D Gaussian, 4 AR(1) chains x 3000 (tau 9): {summary(rows)}", flush=True)
-    for d in (4, 8):
+    for d in args.twisted_dims:
         rows = []
         for seed in range(args.seeds):
             x, lp, truth = twisted_chains(d, seed, nchains=4, n=3000)
@@ -429,6 +429,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller data, fewer seeds")
     parser.add_argument("--seeds", type=int, default=None,
                         help="seeds for calibration/readme (default 20, quick 5)")
+    parser.add_argument("--calibration-dims", default="2,4,8,16",
+                        help="dimensions of the Gaussian calibration cases")
+    parser.add_argument("--twisted-dims", default="4,8",
+                        help="dimensions of the twisted-Gaussian calibration cases ('' for none)")
     parser.add_argument("--harmonic-seeds", type=int, default=4)
     parser.add_argument("--harmonic-dims", default="2,8,16", help="dimensions of the cases")
     parser.add_argument("--harmonic-samples", type=int, default=2000, help="per chain (8)")
@@ -445,7 +449,12 @@ def main() -> None:
     args.patience = 5
     args.steps = 2000 if args.quick else 4000
     args.seeds = args.seeds or (5 if args.quick else 20)
-    args.harmonic_dims = [int(d) for d in args.harmonic_dims.split(",")]
+    for name in ("harmonic_dims", "calibration_dims", "twisted_dims"):
+        text = getattr(args, name)
+        try:
+            setattr(args, name, [int(d) for d in text.split(",") if d])
+        except ValueError:
+            parser.error(f"--{name.replace('_', '-')} takes integers like 2,4,8; got {text!r}")
     torch.set_num_threads(1)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; CPU seconds, "
           "1 torch thread unless said", flush=True)

@@ -16,7 +16,8 @@ spread by more than
 than half of the estimate, fewer than ``MIN_TOTAL_ESS`` effective samples feed it, or the two
 estimators disagree by more than three standard errors. The widened error is at least the
 full range of the log terms (the interval any mean of them can fall in) and the gap to
-importance sampling.
+importance sampling. A caution only: the flow misfits the posterior
+(``estimator.choose_temperature``'s mismatch), where the error is known to under-cover.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ MIN_BLOCKS = 10
 MAX_LOG_TERM_STD = 10.0
 HEAVY_WEIGHT = 0.05
 DOMINANT_WEIGHT = 0.5
+MISFIT_PER_SQRT_DIM = 0.15
 
 
 class Finding(NamedTuple):
@@ -88,6 +90,13 @@ def assess(diag: dict[str, Any], ndim: int) -> list[Finding]:
             + ("ln Z is unreliable" if k > MAX_PARETO_K
                else "the error may be underestimated; lower the temperature"),
             k > MAX_PARETO_K))
+    mismatch = diag.get("flow_mismatch", math.nan)
+    if mismatch > MISFIT_PER_SQRT_DIM:
+        out.append(Finding(
+            f"the flow misfits the posterior (held-out spread of ln q - ln p~ {mismatch:.2f} "
+            f"nats per sqrt(dim) > {MISFIT_PER_SQRT_DIM}): the error may be too small (by ~1.5x "
+            "on curved posteriors); check with importance sampling (ln_likelihood and "
+            "ln_prior) or a better flow fit", False))
     share = diag["max_weight_fraction"]
     if share > HEAVY_WEIGHT:
         out.append(Finding(

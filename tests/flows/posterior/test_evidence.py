@@ -12,7 +12,12 @@ from scipy.special import gammaln
 from scipy.stats import norm
 
 from flows.posterior import EvidenceResult, bayes_factor, evidence
-from flows.posterior.estimator import harmonic_mean_from_blocks, integrated_time
+from flows.posterior.estimator import (
+    FlowTerms,
+    choose_temperature,
+    harmonic_mean_from_blocks,
+    integrated_time,
+)
 
 SMALL_FLOW = {"epochs": 4, "patience": 2, "transforms": 2, "hidden": (32, 32)}
 
@@ -243,11 +248,39 @@ def test_temperature_rule_and_override() -> None:
     criterion = auto.diagnostics["temperature_criterion"]
     best = float(min(criterion, key=lambda t: criterion[t]))
     assert auto.temperature == best == max(float(t) for t in criterion)
+    assert auto.diagnostics["flow_mismatch"] < 0.15
+    assert not any("misfits" in w for w in auto.warnings)
     fixed = evidence(x, lp, temperature=0.6, progress=False, fit_options={"epochs": 0})
     assert fixed.temperature == 0.6 and fixed.diagnostics["temperature_criterion"] == {}
     assert abs(fixed.ln_z - auto.ln_z) < 3 * math.hypot(fixed.ln_z_err, auto.ln_z_err)
     # the dictionary is JSON-ready
     json.dumps(auto.as_dict())
+
+
+@pytest.mark.parametrize("d", [2, 16])
+def test_temperature_rule_and_flow_mismatch_on_known_terms(d: int) -> None:
+    """Perfect flow of a Gaussian: the largest T and zero mismatch; ln p~ off the flow by a
+    spread of 0.3 sqrt(d) nats: the mismatch reads 0.3 per sqrt(d)."""
+    rng = np.random.default_rng(d)
+    terms = FlowTerms(rng.chisquare(d, size=4000), np.zeros(4000), d)
+    exact = terms.log_prob(1.0) + 3.0  # a perfect flow: ln q - ln p~ is one constant
+    perfect = choose_temperature(terms, exact)
+    assert perfect.temperature == 0.95 and perfect.mismatch < 1e-9
+    misfit = choose_temperature(terms, exact + rng.normal(0.0, 0.3 * math.sqrt(d), size=4000))
+    assert misfit.mismatch == pytest.approx(0.3, rel=0.1)
+
+
+def test_curved_posterior_with_a_gaussian_flow_warns_of_the_misfit() -> None:
+    """A banana fitted by the whitened Gaussian alone (epochs 0): the misfit is measured and
+    the user is warned, and the estimate still lands near the exact ln Z."""
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(4, 3000, 2))
+    x = y.copy()
+    x[..., 1] += 0.3 * (y[..., 0] ** 2 - 1.0)  # volume-preserving: ln Z = ln 2 pi
+    result = evidence(x, -0.5 * (y**2).sum(-1), progress=False, fit_options={"epochs": 0})
+    assert result.diagnostics["flow_mismatch"] > 0.15
+    assert any("misfits the posterior" in w for w in result.warnings)
+    assert abs(result.ln_z - math.log(2 * math.pi)) < 4 * result.ln_z_err
 
 
 def test_seeds_matter_even_when_the_flow_stays_the_gaussian_fit() -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from trainers import load_config
 from trainers.train import train
 
@@ -18,7 +16,7 @@ CONFIG = Path(__file__).resolve().parents[3] / "configs" / "moving_digits_video.
 TINY = [
     "model.frames=2", "model.image_size=8", "model.patch_size=4", "model.width=16",
     "model.num_heads=2", "model.local_blocks=1", "model.local_depth=1", "model.global_depth=1",
-    "model.denoiser_width=16", "model.denoiser_depth=1",
+    "model.learned_denoiser=true", "model.denoiser_width=16", "model.denoiser_depth=1",
     "data.frames=2", "data.image_size=8", "data.digit_size=4", "data.num_videos=24",
     "data.batch_size=4", "trainer.gradient_accumulation_steps=2", "trainer.warmup_steps=1",
     "trainer.max_steps=6", "trainer.checkpoint_every=3", "trainer.keep_last=5",
@@ -39,7 +37,6 @@ def _losses(metrics: list[dict], after: int) -> list[tuple]:
     return [tuple(r[k] for k in ("step", *LOSSES)) for r in metrics if r["step"] > after]
 
 
-@pytest.mark.slow
 def test_resumed_video_run_reproduces_every_logged_loss(tmp_path, monkeypatch) -> None:
     reference = _train(tmp_path / "reference")
     expected = _losses(reference.metrics, after=3)

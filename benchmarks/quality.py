@@ -82,7 +82,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         met = {True: "yes", False: "**no**", None: ""}[row["met"]]
         lines.append(
-            f"| {row['model']} | {row['measure']} | {_format(row['value'])} | {row['goal']} "
+            f"| {row['model']} | {row['measure']} | {_format(row['value'])} | {row['goal'] or ''} "
             f"| {met} |"
         )
     return "\n".join(lines)

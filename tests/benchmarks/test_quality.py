@@ -50,11 +50,13 @@ def test_table_prints_one_line_per_row_and_marks_unmet_goals() -> None:
         {"model": "a", "measure": "x", "value": 0.5, "goal": "<= 0.75", "met": True},
         {"model": "a", "measure": "y", "value": 0.9, "goal": "<= 0.75", "met": False},
         {"model": "b", "measure": "z", "value": None, "goal": "", "met": None},
+        {"model": "c", "measure": "baseline", "value": 0.1, "goal": None, "met": None},
     ]
     lines = quality.table(rows).splitlines()
     assert len(lines) == 2 + len(rows)
     assert lines[2] == "| a | x | 0.500 | <= 0.75 | yes |"
     assert lines[3].endswith("| **no** |") and lines[4] == "| b | z | - |  |  |"
+    assert lines[5] == "| c | baseline | 0.100 |  |  |"  # a reference row: no goal, not 'None'
 
 
 def test_driver_refuses_unknown_models(capsys) -> None:

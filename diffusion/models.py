@@ -42,6 +42,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from core.checks import require_positive
 from core.latent import LatentSpace
 
 from .data import NUM_LABELS
@@ -243,6 +244,10 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
+        require_positive(type(self).__name__, resolution=resolution,
+                         block_out_channels=list(block_out_channels),
+                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+                         patch_size=patch_size)
         block_out_channels = tuple(block_out_channels)
         _check_sampling(sampler, sample_steps)
         if not 0.0 <= condition_dropout < 1.0:
@@ -343,6 +348,10 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
+        require_positive(type(self).__name__, resolution=resolution,
+                         block_out_channels=list(block_out_channels),
+                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+                         patch_size=patch_size)
         block_out_channels = tuple(block_out_channels)
         _check_sampling(sampler, sample_steps)
         size, channels = self._init_latent(vae, latent_scale, resolution)

@@ -40,6 +40,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from core.checks import require_positive
 from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock, Permutation
 from flows.jacobi import JacobiSolver, JacobiStats
@@ -146,6 +147,9 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
+        require_positive("tarflow", image_size=image_size, in_channels=in_channels,
+                         patch_size=patch_size, width=width, num_heads=num_heads,
+                         layers_per_block=layers_per_block, mlp_ratio=mlp_ratio)
         if dequantization not in ("gaussian", "uniform"):
             raise ValueError(f"dequantization {dequantization!r} is unknown; use gaussian/uniform")
         if dequantization == "uniform" and vae is not None:

@@ -58,6 +58,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from core.checks import require_positive
 from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock
 from flows.image import (
@@ -136,6 +137,10 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
+        require_positive("video_tarflow", image_size=image_size, in_channels=in_channels,
+                         patch_size=patch_size, width=width, num_heads=num_heads,
+                         mlp_ratio=mlp_ratio, local_depth=local_depth,
+                         denoiser_width=denoiser_width, denoiser_depth=denoiser_depth)
         if dequantization not in ("gaussian", "uniform"):
             raise ValueError(f"dequantization {dequantization!r} is unknown; use gaussian/uniform")
         if dequantization == "uniform" and vae is not None:

@@ -52,7 +52,7 @@ otherwise every token is transformed (the last context token predicts token 0).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -282,6 +282,17 @@ class AutoregressiveBlock(nn.Module):
             log_sigma[:half], mu[:half], log_sigma[half:], mu[half:], guidance, rule
         )
 
+    def _solver_step(
+        self, guided: bool, guidance: float, rule: str
+    ) -> Callable[[torch.Tensor, KVCache], tuple[torch.Tensor, torch.Tensor]]:
+        """The solver's ``step``: cached transformer pass -> (log_sigma, mu), guided if asked."""
+
+        def step(inputs: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.transformer(inputs, cache=cache)
+            return self._guided_affine(h, guided, guidance, rule)
+
+        return step
+
     def _guided_context(
         self, cond: torch.Tensor | None, uncond: torch.Tensor | None, batch: int, rule: str
     ) -> tuple[torch.Tensor | None, bool]:
@@ -404,10 +415,7 @@ class AutoregressiveBlock(nn.Module):
             h = self._embed(tokens, ctx_len + position)
             return torch.cat([h, h]) if guided else h
 
-        def step(inputs: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
-            h = self.transformer(inputs, cache=cache)
-            return self._guided_affine(h, guided, guidance, guidance_rule)
-
+        step = self._solver_step(guided, guidance, guidance_rule)
         stats = JacobiStats()
         solver.solve(step, embed, zp, xp, cache, last, start=first, stats=stats)
         return self.permutation.inverse(xp), stats

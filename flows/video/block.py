@@ -161,9 +161,7 @@ class GlobalVideoBlock(AutoregressiveBlock):
             h = self._embed(tokens, 0)  # RoPE: positions come from the cache
             return torch.cat([h, h]) if guided else h
 
-        def step(inputs: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
-            h = self.transformer(inputs, cache=cache)
-            return self._guided_affine(h, guided, guidance, guidance_rule)
+        step = self._solver_step(guided, guidance, guidance_rule)
 
         def rebuild(frames: list[torch.Tensor]) -> tuple[KVCache, torch.Tensor]:
             """A cache of the prefix, start token and ``frames``; returns it and the last input."""

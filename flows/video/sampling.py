@@ -201,23 +201,13 @@ class VideoFlowSampler(FlowSampler):
 
 def load_frames(path: str, channels: int, size: int, first_only: bool = False) -> torch.Tensor:
     """An image or video file -> (G, C, size, size) frames in [-1, 1]."""
+    from core.images import read_image
     from flows.video.io import match_channels, read_video
 
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"file {path!r} does not exist")
-    if first_only:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(file) as image:
-                array = torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float32)
-                w, h = image.size
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read image {path!r}: {error}") from None
-        frames = (array.reshape(h, w, 3).permute(2, 0, 1) / 255.0)[None]
-    else:
-        frames = read_video(file)
+    frames = read_image(file)[None] if first_only else read_video(file)
     frames = match_channels(frames, channels)
     if frames.shape[-2:] != (size, size):
         frames = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True)

@@ -45,6 +45,7 @@ from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock, Permutation
 from flows.jacobi import JacobiSolver, JacobiStats
 from flows.sampling import ImageFlowSampler
+from flows.video.score import flow_score
 
 __all__ = [
     "LN_128",
@@ -337,10 +338,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         sigma = self.config.noise_sigma
         if sigma == 0:
             return x
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            (score,) = torch.autograd.grad(self.log_prob(x, y).sum(), x)
-        return (x + sigma**2 * score).detach()
+        return x.detach() + sigma**2 * flow_score(lambda v: self.log_prob(v, y), x)
 
     # ------------------------------------------------------------------ training
     def nll_per_dim(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -367,8 +367,8 @@ def harmonic_benchmark(args) -> None:
           f"{o['cpu']:.1f} s CPU {o['wall']:.1f} s wall | harmonic {h['ln_z'] - truth:+.4f} +- "
           f"{h['err']:.4f} {h['cpu']:.1f} s CPU {h['wall']:.1f} s wall | CPU ratio "
           f"{o['cpu'] / h['cpu']:.2f}", flush=True)
-    x, lp, truth = readme_chains(0)
-    x, lp = np.concatenate([x, readme_chains(1)[0]]), np.concatenate([lp, readme_chains(1)[1]])
+    (x, lp, truth), (x1, lp1, _) = readme_chains(0), readme_chains(1)
+    x, lp = np.concatenate([x, x1]), np.concatenate([lp, lp1])
     o = ours(x, lp, 0)
     print(f"README 3-D (scales 3000, 185, 1e-5), exact {truth:.4f}: ours {o['ln_z']:.4f} +- "
           f"{o['err']:.4f}", flush=True)

@@ -19,12 +19,15 @@ __all__ = ["json_ready", "write_atomically", "write_text_atomically"]
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, flush it to disk, then rename it
+    into place (without the fsync a power cut after the rename could leave an empty file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)
+        with open(tmp, "r+b") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -251,6 +251,15 @@ def summarise_evidence(rows: list[dict]) -> None:
         )
 
 
+def _ar1(eps: np.ndarray, phi: float) -> np.ndarray:
+    """Stationary AR(1) along axis 1 driven by the innovations eps (nchains, n, d)."""
+    x = np.empty_like(eps)
+    x[:, 0] = eps[:, 0]
+    for t in range(1, eps.shape[1]):
+        x[:, t] = phi * x[:, t - 1] + math.sqrt(1 - phi**2) * eps[:, t]
+    return x
+
+
 def ar_chains(d: int, seed: int, nchains: int, n: int, phi: float = 0.8):
     """Stationary AR(1) chains of N(0, Sigma) (tau = (1 + phi) / (1 - phi)), Sigma fixed per d.
 
@@ -259,11 +268,7 @@ def ar_chains(d: int, seed: int, nchains: int, n: int, phi: float = 0.8):
     a = np.random.default_rng(d).normal(size=(d, d))
     cov = a @ a.T / d + 0.3 * np.eye(d)
     rng = np.random.default_rng(10_000 * d + seed)
-    eps = rng.normal(size=(nchains, n, d)) @ np.linalg.cholesky(cov).T
-    x = np.empty_like(eps)
-    x[:, 0] = eps[:, 0]
-    for t in range(1, n):
-        x[:, t] = phi * x[:, t - 1] + math.sqrt(1 - phi**2) * eps[:, t]
+    x = _ar1(rng.normal(size=(nchains, n, d)) @ np.linalg.cholesky(cov).T, phi)
     lp = -0.5 * np.einsum("...i,ij,...j->...", x, np.linalg.inv(cov), x)
     return x, lp, 0.5 * d * math.log(2 * math.pi) + 0.5 * np.linalg.slogdet(cov)[1]
 
@@ -271,12 +276,7 @@ def ar_chains(d: int, seed: int, nchains: int, n: int, phi: float = 0.8):
 def twisted_chains(d: int, seed: int, nchains: int, n: int, phi: float = 0.8, b: float = 0.03):
     """Haario's twisted Gaussian (x1 scaled by 10, x2 += b (x1^2 - 100)) as AR(1) chains: a
     curved, volume-preserving posterior whose ln Z is the Gaussian's, (d/2) ln 2 pi + ln 10."""
-    rng = np.random.default_rng(20_000 * d + seed)
-    eps = rng.normal(size=(nchains, n, d))
-    y = np.empty_like(eps)
-    y[:, 0] = eps[:, 0]
-    for t in range(1, n):
-        y[:, t] = phi * y[:, t - 1] + math.sqrt(1 - phi**2) * eps[:, t]
+    y = _ar1(np.random.default_rng(20_000 * d + seed).normal(size=(nchains, n, d)), phi)
     x = y.copy()
     x[..., 0] *= 10.0
     x[..., 1] += b * (x[..., 0] ** 2 - 100.0)
@@ -367,8 +367,8 @@ def harmonic_benchmark(args) -> None:
           f"{o['cpu']:.1f} s CPU {o['wall']:.1f} s wall | harmonic {h['ln_z'] - truth:+.4f} +- "
           f"{h['err']:.4f} {h['cpu']:.1f} s CPU {h['wall']:.1f} s wall | CPU ratio "
           f"{o['cpu'] / h['cpu']:.2f}", flush=True)
-    x, lp, truth = readme_chains(0)
-    x, lp = np.concatenate([x, readme_chains(1)[0]]), np.concatenate([lp, readme_chains(1)[1]])
+    (x, lp, truth), (x1, lp1, _) = readme_chains(0), readme_chains(1)
+    x, lp = np.concatenate([x, x1]), np.concatenate([lp, lp1])
     o = ours(x, lp, 0)
     print(f"README 3-D (scales 3000, 185, 1e-5), exact {truth:.4f}: ours {o['ln_z']:.4f} +- "
           f"{o['err']:.4f}", flush=True)

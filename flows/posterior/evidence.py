@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from flows.posterior.diagnostics import assess, importance_findings, widened_error
+from flows.posterior.files import json_ready
 
 if TYPE_CHECKING:  # torch and the flows load when evidence() runs, not on import (fast CLIs)
     import torch
@@ -94,15 +95,15 @@ class EvidenceResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready numbers (no flow, no fit history)."""
         return {
-            "ln_z": _jsonable(self.ln_z),
-            "ln_z_err": _jsonable(self.ln_z_err),
+            "ln_z": json_ready(self.ln_z),
+            "ln_z_err": json_ready(self.ln_z_err),
             "reliable": self.reliable,
             "unreliable_because": list(self.unreliable_because),
             "estimator": self.estimator,
             "temperature": self.temperature,
-            "diagnostics": _jsonable(self.diagnostics),
+            "diagnostics": json_ready(self.diagnostics),
             "warnings": list(self.warnings),
-            "importance": _jsonable(self.importance._asdict()) if self.importance else None,
+            "importance": json_ready(self.importance._asdict()) if self.importance else None,
             "agree": self.agree,
         }
 
@@ -399,14 +400,3 @@ def evidence(
         unreliable_because=unreliable,
     )
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no inf / nan
-    return value

@@ -10,10 +10,10 @@ Interpolation and grid edges (documented choices):
     * ``interpolation="linear"`` (default): linear interpolation between the two grid points
       around x; ``"nearest"``: the value of the nearest grid point (ceffyl's binned lookup).
       The KDE is smooth on the scale of the grid (steps of 0.0015 in log10 rho, bandwidths of
-      0.05 or more), so both give the same ln Z (power law on NANOGrav 15-yr: -18.3368 and
-      -18.3365), but the binned lookup makes ln L a staircase, whose steps a tail diagnostic of
-      the harmonic-mean terms reads as a heavy tail (Pareto k 0.82 binned, 0.37 linear, power
-      law, same seed).
+      0.05 or more), so both give the same ln Z (power law on NANOGrav 15-yr, grid: -18.3320
+      either way), but the binned lookup makes ln L a staircase, whose steps a tail diagnostic
+      of the harmonic-mean terms reads as a heavy tail (Pareto k 0.85 binned, 0.14 linear,
+      power law, seed 0; benchmarks/RESULTS.md, 2026-12-02).
     * below the grid (x < g_0): the lowest bin, lnpdf_k(g_0). A model predicting far less
       power than the data resolve is as good as one at the bottom of the grid (the KDE is flat
       there: the data only bound rho from above).

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from flows.posterior.files import write_atomically
+from flows.posterior.files import json_ready, write_atomically
 
 from .sampling import ChainResult
 
@@ -53,19 +53,6 @@ def atomic_write(path: Path, payload: bytes) -> None:
 
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(json_ready(obj), indent=1, allow_nan=False) + "\n").encode()
-
-
-def json_ready(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, non-finite floats to None (JSON has no inf/nan)."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def data_fingerprint(freqs: np.ndarray, grid: np.ndarray, ln_density: np.ndarray) -> str:

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.quality import table  # noqa: E402
 from benchmarks.two_sample import c2st  # noqa: E402
 
 __all__ = ["MODELS", "measure"]
@@ -205,15 +206,6 @@ def measure(name: str, quick: bool, checkpoint: str | Path | None = None) -> lis
         return measure_aligned(model, quick, name)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | measure | value | goal | met |", "| --- | --- | --- | --- | --- |"]
-    for r in rows:
-        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
-        lines.append(f"| {r['model']} | {r['measure']} | {r['value']:.3f} | "
-                     f"{r['goal'] or '-'} | {met} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -240,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(rows))
+    print(table(rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows))

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality import table  # noqa: E402
-from benchmarks.two_sample import c2st  # noqa: E402
+from benchmarks.two_sample import c2st, png_levels  # noqa: E402
 
 __all__ = ["MODELS", "measure"]
 
@@ -82,11 +82,6 @@ def _batched(fn, items: torch.Tensor, seed: int, batch: int = 64) -> torch.Tenso
     return torch.cat(out)
 
 
-def _png_pixels(x: torch.Tensor):
-    """Images in [-1, 1] as the 8-bit values a PNG holds (what a user and the C2ST see)."""
-    return torch.round(255.0 * ((x + 1.0) / 2.0).clamp(0.0, 1.0)).numpy()
-
-
 def _time_it(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -112,7 +107,7 @@ def measure_adapted(model, quick: bool, name: str = "normal_adapted") -> list[di
     maps, _ = clean_normal_maps(raw)
     hits = probe_accuracy(probe, maps, held["view"], held["framing"])
     reference = normal_quality(held["x"], held["mask"])
-    test = c2st(_png_pixels(held["x"]), _png_pixels(maps))
+    test = c2st(png_levels(held["x"]), png_levels(maps))
     seconds = _time_it(lambda: sample_normal_maps(
         model, torch.zeros(16, dtype=torch.long), torch.Generator().manual_seed(0)))
     fg_gap = abs(quality["foreground"] - reference["foreground"])
@@ -149,7 +144,7 @@ def measure_aligned(model, quick: bool, name: str = "normal_aligned") -> list[di
     uncond = _batched(lambda c, g: sample_aligned_images(model, torch.zeros_like(c), g,
                                                          guidance_scale=1.0), cond, seed=0)
     corr = shading_correlation(images, unit, mask, light)
-    test = c2st(_png_pixels(held["color"]), _png_pixels(images))
+    test = c2st(png_levels(held["color"]), png_levels(images))
     seconds = _time_it(lambda: sample_aligned_images(model, cond[:16],
                                                      torch.Generator().manual_seed(0)))
     return [

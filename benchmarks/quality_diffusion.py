@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.two_sample import c2st  # noqa: E402
+from benchmarks.quality import table  # noqa: E402
+from benchmarks.two_sample import c2st, png_levels  # noqa: E402
 
 __all__ = ["MODELS", "measure"]
 
@@ -81,11 +82,6 @@ def _batched(fn, items: torch.Tensor, seed: int, batch: int = 64) -> torch.Tenso
     return torch.cat(out)
 
 
-def _png_pixels(x: torch.Tensor):
-    """Images in [-1, 1] as the 8-bit values a PNG holds (what a user and the C2ST see)."""
-    return torch.round(255.0 * ((x + 1.0) / 2.0).clamp(0.0, 1.0)).numpy()
-
-
 def _time_it(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -111,7 +107,7 @@ def measure_adapted(model, quick: bool, name: str = "normal_adapted") -> list[di
     maps, _ = clean_normal_maps(raw)
     hits = probe_accuracy(probe, maps, held["view"], held["framing"])
     reference = normal_quality(held["x"], held["mask"])
-    test = c2st(_png_pixels(held["x"]), _png_pixels(maps))
+    test = c2st(png_levels(held["x"]), png_levels(maps))
     seconds = _time_it(lambda: sample_normal_maps(
         model, torch.zeros(16, dtype=torch.long), torch.Generator().manual_seed(0)))
     fg_gap = abs(quality["foreground"] - reference["foreground"])
@@ -148,7 +144,7 @@ def measure_aligned(model, quick: bool, name: str = "normal_aligned") -> list[di
     uncond = _batched(lambda c, g: sample_aligned_images(model, torch.zeros_like(c), g,
                                                          guidance_scale=1.0), cond, seed=0)
     corr = shading_correlation(images, unit, mask, light)
-    test = c2st(_png_pixels(held["color"]), _png_pixels(images))
+    test = c2st(png_levels(held["color"]), png_levels(images))
     seconds = _time_it(lambda: sample_aligned_images(model, cond[:16],
                                                      torch.Generator().manual_seed(0)))
     return [
@@ -205,15 +201,6 @@ def measure(name: str, quick: bool, checkpoint: str | Path | None = None) -> lis
         return measure_aligned(model, quick, name)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | measure | value | goal | met |", "| --- | --- | --- | --- | --- |"]
-    for r in rows:
-        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
-        lines.append(f"| {r['model']} | {r['measure']} | {r['value']:.3f} | "
-                     f"{r['goal'] or '-'} | {met} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -240,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(format_table(rows))
+    print(table(rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows))

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.two_sample import c2st  # noqa: E402
+from benchmarks.two_sample import c2st, png_levels  # noqa: E402
 
 __all__ = ["GOALS", "MODELS", "digits_rows", "measure"]
 
@@ -56,12 +56,6 @@ def _row(model: str, measure: str, value: float, goal: str) -> dict[str, Any]:
     text, test = GOALS.get(goal, (goal, None))
     met = None if test is None else bool(test(value))
     return {"model": model, "measure": measure, "value": value, "goal": text, "met": met}
-
-
-def _uint8_pixels(images: torch.Tensor) -> np.ndarray:
-    """Images in [-1, 1] -> flat 8-bit levels in [0, 1], as a PNG stores them."""
-    levels = torch.round((images.clamp(-1, 1) + 1) * 127.5)
-    return (levels / 255.0).flatten(1).double().numpy()
 
 
 def _sampling(
@@ -108,7 +102,7 @@ def digits_rows(
     sampler = ImageFlowSampler(model, method=sampling.pop("method"))
     images, _ = sampler.sample(len(labels), labels, generator=generator, **sampling)
     seconds = time.perf_counter() - start
-    fake = _uint8_pixels(images)
+    fake = png_levels(images)
     classifier = digit_classifier(size)
     recognised = float((classifier.predict(fake) == labels.numpy()).mean())
     baseline = float((classifier.predict(real) == labels.numpy()).mean())
@@ -168,7 +162,7 @@ def _clips(split: str, num: int, frames: int, data: dict[str, Any]) -> dict[str,
     pixels, captions = [], []
     for i in range(num):
         item = dataset[i]
-        pixels.append(_uint8_pixels(item["x"]))
+        pixels.append(png_levels(item["x"]))
         captions.append(tokenizer.decode(item["text"]))
     return {
         "pixels": np.stack(pixels),
@@ -315,7 +309,7 @@ def sample_clips(
     for s in range(0, len(captions), batch):
         text = model.encode_prompts(captions[s : s + batch])
         video, _ = sampler.sample(len(text), frames, text=text, generator=generator, **options)
-        out.append(_uint8_pixels(video.flatten(0, 1)).reshape(len(text), frames, -1))
+        out.append(png_levels(video.flatten(0, 1)).reshape(len(text), frames, -1))
     return np.concatenate(out)
 
 

@@ -20,7 +20,14 @@ import sys
 
 import numpy as np
 
-__all__ = ["c2st"]
+__all__ = ["c2st", "png_levels"]
+
+
+def png_levels(images) -> np.ndarray:
+    """Images (N, ...) in [-1, 1] (a torch tensor) -> (N, D) 8-bit levels in [0, 1], as a PNG
+    stores them: what a user sees and what the C2ST of generated images should compare."""
+    levels = ((images.clamp(-1, 1) + 1) * 127.5).round()
+    return (levels / 255.0).flatten(1).double().numpy()
 
 
 def c2st(real: np.ndarray, fake: np.ndarray, folds: int = 5, seed: int = 0) -> dict[str, float]:

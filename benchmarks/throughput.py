@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -274,20 +273,16 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             "device": args.device, "threads": args.threads}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every variant on ``args.processes`` ranks; the rank-0 results."""
     import torch.multiprocessing as mp
 
+    from trainers.ranks import free_port
+
     settings = _settings(args)
     with tempfile.TemporaryDirectory() as folder:
         out = str(Path(folder) / "results.json")
-        mp.start_processes(_rank, args=(args.processes, _free_port(), settings, out),
+        mp.start_processes(_rank, args=(args.processes, free_port(), settings, out),
                            nprocs=args.processes, start_method="spawn")
         return json.loads(Path(out).read_text())
 

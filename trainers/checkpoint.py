@@ -76,6 +76,11 @@ TMP_PREFIX = ".tmp-checkpoint-"
 TRAINING_STATE = "training_state"
 
 
+def rng_file_name(rank: int) -> str:
+    """The file of rank ``rank``'s generator states (``trainers.rng``) in a checkpoint."""
+    return f"rng-rank{rank}.json"
+
+
 class NonFiniteWeightsError(RuntimeError):
     """The weights (or EMA weights) hold NaN/inf: no checkpoint is written."""
 
@@ -217,7 +222,7 @@ def write_checkpoint_files(
     if accelerator.is_main_process:
         folder.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    (folder / f"rng-rank{rank}.json").write_text(json.dumps(capture_rng_state()))
+    (folder / rng_file_name(rank)).write_text(json.dumps(capture_rng_state()))
     _save_model_folder(parts, parts.model, folder / "model")
     if parts.ema is not None:
         _save_model_folder(parts, parts.ema.model, folder / "ema")
@@ -310,13 +315,11 @@ def check_resumable(folder: Path, world_size: int, sharded: bool = False) -> Tra
             f"checkpoint {str(folder)!r} was written by {written}, this run is {now}: resume it "
             "the way it was written (its model/ folder holds whole weights for sampling or a "
             "new run)")
-    if sharded:
-        needed = [name for rank in range(world_size)
-                  for name in state_file_names(TRAINING_STATE, rank)] + ["model"]
-    else:
-        needed = list(state_file_names(TRAINING_STATE)) + ["model"]
+    ranks = range(world_size) if sharded else [None]  # FSDP2: one training state per rank
+    needed = [name for rank in ranks for name in state_file_names(TRAINING_STATE, rank)]
+    needed.append("model")
     if state.world_size == world_size:
-        needed += [f"rng-rank{rank}.json" for rank in range(world_size)]
+        needed += [rng_file_name(rank) for rank in range(world_size)]
     missing = [name for name in needed if not (folder / name).exists()]
     if missing:
         raise CheckpointError(f"checkpoint {str(folder)!r} is incomplete: {', '.join(missing)} "
@@ -345,7 +348,7 @@ def restore_checkpoint(folder: Path, parts: Trainables) -> TrainerState:
         first = " ".join(str(error).split())[:200]
         raise CheckpointError(f"the training state in {str(folder)!r} does not fit this run "
                               f"(another optimizer, model or config?): {first}") from None
-    rng_file = folder / f"rng-rank{accelerator.process_index}.json"
+    rng_file = folder / rng_file_name(accelerator.process_index)
     if rng_file.exists() or state.world_size == accelerator.num_processes:
         try:
             restore_rng_state(read_json(rng_file))

@@ -7,6 +7,9 @@ is the same everywhere and no rank is left waiting for a peer that gave up.
 ``stop_with_launcher`` asks the Linux kernel to send this rank SIGTERM when the process that
 started it dies (``prctl(PR_SET_PDEATHSIG)``): ``torchrun`` / ``accelerate launch`` start their
 ranks in new sessions, so without it ``kill -9`` of the launcher leaves the ranks running.
+
+``free_port`` is a TCP port for the ranks' rendezvous that nobody listens on right now (the
+kernel's choice, never a fixed one, so two launches on one machine do not collide).
 """
 
 from __future__ import annotations
@@ -14,12 +17,20 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
-__all__ = ["broadcast_text", "stop_with_launcher"]
+__all__ = ["broadcast_text", "free_port", "stop_with_launcher"]
 
 PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel's choice)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def stop_with_launcher() -> bool:

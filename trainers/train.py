@@ -581,7 +581,9 @@ def _loop(run: _Run) -> None:
                 if eta is not None:
                     _say(accelerator, eta)
                 progress.update(1)
-                progress.set_postfix(loss=f"{window.mean()['loss']:.4g}", lr=f"{stepped[0]:.3g}")
+                if not progress.disable:  # window.mean() waits for the device: only when shown
+                    progress.set_postfix(loss=f"{window.mean()['loss']:.4g}",
+                                         lr=f"{stepped[0]:.3g}")
                 window = _Window()
                 _after_step(run)
                 if state.step >= tc.max_steps:

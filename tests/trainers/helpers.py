@@ -10,13 +10,14 @@ collide.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from trainers.ranks import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -32,13 +33,6 @@ def run_cli(run: Path, *overrides: str) -> int:
 
     AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one test
     return main(["--config", str(SMOKE), f"trainer.output_dir={run}", *QUIET, *overrides])
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the kernel's choice)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch_cpu_ranks(function: Callable[..., Any], args: tuple, processes: int = 2) -> None:

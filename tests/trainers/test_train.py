@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.trainers.helpers import ROOT, SMOKE, run_ranks
+from tests.trainers.helpers import ROOT, SMOKE, free_port, run_ranks
 from trainers import checkpoint as ckpt
 from trainers import load_checkpoint_model, load_config
 from trainers.ema import EMA
@@ -360,12 +360,9 @@ def _running(pid: int) -> bool:
 def test_kill_9_of_the_launcher_stops_its_ranks(tmp_path):
     import shutil
     import signal
-    import socket
     import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     run = tmp_path / "run"
     launcher = [shutil.which("accelerate") or "accelerate", "launch", "--multi_gpu",
                 "--num_processes", "2", "--main_process_port", str(port), "-m", "trainers.train",

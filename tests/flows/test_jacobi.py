@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.distributed as dist
 
 from flows.autoregressive import AutoregressiveBlock
 from flows.jacobi import JacobiSolver, JacobiStats, jacobi_change
+from trainers.ranks import free_port
 
 T, D, W = 8, 3, 16
 
@@ -121,9 +121,7 @@ def test_sync_ranks_off_never_touches_torch_distributed(monkeypatch: pytest.Monk
 def test_sync_ranks_all_reduces_the_stop_and_accepts_nothing_early(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         block = _block()

@@ -130,9 +130,9 @@ def shipped_rows() -> list[list[str]]:
     """One row per shipped model present in this installation (name, kind, ..., description)."""
     from core.checkpoint import installed_shipped_models, read_config
 
-    rows = []
+    rows, declared = [], registry.shipped_models()
     for name, folder in installed_shipped_models().items():
-        kind, shipped = registry.shipped_models()[name]
+        kind, shipped = declared[name]
         config = read_config(folder)
         data = (config.get("data") or {}).get("name", "?")
         rows.append([name, kind.name, data, _size(folder), _training(config, folder),

@@ -161,6 +161,25 @@ class _LatentSpace:
     ``from_pretrained`` loads it again.
     """
 
+    def _init_space(
+        self, resolution: int, block_out_channels: tuple[int, ...], layers_per_block: int,
+        norm_num_groups: int, patch_size: int, sampler: str, sample_steps: int,
+        condition_dropout: float, vae: str | None, latent_scale: float | None,
+    ) -> tuple[tuple[int, ...], int, int]:
+        """The checks both models share, then ``(block_out_channels, UNet side, UNet channels)``
+        of the pixels or latents, after ``patch_size`` unshuffling."""
+        require_positive(type(self).__name__, resolution=resolution,
+                         block_out_channels=list(block_out_channels),
+                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+                         patch_size=patch_size)
+        block_out_channels = tuple(block_out_channels)
+        _check_sampling(sampler, sample_steps)
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+        size, channels = self._init_latent(vae, latent_scale, resolution)
+        size = _check_sizes(size, block_out_channels, norm_num_groups, patch_size)
+        return block_out_channels, size, channels * patch_size**2
+
     def _init_latent(
         self, vae: str | None, latent_scale: float | None, resolution: int
     ) -> tuple[int, int]:
@@ -244,17 +263,9 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
-        require_positive(type(self).__name__, resolution=resolution,
-                         block_out_channels=list(block_out_channels),
-                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
-                         patch_size=patch_size)
-        block_out_channels = tuple(block_out_channels)
-        _check_sampling(sampler, sample_steps)
-        if not 0.0 <= condition_dropout < 1.0:
-            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
-        size, channels = self._init_latent(vae, latent_scale, resolution)
-        size = _check_sizes(size, block_out_channels, norm_num_groups, patch_size)
-        channels *= patch_size**2
+        block_out_channels, size, channels = self._init_space(
+            resolution, block_out_channels, layers_per_block, norm_num_groups, patch_size,
+            sampler, sample_steps, condition_dropout, vae, latent_scale)
         down, up = _block_types(len(block_out_channels), attention_levels, cross=False)
         self.unet = UNet2DModel(
             sample_size=size, in_channels=channels, out_channels=channels,
@@ -348,21 +359,13 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
-        require_positive(type(self).__name__, resolution=resolution,
-                         block_out_channels=list(block_out_channels),
-                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
-                         patch_size=patch_size)
-        block_out_channels = tuple(block_out_channels)
-        _check_sampling(sampler, sample_steps)
-        size, channels = self._init_latent(vae, latent_scale, resolution)
-        size = _check_sizes(size, block_out_channels, norm_num_groups, patch_size)
-        channels *= patch_size**2
+        block_out_channels, size, channels = self._init_space(
+            resolution, block_out_channels, layers_per_block, norm_num_groups, patch_size,
+            sampler, sample_steps, condition_dropout, vae, latent_scale)
         if conditioning not in ("concat", "controlnet", "both"):
             raise ValueError(
                 f"conditioning {conditioning!r} is unknown; choose one of: concat, controlnet, both"
             )
-        if not 0.0 <= condition_dropout < 1.0:
-            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         down, up = _block_types(len(block_out_channels), attention_levels, cross=True)
         self.concat = conditioning in ("concat", "both")
         self.unet = UNet2DConditionModel(

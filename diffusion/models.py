@@ -186,7 +186,6 @@ class _LatentSpace:
         space = LatentSpace(vae, latent_scale) if vae is not None else None
         object.__setattr__(self, "_latent", space)
         size, channels = resolution, 3
-        self.latent_scale = 1.0
         if space is not None:
             self.register_to_config(vae=str(space.folder))
             if space.image_channels != 3:
@@ -195,9 +194,13 @@ class _LatentSpace:
                     f"got in_channels={space.image_channels}"
                 )
             size, channels = space.latent_side(resolution), space.channels
-            self.latent_scale = space.scale
         self.sample_shape = (channels, size, size)
         return size, channels
+
+    @property
+    def latent_scale(self) -> float:
+        """What latents are multiplied by (1.0 in pixels)."""
+        return 1.0 if self._latent is None else self._latent.scale
 
     @property
     def vae(self) -> Any:

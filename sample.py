@@ -29,9 +29,11 @@ from typing import Any
 
 from core import registry
 from core.cli import (
+    DEVICES,
     ArgumentParser,
     add_threads_option,
     finite_float,
+    given_options,
     non_negative_float,
     positive_int,
     print_json,
@@ -70,7 +72,7 @@ def build_parser() -> ArgumentParser:
         help="Jacobi stop: relative change per pass below this (default: the model's)")
     add("--jacobi-max-iter", type=positive_int, default=None,
         help="Jacobi passes per chunk at most")
-    add("--device", choices=("cpu", "cuda"), default=None)
+    add("--device", choices=DEVICES, default=None)
     add("--no-progress", dest="progress", action="store_false", default=None,
         help="hide the progress bar")
     add("--no-ema", dest="use_ema", action="store_false", default=None,
@@ -128,9 +130,9 @@ def shipped_rows() -> list[list[str]]:
     """One row per shipped model present in this installation (name, kind, ..., description)."""
     from core.checkpoint import installed_shipped_models, read_config
 
-    rows = []
+    rows, declared = [], registry.shipped_models()
     for name, folder in installed_shipped_models().items():
-        kind, shipped = registry.shipped_models()[name]
+        kind, shipped = declared[name]
         config = read_config(folder)
         data = (config.get("data") or {}).get("name", "?")
         rows.append([name, kind.name, data, _size(folder), _training(config, folder),
@@ -159,11 +161,11 @@ def _sample(argv: list[str] | None) -> None:
     sampler = registry.get_sampler(config["model"]["name"])
     # Only what the user gave travels, over the checkpoint's own sampling defaults (if any);
     # each sampler fills in the rest.
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in NOT_OPTIONS}
+    given = given_options(args, skip=NOT_OPTIONS)
     print_json(sampler(checkpoint, config, {**sampling_defaults(config), **given}))
 
 
-NOT_OPTIONS = {"checkpoint", "list", "threads", "help"}
+NOT_OPTIONS = ("checkpoint", "list", "threads", "help")
 
 
 def sampling_defaults(config: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +175,7 @@ def sampling_defaults(config: dict[str, Any]) -> dict[str, Any]:
     weight), so ``python sample.py --checkpoint NAME`` gives what benchmarks/quality.py reports.
     """
     defaults = config.get("sample") or {}
-    known = {action.dest for action in build_parser()._actions} - NOT_OPTIONS
+    known = {action.dest for action in build_parser()._actions} - set(NOT_OPTIONS)
     if not isinstance(defaults, dict) or set(defaults) - known:
         wrong = sorted(set(defaults) - known) if isinstance(defaults, dict) else defaults
         raise ValueError(

@@ -24,6 +24,7 @@ def save_image_grid(
     gap: int = 1,
     background: float = 1.0,
     scale: int = 1,
+    text: dict[str, str] | None = None,
 ) -> Path:
     """Write images in [0, 1] as one PNG grid; returns the path (its folder is created).
 
@@ -34,8 +35,9 @@ def save_image_grid(
         gap: pixels between tiles and around the grid, filled with ``background`` (0 = black,
             1 = white); ``gap=0`` also leaves empty cells at ``background``.
         scale: integer nearest-neighbour upscaling of the whole grid.
+        text: PNG text chunks (key -> value) written with the image.
     """
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     if images.dim() == 5:
         columns = images.shape[1]
@@ -61,7 +63,12 @@ def save_image_grid(
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+    picture.save(path, pnginfo=info)
     return path
 
 

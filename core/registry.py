@@ -141,6 +141,13 @@ def _same_object(a: Any, b: Any) -> bool:
     return all(getattr(a, k, None) == getattr(b, k, 0) for k in key)
 
 
+def _refuse_second_dataset(name: str, reference: Reference) -> None:
+    if name in _DATASETS and not _same_object(_DATASETS[name], reference):
+        raise ValueError(
+            f"dataset {name!r} is registered twice ({_DATASETS[name]} and {reference})"
+        )
+
+
 def _add(kind: ModelKind) -> ModelKind:
     previous = _KINDS.get(kind.name)
     if previous is not None and not _same_object(previous.model, kind.model):
@@ -148,10 +155,7 @@ def _add(kind: ModelKind) -> ModelKind:
             f"model kind {kind.name!r} is registered twice ({previous.model} and {kind.model})"
         )
     for dataset, reference in kind.datasets.items():
-        if dataset in _DATASETS and not _same_object(_DATASETS[dataset], reference):
-            raise ValueError(
-                f"dataset {dataset!r} is registered twice ({_DATASETS[dataset]} and {reference})"
-            )
+        _refuse_second_dataset(dataset, reference)
     for shipped in kind.shipped:
         if _SHIPPED.get(shipped, kind.name) != kind.name:
             raise ValueError(
@@ -204,10 +208,7 @@ def register_dataset(name: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
     def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
         _load_declarations()
-        if name in _DATASETS and not _same_object(_DATASETS[name], factory):
-            raise ValueError(
-                f"dataset {name!r} is registered twice ({_DATASETS[name]} and {factory})"
-            )
+        _refuse_second_dataset(name, factory)
         _DATASETS[name] = factory
         return factory
 

@@ -161,13 +161,31 @@ class _LatentSpace:
     ``from_pretrained`` loads it again.
     """
 
+    def _init_space(
+        self, resolution: int, block_out_channels: tuple[int, ...], layers_per_block: int,
+        norm_num_groups: int, patch_size: int, sampler: str, sample_steps: int,
+        condition_dropout: float, vae: str | None, latent_scale: float | None,
+    ) -> tuple[tuple[int, ...], int, int]:
+        """The checks both models share, then ``(block_out_channels, UNet side, UNet channels)``
+        of the pixels or latents, after ``patch_size`` unshuffling."""
+        require_positive(type(self).__name__, resolution=resolution,
+                         block_out_channels=list(block_out_channels),
+                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+                         patch_size=patch_size)
+        block_out_channels = tuple(block_out_channels)
+        _check_sampling(sampler, sample_steps)
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
+        size, channels = self._init_latent(vae, latent_scale, resolution)
+        size = _check_sizes(size, block_out_channels, norm_num_groups, patch_size)
+        return block_out_channels, size, channels * patch_size**2
+
     def _init_latent(
         self, vae: str | None, latent_scale: float | None, resolution: int
     ) -> tuple[int, int]:
         space = LatentSpace(vae, latent_scale) if vae is not None else None
         object.__setattr__(self, "_latent", space)
         size, channels = resolution, 3
-        self.latent_scale = 1.0
         if space is not None:
             self.register_to_config(vae=str(space.folder))
             if space.image_channels != 3:
@@ -176,9 +194,13 @@ class _LatentSpace:
                     f"got in_channels={space.image_channels}"
                 )
             size, channels = space.latent_side(resolution), space.channels
-            self.latent_scale = space.scale
         self.sample_shape = (channels, size, size)
         return size, channels
+
+    @property
+    def latent_scale(self) -> float:
+        """What latents are multiplied by (1.0 in pixels)."""
+        return 1.0 if self._latent is None else self._latent.scale
 
     @property
     def vae(self) -> Any:
@@ -244,17 +266,9 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
-        require_positive(type(self).__name__, resolution=resolution,
-                         block_out_channels=list(block_out_channels),
-                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
-                         patch_size=patch_size)
-        block_out_channels = tuple(block_out_channels)
-        _check_sampling(sampler, sample_steps)
-        if not 0.0 <= condition_dropout < 1.0:
-            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
-        size, channels = self._init_latent(vae, latent_scale, resolution)
-        size = _check_sizes(size, block_out_channels, norm_num_groups, patch_size)
-        channels *= patch_size**2
+        block_out_channels, size, channels = self._init_space(
+            resolution, block_out_channels, layers_per_block, norm_num_groups, patch_size,
+            sampler, sample_steps, condition_dropout, vae, latent_scale)
         down, up = _block_types(len(block_out_channels), attention_levels, cross=False)
         self.unet = UNet2DModel(
             sample_size=size, in_channels=channels, out_channels=channels,
@@ -348,21 +362,13 @@ class NormalAlignedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
         latent_scale: float | None = None,
     ) -> None:
         super().__init__()
-        require_positive(type(self).__name__, resolution=resolution,
-                         block_out_channels=list(block_out_channels),
-                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
-                         patch_size=patch_size)
-        block_out_channels = tuple(block_out_channels)
-        _check_sampling(sampler, sample_steps)
-        size, channels = self._init_latent(vae, latent_scale, resolution)
-        size = _check_sizes(size, block_out_channels, norm_num_groups, patch_size)
-        channels *= patch_size**2
+        block_out_channels, size, channels = self._init_space(
+            resolution, block_out_channels, layers_per_block, norm_num_groups, patch_size,
+            sampler, sample_steps, condition_dropout, vae, latent_scale)
         if conditioning not in ("concat", "controlnet", "both"):
             raise ValueError(
                 f"conditioning {conditioning!r} is unknown; choose one of: concat, controlnet, both"
             )
-        if not 0.0 <= condition_dropout < 1.0:
-            raise ValueError(f"condition_dropout must be in [0, 1), got {condition_dropout}")
         down, up = _block_types(len(block_out_channels), attention_levels, cross=True)
         self.concat = conditioning in ("concat", "both")
         self.unet = UNet2DConditionModel(

@@ -52,15 +52,8 @@ def write_normal_grid(maps: torch.Tensor, path: str | Path, columns: int = _COLU
     The mark (PNG text ``normkit-tile`` = R) tells :func:`load_normal_map_png` to cut the grid
     back into its maps, so that a 64x64 normal map of one figure is never mistaken for four.
     """
-    from PIL import Image, PngImagePlugin
-
-    path = save_image_grid(maps, path, columns=columns, gap=0, background=0.0)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(TILE_KEY, str(maps.shape[-1]))
-    with Image.open(path) as image:
-        image.load()
-    image.save(path, pnginfo=info)
-    return path
+    return save_image_grid(maps, path, columns=columns, gap=0, background=0.0,
+                           text={TILE_KEY: str(maps.shape[-1])})
 
 
 def _grid_tile(path: Path) -> int | None:

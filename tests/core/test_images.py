@@ -38,6 +38,13 @@ def test_tiled_grid_reads_back_exactly(tmp_path) -> None:
         grid_tiles(grid, 5)
 
 
+def test_text_chunks_are_written_with_the_grid(tmp_path) -> None:
+    path = save_image_grid(torch.rand(2, 3, 4, 4), tmp_path / "marked.png", gap=0,
+                           text={"normkit-tile": "4"})
+    with Image.open(path) as image:
+        assert image.text == {"normkit-tile": "4"}
+
+
 def test_videos_take_one_row_each_and_scale(tmp_path) -> None:
     videos = torch.rand(2, 3, 3, 4, 4)
     path = save_image_grid(videos, tmp_path / "strip.png", scale=2)

@@ -169,6 +169,12 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "train num_workers<0": (_trainer("data.num_workers=-1"), "data.num_workers"),
     "train batch > dataset": (_trainer("data.num_samples=8"), "allowed: data.batch_size <= 8"),
     "train model setting": (_trainer("model.hidden=-1"), "model.hidden=-1"),
+    "train data.cache .pt": (
+        lambda files, tmp: ["-m", "trainers.train", "--config",
+                            str(ROOT / "configs" / "normal_adapted.yaml"),
+                            f"trainer.output_dir={tmp / 'run'}", "data.num_samples=8",
+                            "data.cache=normal_maps.pt"],
+        "cache 'normal_maps.pt' must be a .safetensors file"),
     # the run folder (items 2 and 4)
     "train used folder": (_used_folder, "trainer.overwrite=true"),
     # damaged resume checkpoints (item 7)

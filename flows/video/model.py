@@ -253,13 +253,23 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         return frames.reshape(b, f, *self.frame_shape)
 
     def check_condition(self, y: torch.Tensor | None, text: torch.Tensor | None) -> None:
-        """Raise ValueError for labels or prompts this model cannot take."""
+        """Raise ValueError for labels or prompt ids this model cannot take.
+
+        Reads their values (a device sync), so it runs where they come in (``reverse``, the
+        sampler), not in ``forward``: the training loss must not wait for the device every
+        step, and the datasets make labels and ids in range by construction.
+        """
+        self._check_condition_kinds(y, text)
         n = self.config.num_classes
-        if y is not None:
-            if not n:
-                raise ValueError("this model has no class labels (num_classes=0); give no label")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
-                raise ValueError(f"class labels must lie in 0..{n - 1}, got {y.unique().tolist()}")
+        if y is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
+            raise ValueError(f"class labels must lie in 0..{n - 1}, got {y.unique().tolist()}")
+        if text is not None:
+            self.text_embed.check_ids(text)
+
+    def _check_condition_kinds(self, y: torch.Tensor | None, text: torch.Tensor | None) -> None:
+        """The checks that read no tensor values (free on every forward)."""
+        if y is not None and not self.config.num_classes:
+            raise ValueError("this model has no class labels (num_classes=0); give no label")
         if text is not None and not self.config.text_tokens:
             raise ValueError("this model takes no text prompt (text_tokens=0)")
 
@@ -338,8 +348,11 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         text: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, F, C, H, W) in the flow's space -> (z like x, total log|det dz/dx| (B,))."""
-        self.check_condition(y, text)
+        """x (B, F, C, H, W) in the flow's space -> (z like x, total log|det dz/dx| (B,)).
+
+        Label and id values are not checked here (see :meth:`check_condition`).
+        """
+        self._check_condition_kinds(y, text)
         u, logdet = self.local_forward(self._tokens(x))
         b, f, n, d = u.shape
         z, global_logdet = self.global_block(u.reshape(b, f * n, d), self.prefix(b, y, text, drop))

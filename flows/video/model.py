@@ -62,10 +62,12 @@ from core.checks import require_positive
 from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock
 from flows.image import (
+    check_levels,
     dequantise,
     nats_to_bits_per_dim,
     normal_log_prob,
     patchify,
+    quantise,
     unpatchify,
 )
 from flows.jacobi import JacobiSolver, JacobiStats
@@ -104,6 +106,8 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             denoiser_lr: its transformer, temporal window and AdamW learning rate.
         vae: path of a local diffusers AutoencoderKL folder applied per frame (latent mode).
         latent_scale: latent multiplier (default: the autoencoder's ``scaling_factor``).
+        levels: grey levels of the data (pixel mode); sampled frames are rounded to them (null:
+            not rounded; 17 for moving scikit-learn digits). Sampling only: training never reads it.
     """
 
     @register_to_config
@@ -135,8 +139,12 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         denoiser_lr: float = 1e-3,
         vae: str | None = None,
         latent_scale: float | None = None,
+        levels: int | None = None,
     ) -> None:
         super().__init__()
+        check_levels(levels)
+        if levels is not None and vae is not None:
+            raise ValueError("levels (rounding to grey levels) needs pixel mode (vae=None)")
         require_positive("video_tarflow", image_size=image_size, in_channels=in_channels,
                          patch_size=patch_size, width=width, num_heads=num_heads,
                          mlp_ratio=mlp_ratio, local_depth=local_depth,
@@ -321,9 +329,9 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         return latents.reshape(b, f, *latents.shape[1:])
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """The flow's space -> pixels (B, F, C, H, W) in [-1, 1]."""
+        """The flow's space -> pixels (B, F, C, H, W) in [-1, 1] (rounded to ``levels`` if set)."""
         if self._vae is None:
-            return x
+            return quantise(x, self.config.levels)
         b, f = x.shape[:2]
         vae = self._vae.to(x.device, x.dtype)
         with torch.no_grad():

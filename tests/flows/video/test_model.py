@@ -323,6 +323,19 @@ def test_sample_for_logging_and_save_load(tmp_path) -> None:
     assert all(not p.requires_grad for p in loaded.denoiser.parameters())
 
 
+def test_levels_round_decoded_frames_and_survive_save_load(tmp_path) -> None:
+    from flows.image import quantise
+
+    model = _model(levels=17)
+    x = torch.rand(2, T, 1, S, S) * 2 - 1
+    assert torch.equal(model.decode(x), quantise(x, 17))
+    assert not torch.equal(model.decode(x), x)
+    model.save_pretrained(tmp_path)
+    assert VideoTransformerFlow.from_pretrained(tmp_path).config.levels == 17
+    with pytest.raises(ValueError, match="levels must be null or an integer"):
+        _model(levels=0)
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     model = _model(**COND)
     with pytest.raises(ValueError, match="vocabulary"):

@@ -237,9 +237,17 @@ class PairClassifier:
 
     def recognised(self, pixels: np.ndarray, pairs: np.ndarray) -> float:
         """Fraction of clips (N, F, H*W) whose prompted digits are the ones recognised."""
-        scores = self.scores(pixels)
-        hits = [set(np.argsort(-p)[: len({a, b})]) == {a, b} for p, (a, b) in zip(scores, pairs)]
-        return float(np.mean(hits))
+        return float(pair_recognised(self.scores(pixels), pairs).mean())
+
+
+def pair_recognised(scores: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per clip: are the top classes of ``scores`` (N, 10) the prompted digits ``pairs`` (N, 2)?
+
+    The top two must be the two digits; a caption that names one digit twice ("a 4 and a 4")
+    asks for that digit on top (the per-class evidence cannot count copies of a digit).
+    """
+    top = np.argsort(-scores, axis=1)
+    return np.array([set(t[: len({a, b})]) == {a, b} for t, (a, b) in zip(top, pairs)])
 
 
 def digit_centres(pixels: np.ndarray, iterations: int = 8) -> np.ndarray:

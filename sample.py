@@ -37,6 +37,7 @@ from core.cli import (
     non_negative_float,
     positive_int,
     print_json,
+    random_seed,
     run_cli,
 )
 
@@ -65,7 +66,7 @@ def build_parser() -> ArgumentParser:
     add("--guidance-rule", choices=("tarflow", "starflow"), default=None)
     add("--class", dest="class_label", type=int, default=None,
         help="class of every sample (default: cycle through the classes)")
-    add("--seed", type=int, default=None)
+    add("--seed", type=random_seed, default=None)
     add("--out", default=None, help="output file (default: samples.png; video.mp4 for video "
         "models; normals.png / color.png for normal-map diffusion)")
     add("--jacobi-threshold", type=non_negative_float, default=None,

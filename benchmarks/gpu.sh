@@ -54,17 +54,11 @@ if ((!DRY_RUN)); then
     mkdir -p "$OUT"
 fi
 
-# benchmarks/video.py runs on the GPU only if it offers --device (older versions time the CPU).
-VIDEO_DEVICE=()
-if grep -q -- '"--device"' benchmarks/video.py; then
-    VIDEO_DEVICE=(--device cuda)
-fi
-
 # name | seconds at most | command (one line)
 PARTS=(
     "throughput-1gpu|1200|$PYTHON benchmarks/throughput.py --device cuda --processes 1 --steps 10 --warmup 3 --threads 4 --variants ddp ddp+bf16 ddp+ac ddp+compile ddp+bf16+compile --json $OUT/throughput-1gpu.json"
     "jacobi-image|600|$PYTHON benchmarks/jacobi.py --device cuda --batches 1 4 16 64 --repeats 5 --json $OUT/jacobi-image.json"
-    "jacobi-video|900|$PYTHON benchmarks/video.py ${VIDEO_DEVICE[*]} --batches 1 8 --repeats 5"
+    "jacobi-video|900|$PYTHON benchmarks/video.py --device cuda --batches 1 8 --repeats 5"
     "train-realistic|1500|$PYTHON -m trainers.train --config configs/video_realistic.yaml trainer.max_steps=$STEPS trainer.warmup_steps=20 trainer.mixed_precision=bf16 trainer.checkpoint_every=0 trainer.log_every=10 trainer.progress=false trainer.plot=false trainer.overwrite=true trainer.output_dir=$OUT/video_realistic_run"
 )
 if ((GPUS > 1)); then
@@ -88,9 +82,6 @@ DEADLINE=$(($(date +%s) + BUDGET_MIN * 60))
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "- GPUs: $(nvidia-smi -L 2>/dev/null | tr '\n' ';' || echo "$GPUS")"
     echo "- $("$PYTHON" -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")')"
-    if ((${#VIDEO_DEVICE[@]} == 0)); then
-        echo "- benchmarks/video.py has no --device option: the video sampler is timed on the CPU"
-    fi
 } >"$RESULTS"
 
 summarise_run() {  # steps/s and losses of the training run, from its metrics.jsonl

@@ -63,7 +63,7 @@ def _row(model: str, measure: str, value: float, goal: str | None = None,
 def _renders(resolution: int, num: int, seed: int):
     from diffusion.data import NormalMapDataset
 
-    cache = CACHE / f"quality_renders_{resolution}_{num}_{seed}.pt"
+    cache = CACHE / f"quality_renders_{resolution}_{num}_{seed}.safetensors"
     return NormalMapDataset(resolution, num_samples=num, seed=seed, flip=False,
                             cache=str(cache)).data
 

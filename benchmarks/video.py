@@ -13,9 +13,11 @@ parallel inversion on image TARFlows. This script measures, side by side in one 
 
     python benchmarks/video.py --checkpoint runs/moving_digits_video
     python benchmarks/video.py            # random weights, timing only
+    python benchmarks/video.py --device cuda --batches 1 8   # on the GPU (benchmarks/gpu.sh)
 
 Without a checkpoint, a randomly initialised model of the config's size (8 frames of 16 tokens)
-is timed. Prints a markdown table and one JSON line.
+is timed. Noise is drawn on the CPU (the same numbers on every ``--device``); every timed
+inversion ends with a device synchronise. Prints a markdown table and one JSON line.
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.cli import DEVICES, ArgumentParser, run_cli  # noqa: E402
 from flows.jacobi import DEFAULT_JACOBI_THRESHOLD  # noqa: E402
 from flows.planner import AutoPlanner  # noqa: E402
 from flows.video import VideoFlowSampler, VideoTransformerFlow  # noqa: E402
 
 
-def load_model(checkpoint: str | None) -> VideoTransformerFlow:
+def load_model(checkpoint: str | None, device: str = "cpu") -> VideoTransformerFlow:
     if checkpoint:
         from trainers.checkpoint import load_checkpoint_model
 
         model, _ = load_checkpoint_model(checkpoint)
-        return model.eval()
+        return model.to(device).eval()
     import yaml
 
     config = yaml.safe_load(Path("configs/moving_digits_video.yaml").read_text())["model"]
@@ -50,7 +53,7 @@ def load_model(checkpoint: str | None) -> VideoTransformerFlow:
     with torch.no_grad():  # random, non-trivial output projections
         for block in [*model.local, model.global_block]:
             block.out.weight.normal_(std=0.02)
-    return model
+    return model.to(device)
 
 
 def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> list[dict]:
@@ -61,6 +64,7 @@ def speed(model: VideoTransformerFlow, batch: int, args: argparse.Namespace) -> 
     """
     generator = torch.Generator().manual_seed(batch)
     z = torch.randn((batch, model.config.frames, *model.frame_shape), generator=generator)
+    z = z.to(model.device)
     y = text = None
     if model.config.text_tokens:
         text = model.encode_prompts(["a 3 and a 7 moving apart"] * batch)
@@ -131,6 +135,8 @@ def thresholds(model: VideoTransformerFlow, batch: int, args: argparse.Namespace
     for seed in range(args.seeds):
         generator = torch.Generator().manual_seed(seed)
         z = torch.randn((batch, frames, *model.frame_shape), generator=generator)
+        nudge = 1 + 1e-7 * torch.randn(z.shape, generator=generator)
+        z, nudge = z.to(model.device), nudge.to(model.device)
         text = None
         if model.config.text_tokens:
             text = model.encode_prompts(["a 3 and a 7 moving apart"] * batch)
@@ -146,8 +152,7 @@ def thresholds(model: VideoTransformerFlow, batch: int, args: argparse.Namespace
             start = time.perf_counter()
             x, info = sampler.reverse(z, text=text)
             runs[(seed, name)] = (x, info, time.perf_counter() - start)
-        nudged = z * (1 + 1e-7 * torch.randn(z.shape, generator=generator))
-        runs[(seed, "nudged")] = samplers[("sequential", None)].reverse(nudged, text=text)
+        runs[(seed, "nudged")] = samplers[("sequential", None)].reverse(z * nudge, text=text)
     sensitivity = max(
         float((runs[(s, "nudged")][0] - runs[(s, ("sequential", None))][0]).abs().max())
         for s in range(args.seeds)
@@ -181,22 +186,25 @@ def quality(model: VideoTransformerFlow, args: argparse.Namespace) -> dict:
     with torch.no_grad():
         bpd = float(model.loss(batch)["bits_per_dim"])
     real = batch["x"].flatten(0, 1).flatten(1)  # a bank of real frames
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(model.device).manual_seed(0)
     text = batch["text"][: args.samples] if cfg.text_tokens else None
     result = {"bits_per_dim": bpd, "eval_videos": len(held_out), "samples": args.samples}
     for how in ("none", "tweedie", "learned"):
         generator.manual_seed(0)
         sampler = VideoFlowSampler(model, "jacobi", jacobi_threshold=args.threshold)
         video, _ = sampler.sample(args.samples, text=text, generator=generator, denoise=how)
-        frames = video.flatten(0, 1).flatten(1)
+        frames = video.flatten(0, 1).flatten(1).cpu()
         nearest = torch.cdist(frames, real).pow(2).min(dim=1).values / frames.shape[1]
         result[f"nearest_frame_mse_{how}"] = float(nearest.mean())
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python benchmarks/video.py",
+                            description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="trained video_tarflow run or checkpoint folder")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where the model samples (the noise is drawn on the CPU)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threshold", type=float, default=DEFAULT_JACOBI_THRESHOLD)
@@ -206,13 +214,20 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="*", default=[],
                         help="also sweep these Jacobi thresholds (at the first batch size)")
     parser.add_argument("--seeds", type=int, default=3, help="noise draws of the sweep")
-    args = parser.parse_args()  # fmt: skip
+    return parser  # fmt: skip
+
+
+def _run(argv: list[str] | None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device "
+                         "(torch.cuda.is_available() is False); use --device cpu")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, args.device)
     rows = [row for b in args.batches for row in speed(model, b, args)]
     print(
         f"threshold {args.threshold}, max_iter {args.max_iter}, "
-        f"{model.config.frames} frames x {model.tokens_per_frame} tokens, "
+        f"{model.config.frames} frames x {model.tokens_per_frame} tokens, device {args.device}, "
         f"{'trained ' + args.checkpoint if args.checkpoint else 'random weights'}"
     )
     print(
@@ -226,7 +241,7 @@ def main() -> None:
             f"| {r['batch']} | {r['method']} | {r['seconds']:.4f} | {r['speedup']:.2f}x{extra} | "
             f"{r['passes_per_frame']:.1f} | {r['local_passes']} | {r['max_abs_diff']:.1e} |"
         )
-    summary = {"speed": rows, "device": "cpu", "threads": torch.get_num_threads()}
+    summary = {"speed": rows, "device": args.device, "threads": torch.get_num_threads()}
     if args.thresholds:
         sweep = thresholds(model, args.batches[0], args)
         print(f"\nthreshold sweep, batch {args.batches[0]}, {args.seeds} noise draws:")
@@ -246,5 +261,9 @@ def main() -> None:
     print(json.dumps(summary))
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

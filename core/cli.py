@@ -9,9 +9,9 @@
   (non-finite numbers become ``null``: JSON has no NaN).
 - Argument types that refuse nan, inf and out-of-range values at parse time
   (:func:`positive_int`, :func:`non_negative_int`, :func:`finite_float`,
-  :func:`non_negative_float`, :func:`probability`), :func:`add_threads_option`, the device
-  choices :data:`DEVICES` and :func:`given_options` (what the user typed, for samplers that
-  fill in their own defaults).
+  :func:`non_negative_float`, :func:`probability`, :func:`random_seed`),
+  :func:`add_threads_option`, the device choices :data:`DEVICES` and :func:`given_options`
+  (what the user typed, for samplers that fill in their own defaults).
 
 Nothing heavy is imported here, and a CLI module imports torch and the models only inside the
 function that runs a command, so ``--help`` stays fast (``tests/test_clis.py`` checks that no
@@ -45,6 +45,7 @@ from typing import Any
 
 __all__ = [
     "DEVICES",
+    "MAX_SEED",
     "ArgumentParser",
     "HelpFormatter",
     "UsageError",
@@ -58,11 +59,15 @@ __all__ = [
     "positive_int",
     "print_json",
     "probability",
+    "random_seed",
     "run_cli",
 ]
 
 EXPECTED_ERRORS = (ValueError, OSError)
 DEVICES = ("cpu", "cuda")  # the choices of every --device option
+# torch.Generator.manual_seed takes 0..2**64-1 (a negative seed silently wraps around); the
+# bound leaves room for the ``seed + offset`` that samplers and fits derive from a seed
+MAX_SEED = 2**63 - 1
 
 
 class UsageError(ValueError):
@@ -190,6 +195,11 @@ def non_negative_float(text: str) -> float:
 def probability(text: str) -> float:
     """argparse type: a number in [0, 1]."""
     return _number(text, float, 0.0, 1.0, "a number in [0, 1]")
+
+
+def random_seed(text: str) -> int:
+    """argparse type: a random seed, an integer in 0..2**63-1 (every ``--seed``)."""
+    return _number(text, int, 0, MAX_SEED, f"an integer in 0..2**63-1 (= {MAX_SEED})")
 
 
 class _SetThreads(argparse.Action):

@@ -9,14 +9,23 @@ Items are dicts of tensors: ``x`` the normal map in [-1, 1] (``2 rgb - 1``, so t
 -1), ``color`` the aligned shaded image in [-1, 1], ``mask``, ``y`` the combined label
 ``view * len(FRAMINGS) + framing``, ``view``, ``framing``. Prompts map to labels with
 :func:`prompt_to_label` and back with :func:`label_to_prompt`.
+
+The renders can be cached in a safetensors file (the project keeps tensors in safetensors,
+never pickles); its metadata holds the render settings, so a cache of other renders is refused
+rather than used.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -35,6 +44,9 @@ from .render import (
 __all__ = ["NUM_LABELS", "NormalMapDataset", "label_to_prompt", "prompt_to_label"]
 
 NUM_LABELS = len(VIEWS) * len(FRAMINGS)
+CACHE_SUFFIX = ".safetensors"
+_SETTINGS = "normkit_render_settings"  # the cache's metadata entry: the render settings, JSON
+_TENSORS = ("x", "color", "mask", "view", "framing")
 
 _VIEW_WORDS = (("front",), ("back",), ("left",), ("right",))
 _FRAMING_WORDS = (("full",), ("upper",), ("head",))
@@ -75,7 +87,8 @@ class NormalMapDataset(Dataset):
         primitives_fraction: fraction of renders showing random primitives instead of a
             mannequin (labelled with their camera's view and "full body").
         flip: mirror half of the items at random (n_x negated, left/right views swapped).
-        cache: optional ``.pt`` file holding the renders (written when missing).
+        cache: optional ``.safetensors`` file holding the renders (written when missing; a
+            file of other renders or of another format is refused with a ValueError).
         max_steps: sphere-tracing steps per ray.
     """
 
@@ -99,31 +112,32 @@ class NormalMapDataset(Dataset):
             )
         if not 0.0 <= primitives_fraction <= 1.0:
             raise ValueError(f"primitives_fraction must be in [0, 1], got {primitives_fraction}")
+        if cache is not None and not str(cache).endswith(CACHE_SUFFIX):
+            raise ValueError(f"cache {str(cache)!r} must be a {CACHE_SUFFIX} file (renders are "
+                             f"cached as safetensors; an old .pt cache cannot be read)")
         self.resolution, self.flip = resolution, flip
         self._flip_rng = np.random.default_rng(seed + 1)
-        key = (resolution, num_samples, seed, tuple(int(f) for f in framings),
-               float(primitives_fraction), max_steps)
+        settings = {"resolution": int(resolution), "num_samples": int(num_samples),
+                    "seed": int(seed), "framings": [int(f) for f in framings],
+                    "primitives_fraction": float(primitives_fraction),
+                    "max_steps": int(max_steps)}
         if cache is not None and Path(cache).exists():
-            stored = torch.load(cache, weights_only=True)
-            if tuple(stored["key"]) != key:
-                raise ValueError(f"cache {cache!r} holds other renders ({stored['key']}); "
-                                 f"delete it or choose another path")
-            self.data = stored["data"]
+            self.data = _read_cache(Path(cache), settings)
         else:
-            self.data = self._render(key)
+            self.data = self._render(settings)
             if cache is not None:
-                Path(cache).parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"key": list(key), "data": self.data}, cache)
+                _write_cache(Path(cache), self.data, settings)
 
     @staticmethod
-    def _render(key: tuple) -> dict[str, torch.Tensor]:
-        resolution, num, seed, framings, prim_frac, max_steps = key
-        rng = np.random.default_rng(seed)
-        renderer = NormalMapRenderer(resolution, max_steps=max_steps, dtype=torch.float32)
+    def _render(settings: dict[str, Any]) -> dict[str, torch.Tensor]:
+        num, framings = settings["num_samples"], settings["framings"]
+        rng = np.random.default_rng(settings["seed"])
+        renderer = NormalMapRenderer(settings["resolution"], max_steps=settings["max_steps"],
+                                     dtype=torch.float32)
         xs, colors, masks, views, frames = [], [], [], [], []
         for _ in tqdm(range(num), desc="rendering normal maps", leave=False,
                       disable=num < 64):
-            if rng.uniform() < prim_frac:
+            if rng.uniform() < settings["primitives_fraction"]:
                 scene, framing = random_primitives(rng), 0
             else:
                 scene = random_mannequin(rng)
@@ -158,3 +172,33 @@ class NormalMapDataset(Dataset):
             "y": torch.tensor(view * len(FRAMINGS) + framing),
             "view": torch.tensor(view), "framing": torch.tensor(framing),
         }
+
+
+def _read_cache(path: Path, settings: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The renders in ``path``; ValueError unless it is a render cache of exactly ``settings``."""
+    try:
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
+            data = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError) as error:  # truncated, another format, unreadable
+        raise ValueError(f"cache {str(path)!r} is not a readable safetensors file ({error}); "
+                         f"delete it to render again") from None
+    if _SETTINGS not in metadata or set(data) != set(_TENSORS):
+        raise ValueError(f"cache {str(path)!r} is not a normal-map render cache (no "
+                         f"{_SETTINGS!r} metadata or not the tensors {', '.join(_TENSORS)}); "
+                         f"delete it or choose another path")
+    stored = json.loads(metadata[_SETTINGS])
+    if stored != settings:
+        differ = ", ".join(f"{key} {stored.get(key)!r} (asked: {value!r})"
+                           for key, value in settings.items() if stored.get(key) != value)
+        raise ValueError(f"cache {str(path)!r} holds other renders: {differ}; delete it or "
+                         f"choose another path")
+    return data
+
+
+def _write_cache(path: Path, data: dict[str, torch.Tensor], settings: dict[str, Any]) -> None:
+    """Write beside ``path``, then rename: an interrupted write leaves no half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file(data, partial, metadata={_SETTINGS: json.dumps(settings)})
+    os.replace(partial, path)

@@ -26,6 +26,7 @@ from core.cli import (
     given_options,
     positive_int,
     print_json,
+    random_seed,
     run_cli,
 )
 
@@ -49,7 +50,7 @@ def build_parser() -> ArgumentParser:
         "normal_aligned)")
     add("--num", type=positive_int,
         help="number of samples (default: 8 normal maps, one aligned image per map)")
-    add("--seed", type=int, default=0)
+    add("--seed", type=random_seed, default=0)
     add("--steps", type=positive_int, help="denoising steps (default: the model's)")
     add("--guidance", type=finite_float,
         help="classifier-free guidance weight (default: the model's)")

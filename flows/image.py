@@ -90,6 +90,25 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
 
+def quantise(x: torch.Tensor, levels: int | None) -> torch.Tensor:
+    """Round images in [-1, 1] to ``levels`` evenly spaced grey levels (None: unchanged).
+
+    A flow of discrete data models a dequantised relaxation; its samples are mapped back to the
+    data's alphabet, as 8-bit models round to 256 levels (scikit-learn digits have 17).
+    """
+    if levels is None:
+        return x
+    steps = levels - 1
+    return ((x.clamp(-1, 1) + 1) * steps / 2).round() * 2 / steps - 1
+
+
+def check_levels(levels: int | None) -> None:
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
+                               or not 2 <= levels <= 65536):
+        raise ValueError(f"levels must be null or an integer number of grey levels in 2..65536, "
+                         f"got {levels!r}")
+
+
 def unpatchify(tokens: torch.Tensor, channels: int, size: int, patch: int) -> torch.Tensor:
     """Inverse of :func:`patchify` for square images of side ``size``."""
     b, g = tokens.shape[0], size // patch
@@ -118,6 +137,8 @@ class TransformerFlow(ModelMixin, ConfigMixin):
             (False, "learned", "exp").
         vae: path of a local diffusers AutoencoderKL folder (latent mode) or None (pixels).
         latent_scale: multiplies the latents (default: the autoencoder's ``scaling_factor``).
+        levels: grey levels of the data (pixel mode); samples are rounded to them (null: not
+            rounded; 17 for scikit-learn digits). A sampling choice: training never reads it.
     """
 
     config_name = "config.json"
@@ -146,8 +167,12 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         affine: str = "exp",
         vae: str | None = None,
         latent_scale: float | None = None,
+        levels: int | None = None,
     ) -> None:
         super().__init__()
+        check_levels(levels)
+        if levels is not None and vae is not None:
+            raise ValueError("levels (rounding to grey levels) needs pixel mode (vae=None)")
         require_positive("tarflow", image_size=image_size, in_channels=in_channels,
                          patch_size=patch_size, width=width, num_heads=num_heads,
                          layers_per_block=layers_per_block, mlp_ratio=mlp_ratio)
@@ -260,9 +285,9 @@ class TransformerFlow(ModelMixin, ConfigMixin):
             return vae.encode(images).latent_dist.mean * self.latent_scale
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """The flow's space -> images in [-1, 1] (identity in pixel mode)."""
+        """The flow's space -> images in [-1, 1] (pixel mode: rounded to ``levels`` if set)."""
         if self._vae is None:
-            return x
+            return quantise(x, self.config.levels)
         vae = self._vae.to(x.device, x.dtype)
         with torch.no_grad():
             return vae.decode(x / self.latent_scale).sample

@@ -148,6 +148,14 @@ def _pta(*options: str) -> Callable[[Path, Path], list[str]]:
                                *[o.format(files=files, tmp=tmp) for o in options]]
 
 
+BIG = str(2**70)  # past what torch.Generator.manual_seed takes
+
+
+def _seed(value: str) -> str:
+    """The error line of every ``--seed`` outside 0..2**63-1 (core.cli.random_seed)."""
+    return f"argument --seed: must be an integer in 0..2**63-1 (= {2**63 - 1}), got '{value}'"
+
+
 # id -> (argv builder, text the error line must hold)
 CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     # the trainer's numbers (issue 14, item 5)
@@ -161,6 +169,12 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "train num_workers<0": (_trainer("data.num_workers=-1"), "data.num_workers"),
     "train batch > dataset": (_trainer("data.num_samples=8"), "allowed: data.batch_size <= 8"),
     "train model setting": (_trainer("model.hidden=-1"), "model.hidden=-1"),
+    "train data.cache .pt": (
+        lambda files, tmp: ["-m", "trainers.train", "--config",
+                            str(ROOT / "configs" / "normal_adapted.yaml"),
+                            f"trainer.output_dir={tmp / 'run'}", "data.num_samples=8",
+                            "data.cache=normal_maps.pt"],
+        "cache 'normal_maps.pt' must be a .safetensors file"),
     # the run folder (items 2 and 4)
     "train used folder": (_used_folder, "trainer.overwrite=true"),
     # damaged resume checkpoints (item 7)
@@ -190,6 +204,8 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "sample --jacobi-max-iter 0": (_sample("--jacobi-max-iter", "0"), "--jacobi-max-iter"),
     "sample --class 99": (_sample("--class", "99"), "--class must lie in 0..2"),
     "sample --seed text": (_sample("--seed", "x"), "--seed"),
+    "sample --seed -1": (_sample("--seed", "-1"), _seed("-1")),
+    "sample --seed 2**70": (_sample("--seed", BIG), _seed(BIG)),
     "sample --out folder": (
         lambda files, tmp: [str(ROOT / "sample.py"), "--checkpoint", str(files / "flow"),
                             "--out", str(tmp)],
@@ -208,16 +224,21 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     # flows.video and diffusion.sample
     "video --guidance nan": (_video("--guidance", "nan"), "--guidance"),
     "video --frames 0": (_video("--frames", "0"), "--frames"),
+    "video --seed -1": (_video("--seed", "-1"), _seed("-1")),
+    "video --seed 2**70": (_video("--seed", BIG), _seed(BIG)),
     "video of an image checkpoint": (_video(), "not 'video_tarflow'"),
     "diffusion --num 0": (_diffusion("--num", "0"), "--num"),
     "diffusion --steps 0": (_diffusion("--steps", "0"), "--steps"),
     "diffusion --guidance nan": (_diffusion("--guidance", "nan"), "--guidance"),
+    "diffusion --seed -1": (_diffusion("--seed", "-1"), _seed("-1")),
+    "diffusion --seed 2**70": (_diffusion("--seed", BIG), _seed(BIG)),
     "diffusion of a flow checkpoint": (_diffusion(), "holds a 'tarflow' model"),
     # the evidence CLI
     "evidence --epochs -1": (_evidence("--epochs", "-1"), "--epochs"),
     "evidence --burn-in 1": (_evidence("--burn-in", "1"), "--burn-in"),
     "evidence --temperature nan": (_evidence("--temperature", "nan"), "--temperature"),
-    "evidence --seed -1": (_evidence("--seed", "-1"), "--seed"),
+    "evidence --seed -1": (_evidence("--seed", "-1"), _seed("-1")),
+    "evidence --seed 2**70": (_evidence("--seed", BIG), _seed(BIG)),
     "evidence --threads 0": (_evidence("--threads", "0"), "--threads"),
     "evidence truncated npz": (_truncated_chain, "not a readable .npz"),
     "evidence folder as chain": (_evidence(chain="folder"), "give a chain file"),
@@ -230,7 +251,8 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "pta --steps 10": (_pta("--steps", "10"), "--steps"),
     "pta --ensembles 0": (_pta("--ensembles", "0"), "--ensembles"),
     "pta --epochs 0": (_pta("--epochs", "0"), "--epochs"),
-    "pta --seed -1": (_pta("--seed", "-1"), "--seed"),
+    "pta --seed -1": (_pta("--seed", "-1"), _seed("-1")),
+    "pta --seed 2**70": (_pta("--seed", BIG), _seed(BIG)),
     "pta --threads 0": (_pta("--threads", "0"), "--threads"),
     "pta unknown model": (lambda files, tmp: ["-m", "flows.pta", "compare", "--models", "nosuch",
                                               "--out", str(tmp / "out")], "'nosuch' is unknown"),
@@ -286,8 +308,8 @@ def test_bad_input_is_one_error_line_and_exit_2(
 
 # one case per command line, run as a user runs it: the module's entry point and exit status
 AS_SUBPROCESS = ["resume truncated optimizer", "sample weights of another width",
-                 "video --frames 0", "diffusion --steps 0", "evidence truncated npz",
-                 "pta --out file"]
+                 "sample --seed 2**70", "video --frames 0", "diffusion --steps 0",
+                 "evidence truncated npz", "pta --out file"]
 
 
 @pytest.mark.parametrize("case", AS_SUBPROCESS)

@@ -107,6 +107,9 @@ class TrainerConfig:
     the gradient norm is then not logged); ``.inf`` logs the norm without clipping.
     ``threads``: torch intra-op threads of each process (null: torch's default, one per core).
     ``overwrite``: start a new run in a folder that holds an earlier one, deleting its outputs.
+    ``init_from``: start a new run from the weights of a checkpoint, run folder or shipped model
+    name (its raw ``model/`` weights; fine-tuning): the model config must build the same
+    parameter shapes; optimizer, schedule, EMA and step start afresh. A resumed run ignores it.
     ``activation_checkpointing``: recompute each transformer block's activations in the backward
     pass (diffusers UNets: their gradient checkpointing); ``compile``: ``torch.compile`` the loss
     (``trainers.speedups``). Sharding (FSDP2) is chosen by the launch (``trainers.sharding``).
@@ -131,6 +134,7 @@ class TrainerConfig:
     checkpoint_every: int = _bounded(0, 0, note="0: only at the end")
     keep_last: int = _bounded(3, 1)
     resume: str | None = None
+    init_from: str | None = None
     overwrite: bool = False
     tensorboard: bool = False
     max_nonfinite: int = _bounded(10, 1)

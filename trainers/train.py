@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from core import checkpoint as core_checkpoint
 from core.registry import get_dataset, get_model
 from trainers import checkpoint as ckpt
 from trainers.config import TrainConfig, TrainerConfig
@@ -161,6 +162,26 @@ def preflight(config: TrainConfig) -> None:
         _nap_projector_class()
     if trainer.resume not in (None, "latest"):
         ckpt.resolve_checkpoint(trainer.resume)
+    if trainer.init_from is not None:
+        core_checkpoint.resolve_source(trainer.init_from)
+
+
+def init_weights(model: nn.Module, config: TrainConfig) -> None:
+    """Copy ``trainer.init_from``'s raw weights into ``model`` (same kind, same shapes)."""
+    source = config.trainer.init_from
+    donor, _ = core_checkpoint.load_model(source, use_ema=False, kind=config.model.name)
+    have, want = model.state_dict(), donor.state_dict()
+    if have.keys() != want.keys():
+        missing = sorted(have.keys() - want.keys()) or sorted(want.keys() - have.keys())
+        raise ValueError(f"trainer.init_from={source!r}: its weights do not fit this model "
+                         f"(parameter {missing[0]!r} is in one and not the other); the model "
+                         "config must build the same layers")
+    for key, value in want.items():
+        if value.shape != have[key].shape:
+            raise ValueError(f"trainer.init_from={source!r}: parameter {key!r} has shape "
+                             f"{tuple(value.shape)} there and {tuple(have[key].shape)} in this "
+                             "model; the model config must build the same shapes")
+    model.load_state_dict(want)
 
 
 def _say(accelerator: Any, text: str) -> None:
@@ -261,6 +282,9 @@ def _set_up(
     # Same initial weights on every rank, then rank-specific randomness (noise, dropout).
     set_seed(tc.seed)
     model = get_model(config.model.name)(**config.model.kwargs)
+    if tc.init_from is not None and resume_from is None:
+        init_weights(model, config)
+        _say(accelerator, f"weights from {tc.init_from} (trainer.init_from)")
     dataset = get_dataset(config.data.name)(**config.data.kwargs)
     _check_batch_size(config, len(dataset), accelerator.num_processes)
     sampler = EpochSampler(len(dataset), tc.seed, config.data.shuffle)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.cli import ArgumentParser, add_threads_option, json_line, run_cli
+from core.cli import ArgumentParser, add_threads_option, json_line, random_seed, run_cli
 from flows.posterior.readers import FORMATS as READERS
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_UNRELIABLE", "build_parser", "main"]
@@ -88,7 +88,7 @@ def build_parser(prog: str = "python -m flows.posterior") -> ArgumentParser:
     parser.add_argument("--flow", default="spline", choices=FLOWS, help="flow kind")
     parser.add_argument("--epochs", type=_number(int, 0), default=200,
                         help="maximum flow training epochs (0: the Gaussian fit)")
-    parser.add_argument("--seed", type=_number(int, 0, 2**63 - 1), default=0,
+    parser.add_argument("--seed", type=random_seed, default=0,
                         help="seeds the chain split, the flow fit and importance draws")
     add_threads_option(parser, default=1, help="torch CPU threads (1 is fastest for these "
                        "small flows on a busy machine; see docs/posterior.md)")

@@ -29,9 +29,9 @@ from typing import Any
 from core.cli import (
     ArgumentParser,
     add_threads_option,
-    non_negative_int,
     positive_int,
     print_json,
+    random_seed,
     run_cli,
 )
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="flow kind fitted to the chains")
     cmp.add_argument("--epochs", type=positive_int, default=200,
                      help="maximum flow-training epochs (early stopping ends most fits sooner)")
-    cmp.add_argument("--seed", type=non_negative_int, default=0,
+    cmp.add_argument("--seed", type=random_seed, default=0,
                      help="seeds the chains and the flows")
     cmp.add_argument("--out", default="results",
                      help="folder for comparison.json, models/ and the plots")

@@ -28,6 +28,7 @@ from core.cli import (
     non_negative_float,
     positive_int,
     print_json,
+    random_seed,
     run_cli,
 )
 
@@ -61,7 +62,7 @@ def build_parser() -> ArgumentParser:
     add("--jacobi-threshold", type=non_negative_float, default=DEFAULT_JACOBI_THRESHOLD)
     add("--jacobi-max-iter", type=positive_int, help="passes per chunk at most")
     add("--jacobi-chunk", type=positive_int, help="tokens per Jacobi chunk (default: a frame)")
-    add("--seed", type=int, default=0)
+    add("--seed", type=random_seed, default=0)
     add("--out", default="video.mp4", help=".mp4 | .gif | .png")
     add("--fps", type=positive_int, default=8)
     add("--scale", type=positive_int, default=4, help="integer upscaling of the output")

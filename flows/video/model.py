@@ -62,10 +62,12 @@ from core.checks import require_positive
 from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock
 from flows.image import (
+    check_levels,
     dequantise,
     nats_to_bits_per_dim,
     normal_log_prob,
     patchify,
+    quantise,
     unpatchify,
 )
 from flows.jacobi import JacobiSolver, JacobiStats
@@ -104,6 +106,8 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
             denoiser_lr: its transformer, temporal window and AdamW learning rate.
         vae: path of a local diffusers AutoencoderKL folder applied per frame (latent mode).
         latent_scale: latent multiplier (default: the autoencoder's ``scaling_factor``).
+        levels: grey levels of the data (pixel mode); sampled frames are rounded to them (null:
+            not rounded; 17 for moving scikit-learn digits). Sampling only: training never reads it.
     """
 
     @register_to_config
@@ -135,8 +139,12 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         denoiser_lr: float = 1e-3,
         vae: str | None = None,
         latent_scale: float | None = None,
+        levels: int | None = None,
     ) -> None:
         super().__init__()
+        check_levels(levels)
+        if levels is not None and vae is not None:
+            raise ValueError("levels (rounding to grey levels) needs pixel mode (vae=None)")
         require_positive("video_tarflow", image_size=image_size, in_channels=in_channels,
                          patch_size=patch_size, width=width, num_heads=num_heads,
                          mlp_ratio=mlp_ratio, local_depth=local_depth,
@@ -253,13 +261,23 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         return frames.reshape(b, f, *self.frame_shape)
 
     def check_condition(self, y: torch.Tensor | None, text: torch.Tensor | None) -> None:
-        """Raise ValueError for labels or prompts this model cannot take."""
+        """Raise ValueError for labels or prompt ids this model cannot take.
+
+        Reads their values (a device sync), so it runs where they come in (``reverse``, the
+        sampler), not in ``forward``: the training loss must not wait for the device every
+        step, and the datasets make labels and ids in range by construction.
+        """
+        self._check_condition_kinds(y, text)
         n = self.config.num_classes
-        if y is not None:
-            if not n:
-                raise ValueError("this model has no class labels (num_classes=0); give no label")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
-                raise ValueError(f"class labels must lie in 0..{n - 1}, got {y.unique().tolist()}")
+        if y is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
+            raise ValueError(f"class labels must lie in 0..{n - 1}, got {y.unique().tolist()}")
+        if text is not None:
+            self.text_embed.check_ids(text)
+
+    def _check_condition_kinds(self, y: torch.Tensor | None, text: torch.Tensor | None) -> None:
+        """The checks that read no tensor values (free on every forward)."""
+        if y is not None and not self.config.num_classes:
+            raise ValueError("this model has no class labels (num_classes=0); give no label")
         if text is not None and not self.config.text_tokens:
             raise ValueError("this model takes no text prompt (text_tokens=0)")
 
@@ -311,9 +329,9 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         return latents.reshape(b, f, *latents.shape[1:])
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """The flow's space -> pixels (B, F, C, H, W) in [-1, 1]."""
+        """The flow's space -> pixels (B, F, C, H, W) in [-1, 1] (rounded to ``levels`` if set)."""
         if self._vae is None:
-            return x
+            return quantise(x, self.config.levels)
         b, f = x.shape[:2]
         vae = self._vae.to(x.device, x.dtype)
         with torch.no_grad():
@@ -338,8 +356,11 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         text: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, F, C, H, W) in the flow's space -> (z like x, total log|det dz/dx| (B,))."""
-        self.check_condition(y, text)
+        """x (B, F, C, H, W) in the flow's space -> (z like x, total log|det dz/dx| (B,)).
+
+        Label and id values are not checked here (see :meth:`check_condition`).
+        """
+        self._check_condition_kinds(y, text)
         u, logdet = self.local_forward(self._tokens(x))
         b, f, n, d = u.shape
         z, global_logdet = self.global_block(u.reshape(b, f * n, d), self.prefix(b, y, text, drop))

@@ -88,7 +88,14 @@ class TextTokenizer:
 
 
 class TextEmbedding(nn.Module):
-    """Learned word embedding plus learned positions: ids (B, L) -> prefix tokens (B, L, width)."""
+    """Learned word embedding plus learned positions: ids (B, L) -> prefix tokens (B, L, width).
+
+    ``forward`` checks the ids' shape and dtype only: reading their values would wait for the
+    device on every training step and break torch.compile graphs. Their values are checked
+    where ids enter: :meth:`TextTokenizer.encode` makes only ids of its vocabulary (the
+    datasets and the prompts of sampling go through it), and :meth:`check_ids` refuses any
+    other tensor (the video flow calls it before sampling, via ``check_condition``).
+    """
 
     def __init__(self, vocab_size: int, max_tokens: int, width: int) -> None:
         super().__init__()
@@ -98,14 +105,26 @@ class TextEmbedding(nn.Module):
         nn.init.normal_(self.words.weight, std=0.02)
         nn.init.normal_(self.positions, std=0.02)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """Raise ValueError unless ``ids`` is (batch, max_tokens) integers in [0, vocab size).
+
+        Reads the values (a device sync): call it where ids come in, not per training step.
+        """
+        self._check_layout(ids)
+        vocab = self.words.num_embeddings
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(
+                f"text ids must lie in [0, {vocab}), got [{int(ids.min())}, {int(ids.max())}]"
+            )
+
+    def _check_layout(self, ids: torch.Tensor) -> None:
         if ids.ndim != 2 or ids.shape[1] != self.max_tokens:
             raise ValueError(
                 f"text ids must have shape (batch, {self.max_tokens}), got {tuple(ids.shape)}"
             )
-        if int(ids.min()) < 0 or int(ids.max()) >= self.words.num_embeddings:
-            raise ValueError(
-                f"text ids must lie in [0, {self.words.num_embeddings}), got "
-                f"[{int(ids.min())}, {int(ids.max())}]"
-            )
+        if ids.dtype not in (torch.long, torch.int):
+            raise ValueError(f"text ids must be integers (torch.long), got {ids.dtype}")
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self._check_layout(ids)
         return self.words(ids) + self.positions

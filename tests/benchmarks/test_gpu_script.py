@@ -68,8 +68,9 @@ def test_dry_run_prints_commands_the_scripts_accept(tmp_path):
     assert words[1:4] == ["-m", "trainers.train", "--config"]
     config = load_config(ROOT / words[4], words[5:])
     assert config.trainer.max_steps == 200 and config.trainer.mixed_precision == "bf16"
-    # every option given to the two sampling benchmarks is one they list in --help
+    # both sampling benchmarks run on the GPU, with options they list in --help
     for name in ("jacobi-image", "jacobi-video"):
+        assert commands[name][2:4] == ["--device", "cuda"], commands[name]
         script = commands[name][1]
         helped = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, text=True,
                                 capture_output=True, timeout=300)

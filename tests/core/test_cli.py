@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from core.cli import (
+    MAX_SEED,
     ArgumentParser,
     add_threads_option,
     finite_float,
@@ -18,6 +20,7 @@ from core.cli import (
     positive_int,
     print_json,
     probability,
+    random_seed,
     run_cli,
 )
 
@@ -94,6 +97,15 @@ def test_number_types() -> None:
                         (probability, "1.01"), (probability, "nan"), (finite_float, "inf")]:
         with pytest.raises(Exception, match=f"got '{text}'"):
             check(text)
+
+
+def test_random_seed_takes_what_a_torch_generator_takes() -> None:
+    assert random_seed("0") == 0 and random_seed(str(MAX_SEED)) == MAX_SEED
+    torch.Generator().manual_seed(MAX_SEED + 1)  # headroom: seed + offset stays a valid seed
+    allowed = f"an integer in 0..2**63-1 (= {MAX_SEED})"
+    for text in ["-1", str(MAX_SEED + 1), str(2**70), "2**70", "1.5"]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"{allowed}, got {text!r}")):
+            random_seed(text)
 
 
 def test_json_is_one_line_without_nan(capsys) -> None:

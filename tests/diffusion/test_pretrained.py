@@ -34,7 +34,10 @@ def test_shipped_name_resolves_loads_and_fits(name: str) -> None:
     assert type(model) is SHIPPED[name] and config["model"]["name"] == name
     assert not model.training
     # The shipped config is the committed recipe the README tells users to train with.
-    recipe = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    # Models trained in two stages ship the second (trainer.init_from names the first).
+    stage2 = ROOT / "configs" / f"{name}_stage2.yaml"
+    recipe_file = stage2 if stage2.is_file() else ROOT / "configs" / f"{name}.yaml"
+    recipe = yaml.safe_load(recipe_file.read_text())
     assert config["model"] == recipe["model"]
     assert config["trainer"]["max_steps"] == recipe["trainer"]["max_steps"]
     assert json.loads((folder / "trainer_state.json").read_text())["step"] == \
@@ -61,8 +64,11 @@ def test_the_readme_commands_chain_both_shipped_models(tmp_path, capsys) -> None
         tiles = np.asarray(image.convert("RGB")).reshape(32, 3, 32, 3)
     with Image.open(normals) as image:
         maps = np.asarray(image.convert("RGB")).reshape(32, 3, 32, 3)
-    # The aligned model paints only the foreground of its own map (mask_background).
-    assert np.array_equal(tiles.max(axis=-1) == 0, maps.max(axis=-1) == 0)
+    # The aligned model paints only the foreground of its own map (mask_background); a dark
+    # colour may round to black inside the figure, so that side is checked on most pixels.
+    background, painted = maps.max(axis=-1) == 0, tiles.max(axis=-1) > 0
+    assert not painted[background].any()
+    assert painted[~background].mean() > 0.9
 
 
 def test_a_single_map_png_is_one_map_even_when_its_side_is_a_multiple_of_32(

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flows.image import TransformerFlow, patchify, unpatchify
+from flows.image import TransformerFlow, patchify, quantise, unpatchify
 from flows.jacobi import JacobiSolver
 from flows.sampling import ImageFlowSampler
 
@@ -198,6 +198,31 @@ def test_sample_for_logging_and_auto() -> None:
     assert vars(flow) == attributes  # the sampler, not the model, keeps what auto measured
     with pytest.raises(ValueError, match="number of samples must be >= 0, got -1"):
         ImageFlowSampler(flow).sample(-1)
+
+
+def test_quantise_rounds_to_the_nearest_of_evenly_spaced_levels() -> None:
+    x = torch.tensor([-1.2, -1.0, -0.93, -0.94, 0.0, 0.06, 0.07, 1.0, 3.0])
+    # 17 levels in [-1, 1]: spacing 0.125; -0.93 is nearer -0.875, -0.94 nearer -1
+    expected = torch.tensor([-1.0, -1.0, -0.875, -1.0, 0.0, 0.0, 0.125, 1.0, 1.0])
+    assert torch.allclose(quantise(x, 17), expected)
+    assert quantise(x, None) is x
+    pixels = ((quantise(torch.linspace(-1, 1, 1000), 17) + 1) * 127.5).round().unique()
+    assert len(pixels) == 17  # what a PNG stores: 17 grey values, like the digits data
+
+
+def test_levels_round_the_samples_only() -> None:
+    torch.manual_seed(0)
+    plain, rounded = _flow(num_classes=2), _flow(randomise=False, num_classes=2, levels=5)
+    rounded.load_state_dict(plain.state_dict())
+    images, _ = ImageFlowSampler(rounded).sample(3, generator=torch.Generator().manual_seed(1))
+    free, _ = ImageFlowSampler(plain).sample(3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(images, quantise(free, 5))
+    assert set(images.unique().tolist()) <= {-1.0, -0.5, 0.0, 0.5, 1.0}
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    assert torch.equal(rounded(x)[0], plain(x)[0])  # the flow itself is unchanged
+    for bad in (1, 2.5, True, 70000):
+        with pytest.raises(ValueError, match=f"levels must be null or an integer .* got {bad!r}"):
+            TransformerFlow(**TINY, levels=bad)
 
 
 @pytest.fixture(scope="module")

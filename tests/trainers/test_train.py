@@ -390,3 +390,41 @@ def test_kill_9_of_the_launcher_stops_its_ranks(tmp_path):
         for pid in [process.pid, *ranks]:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_init_from_starts_a_new_run_from_the_donor_weights(tmp_path):
+    donor = train(smoke(tmp_path, "trainer.max_steps=5", name="donor"))
+    frozen = ("trainer.max_steps=1", "optimizer.lr=0", "trainer.warmup_steps=0")
+    started = train(smoke(tmp_path, *frozen, f"trainer.init_from={donor.checkpoint}",
+                          name="fine_tune"))
+    fresh = train(smoke(tmp_path, *frozen, name="fresh"))
+    expected = weights(donor.checkpoint / "model")
+    got, baseline = weights(started.checkpoint / "model"), weights(fresh.checkpoint / "model")
+    assert started.step == 1  # the step count starts afresh
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert not all(torch.equal(baseline[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.hidden=16", "has shape"),
+        ("model.depth=3", "is in one and not the other"),
+    ],
+)
+def test_init_from_refuses_weights_of_another_shape(tmp_path, capsys, override, expected):
+    donor = train(smoke(tmp_path, "trainer.max_steps=2", name="donor"))
+    code = main(["--config", str(SMOKE), f"trainer.output_dir={tmp_path / 'out'}",
+                 f"trainer.init_from={donor.checkpoint}", override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: trainer.init_from=") and "\n" not in err and expected in err
+
+
+def test_init_from_a_missing_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["--config", str(SMOKE), f"trainer.output_dir={out}",
+                 f"trainer.init_from={tmp_path / 'nowhere'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "nowhere" in err and "\n" not in err
+    assert not out.exists()

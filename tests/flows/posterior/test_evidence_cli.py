@@ -144,7 +144,7 @@ def test_bad_input_one_line_exit_2(
         (["--temperature", "nan"], "argument --temperature: nan must be a number in (0, 1]"),
         (["--threads", "0"], "argument --threads: must be an integer >= 1, got '0'"),
         (["--burn-in", "1"], "argument --burn-in: 1 must be a number in [0, 1)"),
-        (["--seed", "-3"], "argument --seed: -3 must be an integer in [0, 9.22337e+18]"),
+        (["--seed", "-3"], "argument --seed: must be an integer in 0..2**63-1"),
         (["--format", "pickle"], "argument --format: invalid choice: 'pickle'"),
     ],
 )

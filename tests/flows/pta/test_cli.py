@@ -77,7 +77,7 @@ def test_flow_choices_are_the_posterior_flow_kinds() -> None:
         (["--nfreqs", "40"], "must be an integer 1..30"),
         (["--steps", "3"], "must be an integer >= 50"),
         (["--ensembles", "0"], "must be an integer >= 1"),
-        (["--seed", "-1"], "must be an integer >= 0"),
+        (["--seed", "-1"], "must be an integer in 0..2**63-1"),
         (["--epochs", "nan"], "must be an integer"),
         (["--threads", "0"], "must be an integer >= 1"),
         (["--models", "powerlw"], "'powerlw' is unknown"),

@@ -7,8 +7,10 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from flows.video import VideoFlowSampler, VideoTransformerFlow
+from flows.video.text import TextEmbedding
 
 T, S, P = 3, 4, 2  # frames, frame side, patch: 4 tokens of 4 numbers per frame
 
@@ -321,6 +323,19 @@ def test_sample_for_logging_and_save_load(tmp_path) -> None:
     assert all(not p.requires_grad for p in loaded.denoiser.parameters())
 
 
+def test_levels_round_decoded_frames_and_survive_save_load(tmp_path) -> None:
+    from flows.image import quantise
+
+    model = _model(levels=17)
+    x = torch.rand(2, T, 1, S, S) * 2 - 1
+    assert torch.equal(model.decode(x), quantise(x, 17))
+    assert not torch.equal(model.decode(x), x)
+    model.save_pretrained(tmp_path)
+    assert VideoTransformerFlow.from_pretrained(tmp_path).config.levels == 17
+    with pytest.raises(ValueError, match="levels must be null or an integer"):
+        _model(levels=0)
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     model = _model(**COND)
     with pytest.raises(ValueError, match="vocabulary"):
@@ -335,6 +350,50 @@ def test_bad_inputs_raise_clear_errors() -> None:
         model(torch.randn(2, T, 3, S, S))
     with pytest.raises(ValueError, match="context_frames"):
         model.reverse(_video(), context_frames=T)
+
+
+def test_out_of_range_text_ids_are_refused_before_sampling() -> None:
+    model = _model(**COND)
+    vocab = model.text_embed.words.num_embeddings
+    bad = torch.tensor([[1, 2, 0, 0], [3, vocab, 0, 0]])
+    for call in (lambda: model.reverse(_video(), text=bad),
+                 lambda: VideoFlowSampler(model).sample(2, text=bad)):
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == f"text ids must lie in [0, {vocab}), got [0, {vocab}]"
+    with pytest.raises(ValueError, match=r"must lie in \[0, \d+\), got \[-1, 2\]"):
+        model.check_condition(None, torch.tensor([[-1, 2, 0, 0]]))
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts reads of a tensor value by the host (int(t), t.item(): a device sync on GPUs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_loss_reads_no_label_or_id_values() -> None:
+    model = _model(**COND).train()
+    y, text = _cond(model)
+    batch = {"x": torch.rand(2, T, 1, S, S), "y": y, "text": text}
+    with _HostReads() as reads:
+        model.loss(batch)
+    assert reads.count == 0
+    with _HostReads() as reads:  # the counter works: the sampling check does read them
+        model.check_condition(y, text)
+    assert reads.count > 0
+
+
+def test_text_embedding_compiles_into_one_graph() -> None:
+    embed = TextEmbedding(10, 4, 8)
+    ids = torch.tensor([[1, 2, 0, 0], [9, 3, 3, 0]])
+    compiled = torch.compile(embed, backend="eager", fullgraph=True)  # a graph break raises
+    torch.testing.assert_close(compiled(ids), embed(ids))
 
 
 @pytest.mark.float64

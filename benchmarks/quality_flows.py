@@ -181,17 +181,23 @@ def _prompted_digits(caption: str) -> tuple[int, int]:
 
 
 class PairClassifier:
-    """Which digits a frame shows: a small CNN (multi-label, global max pooling) on real frames.
+    """Which digits a clip shows: a multi-label CNN on single frames, evidence pooled per clip.
 
-    Fitted on every other frame of real training clips; a clip's digits are the top one or two
-    classes of its frames' mean probabilities (one when the prompt names one digit twice).
-    Global max pooling makes it indifferent to where a digit sits in the frame.
+    Fitted on real training clips only: every other frame of each (neighbouring frames nearly
+    repeat, so more clips buy more than more frames of one clip), labelled with the clip's two
+    prompted digits (binary cross-entropy per class). Two convolutions, 5x5 then 4x4 (an 8x8
+    receptive field, the size of a digit), each with batch normalisation, then the maximum over
+    positions: a sliding digit detector, indifferent to where a digit sits and trained on digits
+    that overlap the other one. Without batch normalisation the same budget recognised 0.89
+    instead of 0.97 of real test clips (measured while choosing it; benchmarks/RESULTS.md).
+    Deterministic given ``seed``; the caller's torch random state is left as it was.
     """
 
-    def __init__(self, clips: dict[str, Any], epochs: int = 6, seed: int = 0) -> None:
+    def __init__(
+        self, clips: dict[str, Any], epochs: int = 10, seed: int = 0, batch: int = 128
+    ) -> None:
         from torch import nn
 
-        torch.manual_seed(seed)
         pixels = torch.tensor(clips["pixels"][:, ::2], dtype=torch.float32)
         self.side = int(round(math.sqrt(pixels.shape[-1])))
         frames = pixels.reshape(-1, 1, self.side, self.side)
@@ -201,31 +207,47 @@ class PairClassifier:
         targets[rows, pairs[:, 0]] = 1
         targets[rows, pairs[:, 1]] = 1
         targets = targets.repeat_interleave(pixels.shape[1], dim=0)
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1, stride=2), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(64, 10),
-        )  # fmt: skip
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=2e-3)
-        for _ in range(epochs):
-            for index in torch.randperm(len(frames)).split(128):
-                logits = self.net(frames[index])
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, targets[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(
+                nn.Conv2d(1, 32, 5), nn.BatchNorm2d(32), nn.ReLU(),
+                nn.Conv2d(32, 48, 4), nn.BatchNorm2d(48), nn.ReLU(),
+                nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(48, 10),
+            )  # fmt: skip
+            optimizer = torch.optim.Adam(self.net.parameters(), lr=3e-3)
+            steps = epochs * math.ceil(len(frames) / batch)
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=steps)
+            for _ in range(epochs):
+                for index in torch.randperm(len(frames)).split(batch):
+                    logits = self.net(frames[index])
+                    loss = nn.functional.binary_cross_entropy_with_logits(logits, targets[index])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
         self.net.eval()
 
     @torch.no_grad()
-    def recognised(self, pixels: np.ndarray, pairs: np.ndarray) -> float:
-        """Fraction of clips (N, F, H*W) whose prompted digits are the ones recognised."""
+    def scores(self, pixels: np.ndarray) -> np.ndarray:
+        """Per-class evidence (N, 10) of clips (N, F, H*W): the mean logit over the frames."""
         n, f, _ = pixels.shape
         frames = torch.tensor(pixels, dtype=torch.float32).reshape(-1, 1, self.side, self.side)
-        probs = torch.sigmoid(self.net(frames)).reshape(n, f, 10).mean(1).numpy()
-        hits = [set(np.argsort(-p)[: len({a, b})]) == {a, b} for p, (a, b) in zip(probs, pairs)]
-        return float(np.mean(hits))
+        logits = torch.cat([self.net(chunk) for chunk in frames.split(4096)])
+        return logits.reshape(n, f, 10).mean(1).numpy()
+
+    def recognised(self, pixels: np.ndarray, pairs: np.ndarray) -> float:
+        """Fraction of clips (N, F, H*W) whose prompted digits are the ones recognised."""
+        return float(pair_recognised(self.scores(pixels), pairs).mean())
+
+
+def pair_recognised(scores: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per clip: are the top classes of ``scores`` (N, 10) the prompted digits ``pairs`` (N, 2)?
+
+    The top two must be the two digits; a caption that names one digit twice ("a 4 and a 4")
+    asks for that digit on top (the per-class evidence cannot count copies of a digit).
+    """
+    top = np.argsort(-scores, axis=1)
+    return np.array([set(t[: len({a, b})]) == {a, b} for t, (a, b) in zip(top, pairs)])
 
 
 def digit_centres(pixels: np.ndarray, iterations: int = 8) -> np.ndarray:
@@ -344,8 +366,8 @@ def video_rows(
     data = config["data"]
     window, long = model.config.frames, 3 * model.config.frames
     num = 60 if quick else 200
-    # the probe is the same in quick runs: fitted on fewer clips it recognises no real pair
-    classifier = PairClassifier(_clips("train", 1500, window, data), epochs=6)
+    # the probe is the same in quick runs: it must judge samples as well in both
+    classifier = PairClassifier(_clips("train", 3000, window, data))
     real = _clips("test", num, window, data)
     real_long = _clips("test", num, long, data)
     start = time.perf_counter()

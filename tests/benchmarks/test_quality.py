@@ -90,3 +90,47 @@ def test_small_values_keep_their_magnitude() -> None:
            "met": None}  # fmt: skip
     assert "| 8.8e-05 |" in quality.table([row])
     assert "| 0.000 |" in quality.table([{**row, "value": 0.0}])
+
+
+# the shipped video model's data options (flows/pretrained/moving_digits_video/config.yaml)
+MOVING_DIGITS = {"image_size": 16, "digit_size": 8, "speed": 1.0, "text_tokens": 8}
+
+
+def _probe_on_test_clips(clips: int, epochs: int) -> tuple[float, float]:
+    """The probe fitted on ``clips`` real training clips, scored on 100 real test clips with
+    their own captions and with each clip's neighbour's caption (chance level)."""
+    train = quality_flows._clips("train", clips, 8, MOVING_DIGITS)
+    probe = quality_flows.PairClassifier(train, epochs=epochs)
+    test = quality_flows._clips("test", 100, 8, MOVING_DIGITS)
+    own = probe.recognised(test["pixels"], test["pairs"])
+    return own, probe.recognised(test["pixels"], np.roll(test["pairs"], 1, axis=0))
+
+
+def test_a_briefly_fitted_video_probe_already_tells_the_captions_of_real_clips() -> None:
+    own, other = _probe_on_test_clips(600, epochs=5)  # measured: 0.51 and 0.05
+    assert own >= 0.4 and other <= 0.15
+
+
+@pytest.mark.slow
+def test_the_benchmark_video_probe_recognises_real_clips() -> None:
+    own, other = _probe_on_test_clips(3000, epochs=10)  # as video_rows fits it; measured: 1.0
+    assert own >= 0.95 and other <= 0.15
+
+
+def test_the_video_probe_is_fixed_by_its_seed_and_leaves_torch_random_state_alone() -> None:
+    import torch
+
+    clips = quality_flows._clips("train", 40, 8, MOVING_DIGITS)
+    state = torch.get_rng_state()
+    first = quality_flows.PairClassifier(clips, epochs=1, seed=3).scores(clips["pixels"])
+    assert torch.equal(torch.get_rng_state(), state)
+    again = quality_flows.PairClassifier(clips, epochs=1, seed=3).scores(clips["pixels"])
+    other = quality_flows.PairClassifier(clips, epochs=1, seed=4).scores(clips["pixels"])
+    assert np.array_equal(first, again) and not np.allclose(first, other)
+
+
+def test_a_pair_is_recognised_only_as_the_two_top_classes() -> None:
+    scores = np.zeros((4, 10))
+    scores[:, 3], scores[:, 7], scores[:, 5] = 3.0, 2.0, 1.0
+    pairs = np.array([[7, 3], [3, 5], [3, 3], [7, 7]])  # a digit named twice: it must be on top
+    assert quality_flows.pair_recognised(scores, pairs).tolist() == [True, False, True, False]

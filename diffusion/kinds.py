@@ -25,7 +25,8 @@ KINDS = (
         shipped={
             "normal_adapted": ShippedModel(
                 "diffusion:pretrained/normal_adapted",
-                "normal maps of rendered figures from view/framing prompts",
+                "normal maps of rendered figures from view/framing prompts"
+                " (stage 2 of 2; stage 1: 3000 steps, lr 1e-3)",
             ),
         },
     ),
@@ -38,7 +39,8 @@ KINDS = (
         shipped={
             "normal_aligned": ShippedModel(
                 "diffusion:pretrained/normal_aligned",
-                "a shaded image following a given normal map",
+                "a shaded image following a given normal map"
+                " (stage 2 of 2; stage 1: 1500 steps, lr 1e-3)",
             ),
         },
     ),

@@ -34,7 +34,8 @@ KINDS = (
         shipped={
             "digits_tarflow": ShippedModel(
                 "flows:pretrained/digits_tarflow",
-                "class-conditional TARFlow on 16x16 handwritten digits (sklearn digits)",
+                "class-conditional TARFlow on 8x8 handwritten digits"
+                " (sklearn digits, 17 grey levels)",
             ),
         },
     ),

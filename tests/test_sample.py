@@ -139,7 +139,7 @@ def test_default_run_samples_the_shipped_model(tmp_path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["model"] == "tarflow"
     assert Path(summary["checkpoint"]).resolve() == SHIPPED.resolve()
-    assert summary["sample_shape"] == [1, 16, 16]
+    assert summary["sample_shape"] == [1, 8, 8]
     assert len(summary["iterations"]) >= 4
     with Image.open(tmp_path / "samples.png") as image:
         grid = torch.tensor(list(image.getdata()), dtype=torch.float32)
@@ -179,7 +179,7 @@ def test_every_shipped_name_samples(name, tmp_path, capsys) -> None:
     assert Path(summary["checkpoint"]) == registry.shipped_folder(name)
     assert Path(summary["out"]).is_file() and Path(summary["out"]).parent == tmp_path
     if kind == "tarflow":
-        assert summary["sample_shape"] == [1, 16, 16] and summary["num"] == 4
+        assert summary["sample_shape"] == [1, 8, 8] and summary["num"] == 4
 
 
 def test_shipped_name_is_the_default_bit_for_bit(tmp_path, capsys) -> None:
@@ -204,7 +204,7 @@ def test_help_and_list_import_no_torch() -> None:
     assert sorted(row.split()[0] for row in rows) == sorted(installed_shipped_models())
     digits = next(row for row in rows if row.startswith("digits_tarflow "))
     assert digits.split()[1:3] == ["tarflow", "digits"]
-    assert " MB " in digits and "1200 steps, adamw" in digits and "handwritten digits" in digits
+    assert " MB " in digits and "5000 steps, adamw" in digits and "handwritten digits" in digits
 
 
 def test_trainer_checkpoint_round_trip(tmp_path, capsys) -> None:

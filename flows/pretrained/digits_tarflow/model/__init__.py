@@ -1,1 +1,0 @@
-"""Weights folder of the shipped digits TARFlow (diffusers save_pretrained layout)."""

@@ -1,0 +1,1 @@
+"""Weights folder of the shipped digits TARFlow (diffusers save_pretrained layout)."""

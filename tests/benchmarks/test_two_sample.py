@@ -27,3 +27,19 @@ def test_c2st_balances_the_classes_and_checks_shapes() -> None:
     assert two_sample.c2st(rng.normal(size=(500, 3)), rng.normal(size=(60, 3)))["n"] == 60
     with pytest.raises(ValueError, match="real items have 3 features, generated 4"):
         two_sample.c2st(rng.normal(size=(50, 3)), rng.normal(size=(50, 4)))
+
+
+
+def test_png_levels_are_the_float64_levels_real_data_has() -> None:
+    """Generated images on the 8-bit lattice equal real k/255 exactly: a float32 division would
+    differ in the last bits, and the histogram classifier would tell the two apart by that."""
+    import torch
+
+    k = torch.arange(256, dtype=torch.float64)
+    assert np.array_equal(two_sample.png_levels((k / 127.5 - 1).float()[None])[0], k.numpy() / 255)
+    rng = np.random.default_rng(0)
+    lattice = np.round(np.arange(17) * 255 / 16)  # the 8-bit levels of 17-level digits
+    real = lattice[rng.integers(0, 17, (300, 16))] / 255.0
+    drawn = torch.tensor(lattice[rng.integers(0, 17, (300, 16))] / 127.5 - 1).float()
+    same = two_sample.c2st(real, two_sample.png_levels(drawn))
+    assert abs(same["c2st"] - 0.5) < 0.08  # one distribution: chance, not a float32 leak

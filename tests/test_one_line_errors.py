@@ -156,6 +156,12 @@ def _seed(value: str) -> str:
     return f"argument --seed: must be an integer in 0..2**63-1 (= {2**63 - 1}), got '{value}'"
 
 
+def _bad_seeds(cli: str, argv: Callable[..., Callable[[Path, Path], list[str]]]) -> dict:
+    """The two cases of a ``--seed`` every CLI refuses: below 0 and past 2**63-1."""
+    return {f"{cli} --seed -1": (argv("--seed", "-1"), _seed("-1")),
+            f"{cli} --seed 2**70": (argv("--seed", BIG), _seed(BIG))}
+
+
 # id -> (argv builder, text the error line must hold)
 CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     # the trainer's numbers (issue 14, item 5)
@@ -204,8 +210,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "sample --jacobi-max-iter 0": (_sample("--jacobi-max-iter", "0"), "--jacobi-max-iter"),
     "sample --class 99": (_sample("--class", "99"), "--class must lie in 0..2"),
     "sample --seed text": (_sample("--seed", "x"), "--seed"),
-    "sample --seed -1": (_sample("--seed", "-1"), _seed("-1")),
-    "sample --seed 2**70": (_sample("--seed", BIG), _seed(BIG)),
+    **_bad_seeds("sample", _sample),
     "sample --out folder": (
         lambda files, tmp: [str(ROOT / "sample.py"), "--checkpoint", str(files / "flow"),
                             "--out", str(tmp)],
@@ -224,21 +229,18 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     # flows.video and diffusion.sample
     "video --guidance nan": (_video("--guidance", "nan"), "--guidance"),
     "video --frames 0": (_video("--frames", "0"), "--frames"),
-    "video --seed -1": (_video("--seed", "-1"), _seed("-1")),
-    "video --seed 2**70": (_video("--seed", BIG), _seed(BIG)),
+    **_bad_seeds("video", _video),
     "video of an image checkpoint": (_video(), "not 'video_tarflow'"),
     "diffusion --num 0": (_diffusion("--num", "0"), "--num"),
     "diffusion --steps 0": (_diffusion("--steps", "0"), "--steps"),
     "diffusion --guidance nan": (_diffusion("--guidance", "nan"), "--guidance"),
-    "diffusion --seed -1": (_diffusion("--seed", "-1"), _seed("-1")),
-    "diffusion --seed 2**70": (_diffusion("--seed", BIG), _seed(BIG)),
+    **_bad_seeds("diffusion", _diffusion),
     "diffusion of a flow checkpoint": (_diffusion(), "holds a 'tarflow' model"),
     # the evidence CLI
     "evidence --epochs -1": (_evidence("--epochs", "-1"), "--epochs"),
     "evidence --burn-in 1": (_evidence("--burn-in", "1"), "--burn-in"),
     "evidence --temperature nan": (_evidence("--temperature", "nan"), "--temperature"),
-    "evidence --seed -1": (_evidence("--seed", "-1"), _seed("-1")),
-    "evidence --seed 2**70": (_evidence("--seed", BIG), _seed(BIG)),
+    **_bad_seeds("evidence", _evidence),
     "evidence --threads 0": (_evidence("--threads", "0"), "--threads"),
     "evidence truncated npz": (_truncated_chain, "not a readable .npz"),
     "evidence folder as chain": (_evidence(chain="folder"), "give a chain file"),
@@ -251,8 +253,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "pta --steps 10": (_pta("--steps", "10"), "--steps"),
     "pta --ensembles 0": (_pta("--ensembles", "0"), "--ensembles"),
     "pta --epochs 0": (_pta("--epochs", "0"), "--epochs"),
-    "pta --seed -1": (_pta("--seed", "-1"), _seed("-1")),
-    "pta --seed 2**70": (_pta("--seed", BIG), _seed(BIG)),
+    **_bad_seeds("pta", _pta),
     "pta --threads 0": (_pta("--threads", "0"), "--threads"),
     "pta unknown model": (lambda files, tmp: ["-m", "flows.pta", "compare", "--models", "nosuch",
                                               "--out", str(tmp / "out")], "'nosuch' is unknown"),

@@ -62,8 +62,11 @@ def _sampling(
     config: dict[str, Any], overrides: dict[str, Any] | None, names: tuple[str, ...]
 ) -> dict[str, Any]:
     """The sampling options a user of ``sample.py`` gets: the checkpoint's ``sample`` section
-    (see sample.py), then ``overrides``; only ``names`` are kept (the rest are file options)."""
-    options = {"method": "auto", **(config.get("sample") or {}), **(overrides or {})}
+    (``sample.sampling_defaults``), then ``overrides``; only ``names`` are kept (the rest are
+    file options)."""
+    from sample import sampling_defaults
+
+    options = {"method": "auto", **sampling_defaults(config), **(overrides or {})}
     return {key: value for key, value in options.items() if key in names}
 
 

@@ -54,14 +54,14 @@ def measure_model(name: str, quick: bool) -> list[dict[str, Any]]:
     return module.measure(name, quick)
 
 
+def row(model: str, measure: str, value: Any, goal: str | None = None,
+        met: bool | None = None) -> dict[str, Any]:
+    """One table row, as every family module returns it."""
+    return {"model": model, "measure": measure, "value": value, "goal": goal, "met": met}
+
+
 def _missing(name: str, why: str) -> dict[str, Any]:
-    return {
-        "model": name,
-        "measure": f"not measured: {why}",
-        "value": None,
-        "goal": "",
-        "met": None,
-    }
+    return row(name, f"not measured: {why}", None, "")
 
 
 def _format(value: Any) -> str:

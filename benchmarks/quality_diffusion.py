@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality import table  # noqa: E402
+from benchmarks.quality import row, table  # noqa: E402
 from benchmarks.two_sample import c2st, png_levels  # noqa: E402
 
 __all__ = ["MODELS", "measure"]
@@ -57,7 +57,7 @@ CACHE = ROOT / "runs" / "cache"
 
 def _row(model: str, measure: str, value: float, goal: str | None = None,
          met: bool | None = None) -> dict[str, Any]:
-    return {"model": model, "measure": measure, "value": float(value), "goal": goal, "met": met}
+    return row(model, measure, float(value), goal, met)
 
 
 def _renders(resolution: int, num: int, seed: int):

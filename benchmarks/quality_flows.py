@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.quality import row  # noqa: E402
 from benchmarks.two_sample import c2st, png_levels  # noqa: E402
 
 __all__ = ["GOALS", "MODELS", "digits_rows", "measure"]
@@ -54,16 +55,18 @@ MOTION_TOLERANCE = 0.2  # a motion statistic of samples meets its goal within 20
 def _row(model: str, measure: str, value: float, goal: str) -> dict[str, Any]:
     """One table row; ``goal`` is a key of :data:`GOALS` or a note ("report", "reference")."""
     text, test = GOALS.get(goal, (goal, None))
-    met = None if test is None else bool(test(value))
-    return {"model": model, "measure": measure, "value": value, "goal": text, "met": met}
+    return row(model, measure, value, text, None if test is None else bool(test(value)))
 
 
 def _sampling(
     config: dict[str, Any], overrides: dict[str, Any] | None, names: tuple[str, ...]
 ) -> dict[str, Any]:
     """The sampling options a user of ``sample.py`` gets: the checkpoint's ``sample`` section
-    (see sample.py), then ``overrides``; only ``names`` are kept (the rest are file options)."""
-    options = {"method": "auto", **(config.get("sample") or {}), **(overrides or {})}
+    (``sample.sampling_defaults``), then ``overrides``; only ``names`` are kept (the rest are
+    file options)."""
+    from sample import sampling_defaults
+
+    options = {"method": "auto", **sampling_defaults(config), **(overrides or {})}
     return {key: value for key, value in options.items() if key in names}
 
 

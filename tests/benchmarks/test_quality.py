@@ -134,3 +134,16 @@ def test_a_pair_is_recognised_only_as_the_two_top_classes() -> None:
     scores[:, 3], scores[:, 7], scores[:, 5] = 3.0, 2.0, 1.0
     pairs = np.array([[7, 3], [3, 5], [3, 3], [7, 7]])  # a digit named twice: it must be on top
     assert quality_flows.pair_recognised(scores, pairs).tolist() == [True, False, True, False]
+
+
+def test_inside_back_facing_counts_only_pixels_away_from_the_silhouette() -> None:
+    import torch
+
+    from benchmarks import quality_diffusion
+
+    x = -torch.ones(1, 3, 9, 9)  # black background
+    x[0, :, 2:7, 2:7] = torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1)  # a 5x5 figure facing us
+    back = torch.tensor([1.0, 0.0, -0.2]).view(3, 1)
+    x[0, :, 2, 2:7] = back  # its whole top edge back-facing: on the silhouette, not counted
+    x[0, :, 4, 4] = back[:, 0]  # one of the 3x3 inner pixels back-facing
+    assert quality_diffusion._inside_back_facing(x) == pytest.approx(1 / 9)

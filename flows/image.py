@@ -102,11 +102,14 @@ def quantise(x: torch.Tensor, levels: int | None) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * steps / 2).round() * 2 / steps - 1
 
 
-def check_levels(levels: int | None) -> None:
+def check_levels(levels: int | None, vae: str | None = None) -> None:
+    """Refuse a ``levels`` setting that is not null or 2..65536, or one given with a ``vae``."""
     if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
                                or not 2 <= levels <= 65536):
         raise ValueError(f"levels must be null or an integer number of grey levels in 2..65536, "
                          f"got {levels!r}")
+    if levels is not None and vae is not None:
+        raise ValueError("levels (rounding to grey levels) needs pixel mode (vae=None)")
 
 
 def unpatchify(tokens: torch.Tensor, channels: int, size: int, patch: int) -> torch.Tensor:
@@ -170,9 +173,7 @@ class TransformerFlow(ModelMixin, ConfigMixin):
         levels: int | None = None,
     ) -> None:
         super().__init__()
-        check_levels(levels)
-        if levels is not None and vae is not None:
-            raise ValueError("levels (rounding to grey levels) needs pixel mode (vae=None)")
+        check_levels(levels, vae)
         require_positive("tarflow", image_size=image_size, in_channels=in_channels,
                          patch_size=patch_size, width=width, num_heads=num_heads,
                          layers_per_block=layers_per_block, mlp_ratio=mlp_ratio)

@@ -159,8 +159,8 @@ def _finished_rows(args: argparse.Namespace, settings: dict[str, Any]) -> dict[s
 
 
 def _report(settings: dict[str, Any], rows: list[dict[str, Any]], complete: bool) -> dict:
-    factors = []
-    for i, a in enumerate(rows):
+    factors = []  # Bayes factors only once every file is done
+    for i, a in enumerate(rows if complete else []):
         for b in rows[i + 1:]:
             ln_za, ln_zb = (math.nan if r["ln_z"] is None else r["ln_z"] for r in (a, b))
             err_a, err_b = (math.inf if r["ln_z_err"] is None else r["ln_z_err"] for r in (a, b))
@@ -171,8 +171,7 @@ def _report(settings: dict[str, Any], rows: list[dict[str, Any]], complete: bool
                 "ln_b_err": err if math.isfinite(err) else None,
                 "reliable": a["reliable"] and b["reliable"],
             })
-    return {"complete": complete, "settings": settings, "results": rows,
-            "bayes_factors": factors if complete else []}
+    return {"complete": complete, "settings": settings, "results": rows, "bayes_factors": factors}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -220,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             corner_plot(chain.samples, _plot_path(args.plot, index, len(args.files), file),
                         chain.names, other=flow_samples, weights=chain.weights)
         if args.out and index < len(args.files):  # a kill now keeps what is done
-            write_text_atomically(args.out, json.dumps(_report(settings, rows, False)) + "\n")
+            write_text_atomically(args.out, json_line(_report(settings, rows, False)) + "\n")
     return _report(settings, rows, True)
 
 

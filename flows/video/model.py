@@ -142,9 +142,7 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         levels: int | None = None,
     ) -> None:
         super().__init__()
-        check_levels(levels)
-        if levels is not None and vae is not None:
-            raise ValueError("levels (rounding to grey levels) needs pixel mode (vae=None)")
+        check_levels(levels, vae)
         require_positive("video_tarflow", image_size=image_size, in_channels=in_channels,
                          patch_size=patch_size, width=width, num_heads=num_heads,
                          mlp_ratio=mlp_ratio, local_depth=local_depth,

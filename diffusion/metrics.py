@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .normal_maps import decode_normals, flip_normals
+from .normal_maps import decode_normals, flip_normals, foreground_mask
 from .render import FRAMINGS, VIEWS
 
 __all__ = ["ViewProbe", "clean_normal_maps", "probe_accuracy", "train_view_probe"]
@@ -72,7 +72,7 @@ class ViewProbe(nn.Module):
 
 def _mirror(maps: torch.Tensor, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror image with the left/right view labels swapped (background stays -1)."""
-    mask = maps.amax(dim=1, keepdim=True) > -0.6
+    mask = foreground_mask((maps + 1.0) / 2.0).unsqueeze(1)
     flipped = torch.where(mask.flip(-1), flip_normals(maps), -torch.ones_like(maps))
     swap = torch.tensor([0, 1, 3, 2], device=views.device)
     return flipped, swap[views]

@@ -118,6 +118,7 @@ def sample_normals(
     ``foreground`` (fraction of pixels).
     """
     from .data import label_to_prompt, prompt_to_label
+    from .metrics import clean_normal_maps
     from .pipelines import sample_normal_maps
 
     if num < 1:
@@ -127,8 +128,7 @@ def sample_normals(
     generator = torch.Generator().manual_seed(seed)
     x = sample_normal_maps(model, torch.full((num,), label), generator, steps, guidance, sampler)
     quality = normal_quality(x)
-    normals, mask, _ = decode_normals(((x + 1.0) / 2.0).clamp(0.0, 1.0))
-    path = write_normal_grid(encode_normals(normals, mask), out)
+    path = write_normal_grid(encode_normals(*clean_normal_maps(x)), out)
     return {"out": str(path), "prompt": label_to_prompt(label), "label": label, "num": num,
             **quality}
 

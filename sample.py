@@ -32,6 +32,7 @@ from core.cli import (
     DEVICES,
     ArgumentParser,
     add_threads_option,
+    check_output,
     finite_float,
     given_options,
     non_negative_float,
@@ -153,8 +154,7 @@ def _sample(argv: list[str] | None) -> None:
     if args.list:
         print_shipped()
         return
-    if args.out is not None and Path(args.out).is_dir():  # found before minutes of sampling
-        raise ValueError(f"--out {args.out!r} is a folder; give a file name")
+    check_output("--out", args.out, new_folder=True)  # found before minutes of sampling
     from core.checkpoint import read_config, resolve_source
 
     checkpoint = resolve_source(args.checkpoint or DEFAULT_MODEL)

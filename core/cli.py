@@ -38,10 +38,13 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from core.files import json_ready
 
 __all__ = [
     "DEVICES",
@@ -50,6 +53,7 @@ __all__ = [
     "HelpFormatter",
     "UsageError",
     "add_threads_option",
+    "check_output",
     "finite_float",
     "given_options",
     "json_line",
@@ -135,22 +139,31 @@ def print_json(summary: dict[str, Any]) -> None:
 
 def json_line(summary: dict[str, Any]) -> str:
     """``summary`` as one line of JSON: non-finite floats become null, paths and numpy or
-    torch scalars plain values."""
+    torch scalars plain values (:func:`core.files.json_ready`)."""
+    return json.dumps(json_ready(summary), allow_nan=False)
 
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {key: finite(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [finite(item) for item in value]
-        if isinstance(value, Path):
-            return str(value)
-        if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-            return finite(value.item())
-        return value
 
-    return json.dumps(finite(summary), allow_nan=False)
+def check_output(option: str, value: str | None, suffix: str | None = None,
+                 new_folder: bool = False) -> None:
+    """Raise :class:`UsageError` before any computing when the output path ``value`` of
+    ``option`` cannot be written: a folder, a missing folder (unless ``new_folder``: the
+    writer makes it), an unwritable one or file, or (with ``suffix``) another file type."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"{option} {value!r} is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    while new_folder and not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the nearest existing folder is where the writer starts
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{option} {value!r}: {str(parent)!r} is a file, not a folder")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {value!r}: the folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {value!r} is not writable")
+    if suffix and path.suffix.lower() != suffix:
+        raise UsageError(f"{option} {value!r} must end in {suffix}")
 
 
 def given_options(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -18,7 +18,6 @@ rather than used.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from core.files import write_atomically
 
 from .normal_maps import encode_normals, flip_normals
 from .render import (
@@ -198,7 +199,5 @@ def _read_cache(path: Path, settings: dict[str, Any]) -> dict[str, torch.Tensor]
 
 def _write_cache(path: Path, data: dict[str, torch.Tensor], settings: dict[str, Any]) -> None:
     """Write beside ``path``, then rename: an interrupted write leaves no half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(data, partial, metadata={_SETTINGS: json.dumps(settings)})
-    os.replace(partial, path)
+    metadata = {_SETTINGS: json.dumps(settings)}
+    write_atomically(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))

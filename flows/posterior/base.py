@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from flows.posterior.files import write_atomically
+from core.files import write_atomically
 from flows.posterior.rqs import rational_quadratic_spline
 from flows.posterior.transforms import BoundsLike, Preprocessing
 

@@ -20,12 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from core.cli import ArgumentParser, add_threads_option, json_line, random_seed, run_cli
+from core.cli import (
+    ArgumentParser,
+    UsageError,
+    add_threads_option,
+    check_output,
+    json_line,
+    random_seed,
+    run_cli,
+)
 from flows.posterior.readers import FORMATS as READERS
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_UNRELIABLE", "build_parser", "main"]
@@ -34,10 +41,6 @@ EXIT_BAD_INPUT = 2
 EXIT_UNRELIABLE = 3
 FORMATS = ("auto", *READERS)
 FLOWS = ("spline", "transformer")  # flows.posterior.kinds.FLOWS, named here to spare torch
-
-
-class UsageError(ValueError):
-    """Bad input: reported as one ``error:`` line with exit status 2."""
 
 
 def _number(kind: type, low: float | None = None, high: float | None = None,
@@ -120,22 +123,6 @@ def _plot_path(base: str, index: int, count: int, file: str) -> Path:
     return path.with_name(f"{path.stem}-{index}-{stem}{path.suffix}")
 
 
-def _check_output(option: str, value: str | None, suffix: str | None = None) -> None:
-    """Fail before any computing when an output path cannot be written."""
-    if value is None:
-        return
-    path = Path(value)
-    if path.is_dir():
-        raise UsageError(f"{option} {value!r} is a folder; give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{option} {value!r}: the folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"{option} {value!r} is not writable")
-    if suffix and path.suffix.lower() != suffix:
-        raise UsageError(f"{option} {value!r} must end in {suffix}")
-
-
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """What a file's result depends on besides the file: a resumed row must match them."""
     return {key: getattr(args, key) for key in
@@ -180,8 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     With ``--out`` the report is rewritten (atomically) after every file, marked
     ``"complete": false`` until the last one is done; ``--resume`` reuses its finished rows.
     """
-    _check_output("--out", args.out)
-    _check_output("--plot", args.plot, ".png")
+    check_output("--out", args.out)
+    check_output("--plot", args.plot, ".png")
     settings = _settings(args)
     finished = _finished_rows(args, settings) if args.resume else {}
     from flows.posterior.readers import load_chains
@@ -191,8 +178,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
+    from core.files import write_text_atomically
     from flows.posterior.evidence import evidence
-    from flows.posterior.files import write_text_atomically
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -266,7 +253,7 @@ def _run(argv: list[str] | None, prog: str) -> int:
     report = run(args)
     text = json_line(report)
     if args.out:
-        from flows.posterior.files import write_text_atomically
+        from core.files import write_text_atomically
 
         write_text_atomically(args.out, text + "\n")
     print(text if args.json else format_table(report))

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from core.files import json_ready
 from flows.posterior.diagnostics import assess, importance_findings, widened_error
-from flows.posterior.files import json_ready
 
 if TYPE_CHECKING:  # torch and the flows load when evidence() runs, not on import (fast CLIs)
     import torch

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.posterior.files import write_atomically
+from core.files import write_atomically
 
 __all__ = ["corner_plot"]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from flows.posterior.files import json_ready, write_atomically
+from core.files import json_ready, write_atomically
 
 from .sampling import ChainResult
 

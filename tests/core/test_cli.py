@@ -13,7 +13,9 @@ import torch
 from core.cli import (
     MAX_SEED,
     ArgumentParser,
+    UsageError,
     add_threads_option,
+    check_output,
     finite_float,
     non_negative_float,
     non_negative_int,
@@ -117,3 +119,27 @@ def test_json_is_one_line_without_nan(capsys) -> None:
     assert out.count("\n") == 1
     assert json.loads(out) == {"a": None, "b": [1.5, None], "c": "x/y", "d": 2.0,
                                "e": {"f": "text\nmore"}}
+
+
+def test_check_output_refuses_what_cannot_be_written(tmp_path) -> None:
+    check_output("--out", None)  # not given: nothing to check
+    check_output("--out", str(tmp_path / "report.json"))
+    cases = [
+        ((str(tmp_path),), "is a folder; give a file name"),
+        ((str(tmp_path / "missing" / "r.json"),), "the folder .* does not exist"),
+        ((str(tmp_path / "plot.pdf"), ".png"), r"must end in \.png"),
+    ]
+    for args, message in cases:
+        with pytest.raises(UsageError, match=message):
+            check_output("--out", *args)
+
+
+def test_check_output_new_folder_allows_folders_the_writer_makes(tmp_path) -> None:
+    check_output("--out", str(tmp_path / "new" / "deeper" / "video.mp4"), new_folder=True)
+    with pytest.raises(UsageError, match="is a folder"):
+        check_output("--out", str(tmp_path), new_folder=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for new_folder in (False, True):
+        with pytest.raises(UsageError, match="is a file, not a folder"):
+            check_output("--out", str(blocker / "video.mp4"), new_folder=new_folder)

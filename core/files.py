@@ -1,8 +1,9 @@
-"""Atomic file writes for the posterior tools: a crash never leaves half a file behind.
+"""Atomic file writes and strict JSON: a crash never leaves half a file behind.
 
-Everything the evidence CLI and ``PosteriorFlow.save`` write goes to a temporary sibling first
-and is renamed into place (``os.replace`` is atomic on POSIX and Windows), so a reader sees
-either the old file or the complete new one. :func:`json_ready` turns results into strict JSON.
+What the CLIs, ``PosteriorFlow.save`` and the render caches write goes to a temporary sibling
+first and is renamed into place (``os.replace`` is atomic on POSIX and Windows), so a reader
+sees either the old file or the complete new one. :func:`json_ready` turns results into values
+strict JSON accepts.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 __all__ = ["json_ready", "write_atomically", "write_text_atomically"]
 
@@ -40,13 +39,16 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
 
 
 def json_ready(value: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, non-finite floats to None (JSON has no inf/nan)."""
+    """JSON-ready: numpy and torch scalars and arrays to Python, paths to text, non-finite
+    floats to None (JSON has no inf/nan), dict keys to text."""
     if isinstance(value, dict):
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy / torch scalars, arrays
+        return json_ready(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

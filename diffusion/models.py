@@ -286,6 +286,10 @@ class NormalAdaptedDiffusion(_LatentSpace, ModelMixin, ConfigMixin):
     def null_label(self) -> int:
         return self.config.num_labels
 
+    def batch_limits(self) -> dict[str, int]:
+        """Training batches' labels, checked by the trainer's collate (trainers.protocol)."""
+        return {"y": self.config.num_labels}
+
     def denoise(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The network's prediction (``prediction_type``) for noisy maps ``x`` at timesteps
         ``t`` given ``labels``."""

@@ -262,6 +262,10 @@ class TransformerFlow(ModelMixin, ConfigMixin):
             y = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=device)
         return embed(y.to(device)).unsqueeze(1)
 
+    def batch_limits(self) -> dict[str, int]:
+        """Training batches' labels, checked by the trainer's collate (trainers.protocol)."""
+        return {"y": self.config.num_classes} if self.config.num_classes else {}
+
     def check_condition(self, y: torch.Tensor | None) -> None:
         """Raise ValueError unless ``y`` is None or holds classes 0..num_classes-1."""
         if y is None:

@@ -55,6 +55,7 @@ from core import checkpoint as core_checkpoint
 from core.registry import get_dataset, get_model
 from trainers import checkpoint as ckpt
 from trainers.config import TrainConfig, TrainerConfig
+from trainers.protocol import CheckedCollate
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingStopped", "lr_factor", "main", "train"]
 
@@ -289,9 +290,11 @@ def _set_up(
     _check_batch_size(config, len(dataset), accelerator.num_processes)
     sampler = EpochSampler(len(dataset), tc.seed, config.data.shuffle)
     data_generator = torch.Generator()
+    limits = model.batch_limits() if hasattr(model, "batch_limits") else {}
     loader = DataLoader(
         dataset, batch_size=config.data.batch_size, sampler=sampler, drop_last=tc.drop_last,
         num_workers=config.data.num_workers, generator=data_generator,
+        collate_fn=CheckedCollate(limits) if limits else None,
     )
     build = _build_sharded if fsdp is not None else _build_data_parallel
     parts, loader, scale = build(config, accelerator, model, loader, fsdp)

@@ -258,12 +258,20 @@ class VideoTransformerFlow(ModelMixin, ConfigMixin):
         )
         return frames.reshape(b, f, *self.frame_shape)
 
+    def batch_limits(self) -> dict[str, int]:
+        """Training batches' labels and prompt ids, checked by the trainer's collate
+        (trainers.protocol) on the CPU, so the loss never reads them."""
+        limits = {"y": self.config.num_classes} if self.config.num_classes else {}
+        if self.config.text_tokens:
+            limits["text"] = self.text_embed.words.num_embeddings
+        return limits
+
     def check_condition(self, y: torch.Tensor | None, text: torch.Tensor | None) -> None:
         """Raise ValueError for labels or prompt ids this model cannot take.
 
         Reads their values (a device sync), so it runs where they come in (``reverse``, the
         sampler), not in ``forward``: the training loss must not wait for the device every
-        step, and the datasets make labels and ids in range by construction.
+        step; the trainer's collate checks training batches (:meth:`batch_limits`).
         """
         self._check_condition_kinds(y, text)
         n = self.config.num_classes

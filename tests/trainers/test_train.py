@@ -22,6 +22,7 @@ from trainers import checkpoint as ckpt
 from trainers import load_checkpoint_model, load_config
 from trainers.ema import EMA
 from trainers.metrics import duration
+from trainers.protocol import CheckedCollate
 from trainers.smoke import SmokeMLP
 from trainers.train import NonFiniteLossError, lr_factor, main, train
 
@@ -428,3 +429,33 @@ def test_init_from_a_missing_folder_is_refused_before_anything_is_written(tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and "nowhere" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_checked_collate_passes_good_batches_and_names_bad_values():
+    collate = CheckedCollate({"y": 10, "text": 5})
+    batch = collate([{"x": torch.zeros(2), "y": 3, "text": torch.tensor([0, 4])}] * 2)
+    assert batch["y"].tolist() == [3, 3] and batch["text"].shape == (2, 2)
+    bad = [
+        ({"y": 10, "text": torch.tensor([0, 1])}, "'y' values 3..10; the model takes 0..9"),
+        ({"y": -1, "text": torch.tensor([0, 1])}, "'y' values -1..3"),
+        ({"y": 3, "text": torch.tensor([0, 5])}, "'text' values 0..5; the model takes 0..4"),
+        ({"y": 0.5, "text": torch.tensor([0, 1])}, "'y' as torch.float"),
+    ]
+    for item, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            collate([{"y": 3, "text": torch.tensor([1, 1])}, item])
+
+
+def test_out_of_range_labels_from_a_dataset_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """The loss reads no label values (no device waits); the trainer's collate does, on CPU."""
+    from trainers.smoke import SmokeDataset
+
+    original = SmokeDataset.__getitem__
+    monkeypatch.setattr(SmokeDataset, "__getitem__",
+                        lambda self, i: {**original(self, i), "label": torch.tensor(i)})
+    monkeypatch.setattr(SmokeMLP, "batch_limits", lambda self: {"label": 200}, raising=False)
+    code = main(["--config", str(SMOKE), f"trainer.output_dir={tmp_path / 'run'}",
+                 "trainer.progress=false", "trainer.max_steps=40", "trainer.sample_every=0"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.startswith("error: the dataset gave 'label' values") and "takes 0..199" in err

@@ -17,7 +17,6 @@ flow next to a plain causal ``torch.nn.TransformerEncoderLayer`` stack of the sa
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -31,6 +30,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.checks import require_device  # noqa: E402
+from core.cli import DEVICES, ArgumentParser, positive_int, run_cli  # noqa: E402
 from flows.autoregressive import AutoregressiveBlock  # noqa: E402
 from flows.image import TransformerFlow, patchify, unpatchify  # noqa: E402
 from flows.jacobi import DEFAULT_JACOBI_THRESHOLD  # noqa: E402
@@ -253,23 +254,29 @@ def training_throughput(model: TransformerFlow, batch: int, steps: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_run, argv)
+
+
+def _run(argv: list[str] | None) -> None:
+    parser = ArgumentParser(prog="python benchmarks/jacobi.py",
+                            description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint", type=Path, default=ROOT / "flows" / "pretrained" / "digits_tarflow"
     )
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--threshold", type=float, default=DEFAULT_JACOBI_THRESHOLD)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--train-batch", type=int, default=64)
-    parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
+    parser.add_argument("--train-batch", type=positive_int, default=64)
+    parser.add_argument("--train-steps", type=positive_int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--thresholds", type=float, nargs="*", default=[],
                         help="also sweep these Jacobi thresholds (at the first batch size)")
     parser.add_argument("--guidance", type=float, default=0.0, help="guidance of the sweep")
     parser.add_argument("--no-training", action="store_true", help="skip the training table")
     args = parser.parse_args(argv)  # fmt: skip
+    require_device(args.device)
 
     model = load(args.checkpoint).to(args.device)
     print(f"model: {args.checkpoint} | {len(model.blocks)} blocks {model.config.layers_per_block}, "
@@ -311,4 +318,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -303,8 +303,9 @@ def _check(args: argparse.Namespace) -> None:
     if args.device == "cuda":
         import torch
 
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda but torch sees no CUDA device")
+        from core.checks import require_device
+
+        require_device(args.device)
         if args.processes > torch.cuda.device_count():
             raise ValueError(f"--processes {args.processes} > {torch.cuda.device_count()} GPUs")
 

@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.checks import require_device  # noqa: E402
 from core.cli import DEVICES, ArgumentParser, run_cli  # noqa: E402
 from flows.jacobi import DEFAULT_JACOBI_THRESHOLD  # noqa: E402
 from flows.planner import AutoPlanner  # noqa: E402
@@ -219,9 +220,7 @@ def build_parser() -> ArgumentParser:
 
 def _run(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device "
-                         "(torch.cuda.is_available() is False); use --device cpu")
+    require_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(args.checkpoint, args.device)
     rows = [row for b in args.batches for row in speed(model, b, args)]

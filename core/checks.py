@@ -1,10 +1,11 @@
-"""Checks of model settings shared by the model kinds: a bad number in a config gives one
-``ValueError`` line that names the setting, the value seen and what is allowed, instead of a
-traceback from deep inside torch (a negative tensor dimension, a modulo by zero)."""
+"""Checks shared by the model kinds and CLIs: a bad number in a config, or a device this
+machine lacks, gives one ``ValueError`` line that names the setting, the value seen and what is
+allowed, instead of a traceback from deep inside torch (a negative tensor dimension, a modulo by
+zero, a CUDA driver error)."""
 
 from __future__ import annotations
 
-__all__ = ["require_positive"]
+__all__ = ["require_device", "require_positive"]
 
 
 def _is_number(value: object) -> bool:
@@ -27,3 +28,17 @@ def require_positive(owner: str, **values: object) -> None:
             continue
         what = "a non-empty list of positive numbers" if many else "a positive number"
         raise ValueError(f"{owner}: model.{name} must be {what}, got {value!r}")
+
+
+def require_device(device: object, option: str = "--device") -> None:
+    """Refuse a CUDA device when torch sees none (checked before any model is loaded).
+
+    ``device``: "cpu", "cuda", "cuda:N" or a ``torch.device``.
+    """
+    if not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"{option} {device} asked for, but torch sees no CUDA device "
+                         "(torch.cuda.is_available() is False); use --device cpu")

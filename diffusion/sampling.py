@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from core.checkpoint import load_model
+from core.checks import require_device
 from core.images import grid_tiles, read_image, save_image_grid
 
 from .normal_maps import (
@@ -124,6 +125,7 @@ def sample_normals(
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     label = prompt_to_label(prompt)
+    require_device(device)
     model = load_model(checkpoint, use_ema, kind="normal_adapted")[0].to(device)
     generator = torch.Generator().manual_seed(seed)
     x = sample_normal_maps(model, torch.full((num,), label), generator, steps, guidance, sampler)
@@ -158,6 +160,7 @@ def sample_aligned(
 
     if num is not None and num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
+    require_device(device)
     model = load_model(checkpoint, use_ema, kind="normal_aligned")[0].to(device)
     maps, mask, columns = load_normal_map_png(normal_map_png, model.config.resolution)
     num = len(maps) if num is None else num

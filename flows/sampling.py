@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from core.checkpoint import load_model
+from core.checks import require_device
 from core.images import save_image_grid
 from flows.jacobi import DEFAULT_JACOBI_THRESHOLD, JacobiSolver
 from flows.planner import AutoPlanner, Setting, Stage, synchronize
@@ -225,8 +226,7 @@ def sample_image_flow(checkpoint: Path, config: dict[str, Any], options: dict[st
     jacobi_threshold, jacobi_max_iter, device, progress.
     """
     device = options.get("device", "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
+    require_device(device)
     num = options.get("num", 64)
     if num < 1:
         raise ValueError(f"--num must be a positive number of samples, got {num}")

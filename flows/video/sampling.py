@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from core.checkpoint import load_model
+from core.checks import require_device
 from flows.jacobi import DEFAULT_JACOBI_THRESHOLD
 from flows.planner import Setting, Stage
 from flows.sampling import METHODS, FlowSampler, jacobi_setting
@@ -241,8 +242,7 @@ def _check(options: dict[str, Any]) -> None:
         raise ValueError(
             f"--scale and --fps must be >= 1, got {options['scale']} and {options['fps']}"
         )
-    if str(options["device"]).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {options['device']!r} asked for, but CUDA is not available")
+    require_device(options["device"])
 
 
 DEFAULTS: dict[str, Any] = {

@@ -110,3 +110,19 @@ def _documented_options(script: str) -> set[str]:
         for rest in re.findall(rf"python benchmarks/{re.escape(script)}([^`#\n]*)", line):
             options |= set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest))
     return options
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--batches", "0"], "argument --batches: must be an integer >= 1, got '0'"),
+    (["--device", "cuda"], "--device cuda asked for, but torch sees no CUDA device"),
+])
+def test_jacobi_benchmark_bad_options_are_one_line_exit_2(argv, message, capsys, monkeypatch):
+    import torch
+
+    from benchmarks import jacobi
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert jacobi.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -53,7 +53,7 @@ def test_mfu_uses_the_gpus_dense_peak_of_the_precision(monkeypatch):
 @pytest.mark.parametrize("argv, message", [
     (["--variants", "ddp", "nope"], "--variants nope unknown; choose from: ddp, ddp+bf16"),
     (["--steps", "0"], "--steps 0 must be >= 1"),
-    (["--device", "cuda"], "--device cuda but torch sees no CUDA device"),
+    (["--device", "cuda"], "--device cuda asked for, but torch sees no CUDA device"),
     (["--config", "configs/smoke.yaml"], "trains 'smoke_mlp'; this benchmark measures video"),
 ])
 def test_bad_options_are_one_line_exit_2(argv, message, capsys):

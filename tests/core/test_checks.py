@@ -46,3 +46,17 @@ def test_models_refuse_bad_sizes_before_torch_sees_them(factory, setting) -> Non
     key = next(iter(setting))
     with pytest.raises(ValueError, match=f"model.{key} must be"):
         model_class(**setting)
+
+
+def test_require_device_passes_the_cpu_and_refuses_missing_cuda(monkeypatch) -> None:
+    import torch
+
+    from core.checks import require_device
+
+    require_device("cpu")
+    require_device(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1", torch.device("cuda", 0)):
+        with pytest.raises(ValueError, match=r"^--device cuda(:\d)? asked for, but torch sees no "
+                                             r"CUDA device .*; use --device cpu$"):
+            require_device(device)

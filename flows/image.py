@@ -45,7 +45,7 @@ from core.latent import load_local_vae
 from flows.autoregressive import GUIDANCE_RULES, AutoregressiveBlock, Permutation
 from flows.jacobi import JacobiSolver, JacobiStats
 from flows.sampling import ImageFlowSampler
-from flows.video.score import flow_score
+from flows.score import flow_score
 
 __all__ = [
     "LN_128",

@@ -4,7 +4,6 @@ Generative Modeling with Normalizing Flows").
 - :mod:`flows.video.block`: the deep global block and its frame-by-frame inverse;
 - :mod:`flows.video.model`: :class:`VideoTransformerFlow`, the global-local flow;
 - :mod:`flows.video.denoiser`: the flow-score-matching denoiser and its own training step;
-- :mod:`flows.video.score`: a flow's score by autograd;
 - :mod:`flows.video.sampling`: :class:`VideoFlowSampler` and ``sample.py``'s entry point;
 - :mod:`flows.video.data`, :mod:`flows.video.io`, :mod:`flows.video.text`: datasets, video
   files, the prompt tokenizer;

@@ -72,10 +72,10 @@ from flows.image import (
 )
 from flows.jacobi import JacobiSolver, JacobiStats
 from flows.planner import synchronize
+from flows.score import flow_score
 from flows.video.block import GlobalVideoBlock
 from flows.video.denoiser import DenoiserTraining, FlowScoreDenoiser
 from flows.video.sampling import VideoFlowSampler
-from flows.video.score import flow_score
 from flows.video.text import TextEmbedding, TextTokenizer
 
 __all__ = ["DENOISERS", "VideoTransformerFlow"]

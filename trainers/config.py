@@ -117,7 +117,7 @@ class TrainerConfig:
 
     output_dir: str = "runs/default"
     max_steps: int = _bounded(1000, 1)
-    seed: int = _bounded(0, 0, 2**32 - 1)
+    seed: int = _bounded(0, 0, 2**32 - 1, note="numpy's seeds end there; set_seed seeds numpy")
     gradient_accumulation_steps: int = _bounded(1, 1)
     max_grad_norm: float | None = _bounded(1.0, 0, inf_ok=True, note="0 or null: no clipping")
     mixed_precision: str = "no"

@@ -88,19 +88,16 @@ def _time_it(fn) -> float:
     return time.perf_counter() - start
 
 
-def _inside_back_facing(x: torch.Tensor) -> float:
-    """Back-facing fraction of the foreground pixels whose 3x3 neighbourhood is foreground too.
+def _inside_back_facing(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """Back-facing fraction of the foreground pixels (``mask``, as ``clean_normal_maps`` gives
+    it) whose 3x3 neighbourhood is foreground too.
 
     At the silhouette real normals are nearly perpendicular to the view (n_z near 0), so small
     errors there turn them back-facing; this separates that from errors inside the figure.
     """
-    from diffusion.normal_maps import decode_normals
-
-    rgb = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-    _, mask, _ = decode_normals(rgb, None)
     inner = -torch.nn.functional.max_pool2d(-mask.float().unsqueeze(1), 3, 1, 1)
     inner = inner.squeeze(1).bool() & mask
-    return float((2.0 * rgb[:, 2] - 1.0 < 0)[inner].float().mean())
+    return float((x[:, 2] < 0)[inner].float().mean())
 
 
 def measure_adapted(model, quick: bool, name: str = "normal_adapted") -> list[dict[str, Any]]:
@@ -119,8 +116,8 @@ def measure_adapted(model, quick: bool, name: str = "normal_adapted") -> list[di
     labels = held["view"] * len(FRAMINGS) + held["framing"]
     raw = _batched(lambda y, g: sample_normal_maps(model, y, g), labels, seed=0)
     quality = normal_quality(raw)
-    inside = _inside_back_facing(raw)
-    maps, _ = clean_normal_maps(raw)
+    maps, mask = clean_normal_maps(raw)
+    inside = _inside_back_facing(raw, mask)
     hits = probe_accuracy(probe, maps, held["view"], held["framing"])
     reference = normal_quality(held["x"], held["mask"])
     test = c2st(png_levels(held["x"]), png_levels(maps))

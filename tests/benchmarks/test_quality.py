@@ -146,4 +146,7 @@ def test_inside_back_facing_counts_only_pixels_away_from_the_silhouette() -> Non
     back = torch.tensor([1.0, 0.0, -0.2]).view(3, 1)
     x[0, :, 2, 2:7] = back  # its whole top edge back-facing: on the silhouette, not counted
     x[0, :, 4, 4] = back[:, 0]  # one of the 3x3 inner pixels back-facing
-    assert quality_diffusion._inside_back_facing(x) == pytest.approx(1 / 9)
+    from diffusion.metrics import clean_normal_maps
+
+    mask = clean_normal_maps(x)[1]
+    assert quality_diffusion._inside_back_facing(x, mask) == pytest.approx(1 / 9)

@@ -61,9 +61,11 @@ import contextlib, io, json, os, runpy, sys, traceback
 root, base = os.getcwd(), sys.path[1:]
 for script in sys.argv[1:]:
     # as a fresh `python benchmarks/<script>`: its folder first, no path or module of this
-    # checkout left by the scripts before it (third-party modules such as torch stay loaded)
+    # checkout left by the scripts before it (third-party modules such as torch stay loaded,
+    # also from a virtual environment inside the checkout: numpy cannot load twice)
     for name, module in list(sys.modules.items()):
-        if (getattr(module, "__file__", None) or "").startswith(root + os.sep):
+        file = getattr(module, "__file__", None) or ""
+        if file.startswith(root + os.sep) and not file.startswith(sys.prefix + os.sep):
             del sys.modules[name]
     path = os.path.join("benchmarks", script)
     sys.argv, sys.path[:] = [path, "--help"], [os.path.join(root, "benchmarks"), *base]
